@@ -1,0 +1,152 @@
+//! The engine contract shared by both backends.
+
+use std::io::{Read, Write};
+
+use crate::{Command, Outcome, Record, Result};
+
+/// Identifies one Raft group on a node. Group 0 is the cluster metadata group; data partition
+/// `p` is group `p + 1`. The storage layer only uses it to keep groups' data apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u64);
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "g{}", self.0)
+    }
+}
+
+/// Small per-group values, stored as opaque bytes chosen by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MetaKey {
+    /// The Raft vote (term and voted-for).
+    Vote,
+    /// The last committed log id.
+    Committed,
+    /// The last purged log id.
+    Purged,
+    /// The state machine's last applied log id and membership; written atomically with every
+    /// [`Op::Apply`] and snapshot import.
+    Applied,
+    /// Metadata of the latest snapshot built or installed.
+    Snapshot,
+}
+
+impl MetaKey {
+    /// Every key, for iteration when a group is dropped.
+    pub const ALL: [MetaKey; 5] = [
+        MetaKey::Vote,
+        MetaKey::Committed,
+        MetaKey::Purged,
+        MetaKey::Applied,
+        MetaKey::Snapshot,
+    ];
+
+    /// Stable name used as the on-disk key.
+    pub fn name(self) -> &'static str {
+        match self {
+            MetaKey::Vote => "vote",
+            MetaKey::Committed => "committed",
+            MetaKey::Purged => "purged",
+            MetaKey::Applied => "applied",
+            MetaKey::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// One write to a group; the ops of a batch are applied in order.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Insert log entries (index, encoded entry). Existing entries at those indexes are replaced.
+    AppendLog { entries: Vec<(u64, Vec<u8>)> },
+    /// Delete log entries with index >= `from`.
+    TruncateLog { from: u64 },
+    /// Delete log entries with index <= `through`.
+    PurgeLog { through: u64 },
+    /// Set a metadata value.
+    SetMeta { key: MetaKey, value: Vec<u8> },
+    /// Apply committed commands `(log index, command)` and record `applied` under
+    /// [`MetaKey::Applied`], atomically. Produces one [`Outcome`] per command, in order.
+    Apply {
+        commands: Vec<(u64, Command)>,
+        applied: Vec<u8>,
+    },
+}
+
+/// Writes to one group that must commit together. Batches are committed in submission order;
+/// a durable batch (and everything committed before it) is fsynced before it is acknowledged.
+#[derive(Debug, Clone)]
+pub struct WriteBatch {
+    pub group: GroupId,
+    pub ops: Vec<Op>,
+    /// Whether the batch must be on disk when acknowledged (log and vote writes). State machine
+    /// applies need not be: after a crash they are replayed from the durable log.
+    pub durable: bool,
+}
+
+impl WriteBatch {
+    pub fn new(group: GroupId, durable: bool) -> Self {
+        WriteBatch {
+            group,
+            ops: Vec::new(),
+            durable,
+        }
+    }
+
+    pub fn op(mut self, op: Op) -> Self {
+        self.ops.push(op);
+        self
+    }
+}
+
+/// What [`Engine::export_group`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// [`MetaKey::Applied`] as of the exported data (read in the same transaction).
+    pub applied: Option<Vec<u8>>,
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+/// A storage backend. Every method is blocking; async code goes through [`crate::Store`].
+pub trait Engine: Send + Sync + 'static {
+    /// Commit all `batches` in one atomic transaction, in order; fsync if any is durable.
+    /// Returns, per batch, the outcomes of its [`Op::Apply`] commands.
+    fn write(&self, batches: &[WriteBatch]) -> Result<Vec<Vec<Outcome>>>;
+
+    /// Read a metadata value.
+    fn read_meta(&self, group: GroupId, key: MetaKey) -> Result<Option<Vec<u8>>>;
+
+    /// First and last index of the group's stored log entries, if any.
+    fn log_bounds(&self, group: GroupId) -> Result<Option<(u64, u64)>>;
+
+    /// Stored log entries with `from <= index < to`, ascending.
+    fn read_log(&self, group: GroupId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>>;
+
+    /// The record stored under `key`.
+    fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Record>>;
+
+    /// Up to `limit` records whose key starts with `prefix` and sorts after `after` (if given),
+    /// ascending by key.
+    fn scan(
+        &self,
+        group: GroupId,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Record)>>;
+
+    /// Write a consistent snapshot of the group's key/value data to `out` in the format of
+    /// [`crate::snapshot`] (read in one transaction with [`MetaKey::Applied`]).
+    fn export_group(&self, group: GroupId, out: &mut dyn Write) -> Result<ExportSummary>;
+
+    /// Replace the group's key/value data with the snapshot read from `input` and set
+    /// [`MetaKey::Applied`] to `applied`, atomically: a stream that fails to decode or fails its
+    /// checksum changes nothing. Returns the number of keys imported.
+    fn import_group(&self, group: GroupId, input: &mut dyn Read, applied: &[u8]) -> Result<u64>;
+
+    /// Remove everything stored for the group: log, metadata and key/value data.
+    fn drop_group(&self, group: GroupId) -> Result<()>;
+
+    /// Groups that have any metadata stored (the groups this node hosted when it stopped).
+    fn groups(&self) -> Result<Vec<GroupId>>;
+}

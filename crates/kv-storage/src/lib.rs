@@ -1,0 +1,32 @@
+//! Storage for one node: the key/value state machine of every Raft group the node hosts, each
+//! group's Raft log, its vote and other small metadata, behind one [`Engine`] trait with two
+//! backends, [`MemoryEngine`] and [`RedbEngine`] (one redb file per node).
+//!
+//! It knows nothing about Raft library types or HTTP: log entries and metadata are opaque bytes
+//! chosen by the caller (`kv-raft`), while the key/value semantics (versions, compare-and-set) are
+//! defined here by [`Command`] and [`Outcome`] so that a batch of commands applies atomically with
+//! the caller's "last applied" marker.
+//!
+//! Start from [`Store`]: it owns the engine and a dedicated writer thread that commits whatever
+//! writes are queued (from many groups) in one transaction, so concurrent writers share one fsync
+//! (group commit). Reads run on tokio's blocking pool via [`Store::read`]; nothing here blocks an
+//! async worker thread.
+
+mod command;
+mod engine;
+mod error;
+mod memory;
+mod redb_engine;
+mod snapshot;
+pub mod testing;
+mod writer;
+
+pub use command::{Command, Condition, Outcome, Record};
+pub use engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
+pub use error::StorageError;
+pub use memory::MemoryEngine;
+pub use redb_engine::RedbEngine;
+pub use writer::{Store, WriteCallback};
+
+/// Result type of every storage operation.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

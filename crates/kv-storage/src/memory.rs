@@ -1,0 +1,220 @@
+//! The in-memory engine: everything in ordered maps behind one lock. Used for tests and for
+//! `--storage memory` nodes, which lose their data on restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::sync::RwLock;
+
+use crate::command::{self, KvAccess};
+use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
+use crate::snapshot::{SnapshotReader, SnapshotWriter};
+use crate::{Outcome, Record, Result, StorageError};
+
+#[derive(Default)]
+struct State {
+    log: BTreeMap<(GroupId, u64), Vec<u8>>,
+    meta: HashMap<(GroupId, MetaKey), Vec<u8>>,
+    kv: BTreeMap<(GroupId, Vec<u8>), Record>,
+}
+
+/// Keeps all groups' data in memory; nothing survives the process.
+#[derive(Default)]
+pub struct MemoryEngine {
+    state: RwLock<State>,
+}
+
+impl MemoryEngine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, State>> {
+        self.state
+            .read()
+            .map_err(|_| StorageError::Backend("memory engine lock poisoned".into()))
+    }
+
+    fn write_lock(&self) -> Result<std::sync::RwLockWriteGuard<'_, State>> {
+        self.state
+            .write()
+            .map_err(|_| StorageError::Backend("memory engine lock poisoned".into()))
+    }
+}
+
+struct GroupKv<'a> {
+    kv: &'a mut BTreeMap<(GroupId, Vec<u8>), Record>,
+    group: GroupId,
+}
+
+impl KvAccess for GroupKv<'_> {
+    fn version_of(&mut self, key: &[u8]) -> Result<Option<u64>> {
+        Ok(self
+            .kv
+            .get(&(self.group, key.to_vec()))
+            .map(|r| r.version))
+    }
+    fn put(&mut self, key: &[u8], record: &Record) -> Result<()> {
+        self.kv.insert((self.group, key.to_vec()), record.clone());
+        Ok(())
+    }
+    fn remove(&mut self, key: &[u8]) -> Result<()> {
+        self.kv.remove(&(self.group, key.to_vec()));
+        Ok(())
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn write(&self, batches: &[WriteBatch]) -> Result<Vec<Vec<Outcome>>> {
+        let mut guard = self.write_lock()?;
+        // Apply to a copy-on-failure-free path: every op below is infallible for memory except
+        // command application, which only fails on storage errors that cannot happen here.
+        let state = &mut *guard;
+        let mut all = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let g = batch.group;
+            let mut outcomes = Vec::new();
+            for op in &batch.ops {
+                match op {
+                    Op::AppendLog { entries } => {
+                        for (i, e) in entries {
+                            state.log.insert((g, *i), e.clone());
+                        }
+                    }
+                    Op::TruncateLog { from } => {
+                        let doomed: Vec<_> = state
+                            .log
+                            .range((g, *from)..=(g, u64::MAX))
+                            .map(|(k, _)| *k)
+                            .collect();
+                        for k in doomed {
+                            state.log.remove(&k);
+                        }
+                    }
+                    Op::PurgeLog { through } => {
+                        let doomed: Vec<_> = state
+                            .log
+                            .range((g, 0)..=(g, *through))
+                            .map(|(k, _)| *k)
+                            .collect();
+                        for k in doomed {
+                            state.log.remove(&k);
+                        }
+                    }
+                    Op::SetMeta { key, value } => {
+                        state.meta.insert((g, *key), value.clone());
+                    }
+                    Op::Apply { commands, applied } => {
+                        let mut kv = GroupKv {
+                            kv: &mut state.kv,
+                            group: g,
+                        };
+                        for (index, cmd) in commands {
+                            outcomes.push(command::apply(&mut kv, *index, cmd)?);
+                        }
+                        state.meta.insert((g, MetaKey::Applied), applied.clone());
+                    }
+                }
+            }
+            all.push(outcomes);
+        }
+        Ok(all)
+    }
+
+    fn read_meta(&self, group: GroupId, key: MetaKey) -> Result<Option<Vec<u8>>> {
+        Ok(self.read()?.meta.get(&(group, key)).cloned())
+    }
+
+    fn log_bounds(&self, group: GroupId) -> Result<Option<(u64, u64)>> {
+        let state = self.read()?;
+        let mut range = state.log.range((group, 0)..=(group, u64::MAX));
+        let first = range.next().map(|(k, _)| k.1);
+        let last = range.next_back().map(|(k, _)| k.1);
+        Ok(first.map(|f| (f, last.unwrap_or(f))))
+    }
+
+    fn read_log(&self, group: GroupId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .read()?
+            .log
+            .range((group, from)..(group, to))
+            .map(|(k, v)| (k.1, v.clone()))
+            .collect())
+    }
+
+    fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Record>> {
+        Ok(self.read()?.kv.get(&(group, key.to_vec())).cloned())
+    }
+
+    fn scan(
+        &self,
+        group: GroupId,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Record)>> {
+        let state = self.read()?;
+        let start = (group, prefix.to_vec());
+        Ok(state
+            .kv
+            .range(start..)
+            .take_while(|((g, k), _)| *g == group && k.starts_with(prefix))
+            .filter(|((_, k), _)| after.is_none_or(|a| k.as_slice() > a))
+            .take(limit)
+            .map(|((_, k), r)| (k.clone(), r.clone()))
+            .collect())
+    }
+
+    fn export_group(&self, group: GroupId, out: &mut dyn Write) -> Result<ExportSummary> {
+        let state = self.read()?;
+        let applied = state.meta.get(&(group, MetaKey::Applied)).cloned();
+        let mut w = SnapshotWriter::new(out)?;
+        for ((_, k), r) in state
+            .kv
+            .range((group, Vec::new())..)
+            .take_while(|((g, _), _)| *g == group)
+        {
+            w.record(k, r.version, &r.value)?;
+        }
+        let (keys, bytes) = w.finish()?;
+        Ok(ExportSummary {
+            applied,
+            keys,
+            bytes,
+        })
+    }
+
+    fn import_group(&self, group: GroupId, input: &mut dyn Read, applied: &[u8]) -> Result<u64> {
+        // Decode fully before touching the state so a bad stream changes nothing.
+        let mut reader = SnapshotReader::new(input)?;
+        let mut records = Vec::new();
+        while let Some(rec) = reader.next_record()? {
+            records.push(rec);
+        }
+        let mut state = self.write_lock()?;
+        state.kv.retain(|(g, _), _| *g != group);
+        let n = records.len() as u64;
+        for (k, r) in records {
+            state.kv.insert((group, k), r);
+        }
+        state.meta.insert((group, MetaKey::Applied), applied.to_vec());
+        Ok(n)
+    }
+
+    fn drop_group(&self, group: GroupId) -> Result<()> {
+        let mut state = self.write_lock()?;
+        state.kv.retain(|(g, _), _| *g != group);
+        state.log.retain(|(g, _), _| *g != group);
+        state.meta.retain(|(g, _), _| *g != group);
+        Ok(())
+    }
+
+    fn groups(&self) -> Result<Vec<GroupId>> {
+        let mut groups: Vec<GroupId> = self.read()?.meta.keys().map(|(g, _)| *g).collect();
+        groups.sort();
+        groups.dedup();
+        Ok(groups)
+    }
+}
