@@ -48,10 +48,7 @@ struct GroupKv<'a> {
 
 impl KvAccess for GroupKv<'_> {
     fn version_of(&mut self, key: &[u8]) -> Result<Option<u64>> {
-        Ok(self
-            .kv
-            .get(&(self.group, key.to_vec()))
-            .map(|r| r.version))
+        Ok(self.kv.get(&(self.group, key.to_vec())).map(|r| r.version))
     }
     fn put(&mut self, key: &[u8], record: &Record) -> Result<()> {
         self.kv.insert((self.group, key.to_vec()), record.clone());
@@ -199,7 +196,9 @@ impl Engine for MemoryEngine {
         for (k, r) in records {
             state.kv.insert((group, k), r);
         }
-        state.meta.insert((group, MetaKey::Applied), applied.to_vec());
+        state
+            .meta
+            .insert((group, MetaKey::Applied), applied.to_vec());
         Ok(n)
     }
 

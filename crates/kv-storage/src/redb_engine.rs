@@ -1,47 +1,413 @@
-//! The redb engine (placeholder until the file-backed implementation lands).
+//! The redb engine: one redb file per node holding every group, in three tables keyed by group
+//! first so that each group's data is one contiguous key range:
+//!
+//! - `log`:  `(group, index)` -> encoded entry
+//! - `meta`: `(group, MetaKey::name())` -> value
+//! - `kv`:   `(group, key)` -> [`Record::encode`]d record
+//!
+//! Every [`Engine`] method is one redb transaction, so each is atomic and sees one consistent
+//! state. Write transactions serialize inside redb: [`Engine::import_group`] waits for (and
+//! holds up) the [`crate::Store`] writer thread.
 
+use std::fmt::Display;
+use std::io::{Read, Write};
+use std::ops::Bound;
 use std::path::Path;
 
-use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, WriteBatch};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, WriteTransaction,
+};
+
+use crate::command::{self, KvAccess};
+use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
+use crate::snapshot::{SnapshotReader, SnapshotWriter};
 use crate::{Outcome, Record, Result, StorageError};
 
-pub struct RedbEngine;
+const LOG: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<'_, (u64, &str), &[u8]> = TableDefinition::new("meta");
+const KV: TableDefinition<'_, (u64, &[u8]), &[u8]> = TableDefinition::new("kv");
+
+type KvTable<'txn> = Table<'txn, (u64, &'static [u8]), &'static [u8]>;
+
+/// Every redb error (I/O, corruption, transaction, table) is a backend failure to the caller.
+fn backend(e: impl Display) -> StorageError {
+    StorageError::backend(e)
+}
+
+/// Key range of one group in a table keyed by `(group, T)`.
+type GroupSpan<T> = (Bound<(u64, T)>, Bound<(u64, T)>);
+
+/// Every key of `group` in a table keyed by `(group, T)`, where `min` is the smallest `T`.
+/// The range ends before the next group's smallest key (or at the end, for the last group id).
+fn group_span<T: Copy>(group: u64, min: T) -> GroupSpan<T> {
+    let end = match group.checked_add(1) {
+        Some(next) => Bound::Excluded((next, min)),
+        None => Bound::Unbounded,
+    };
+    (Bound::Included((group, min)), end)
+}
+
+/// A node's storage in one redb file. Keeps the file locked while open: a second
+/// [`RedbEngine::open`] of the same path fails until this one is dropped.
+pub struct RedbEngine {
+    db: Database,
+}
 
 impl RedbEngine {
-    pub fn open(_path: &Path) -> Result<Self> {
-        Err(StorageError::Backend("redb engine not built yet".into()))
+    /// Open the database at `path`, creating the file and its parent directory if missing.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let engine = RedbEngine {
+            db: Database::create(path).map_err(backend)?,
+        };
+        // Read transactions open tables without creating them; creating all three here means
+        // they never fail with "table does not exist".
+        engine.write_txn(Durability::Immediate, |txn| {
+            txn.open_table(LOG).map_err(backend)?;
+            txn.open_table(META).map_err(backend)?;
+            txn.open_table(KV).map_err(backend)?;
+            Ok(())
+        })?;
+        Ok(engine)
+    }
+
+    /// Run `f` in one write transaction and commit it only if `f` succeeded. On error the
+    /// transaction is dropped, which aborts it: nothing `f` did becomes visible.
+    fn write_txn<R>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&WriteTransaction) -> Result<R>,
+    ) -> Result<R> {
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(durability).map_err(backend)?;
+        let out = f(&txn)?;
+        txn.commit().map_err(backend)?;
+        Ok(out)
+    }
+
+    fn read_txn(&self) -> Result<ReadTransaction> {
+        self.db.begin_read().map_err(backend)
     }
 }
 
+/// One group's slice of the open `kv` table, for [`command::apply`].
+struct GroupKv<'a, 'txn> {
+    table: &'a mut KvTable<'txn>,
+    group: u64,
+}
+
+impl KvAccess for GroupKv<'_, '_> {
+    fn version_of(&mut self, key: &[u8]) -> Result<Option<u64>> {
+        match self.table.get((self.group, key)).map_err(backend)? {
+            Some(stored) => Record::decode_version(stored.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&mut self, key: &[u8], record: &Record) -> Result<()> {
+        self.table
+            .insert((self.group, key), record.encode().as_slice())
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<()> {
+        self.table.remove((self.group, key)).map_err(backend)?;
+        Ok(())
+    }
+}
+
+/// Remove every key of `group` from a table keyed by `(group, T)`.
+fn clear_group<T: Copy + 'static, V: redb::Value + 'static>(
+    table: &mut Table<'_, (u64, T), V>,
+    group: u64,
+    min: T,
+) -> Result<()>
+where
+    (u64, T): redb::Key,
+    (u64, T): std::borrow::Borrow<<(u64, T) as redb::Value>::SelfType<'static>>,
+{
+    table
+        .retain_in(group_span(group, min), |_, _| false)
+        .map_err(backend)
+}
+
 impl Engine for RedbEngine {
-    fn write(&self, _: &[WriteBatch]) -> Result<Vec<Vec<Outcome>>> {
-        unimplemented!()
+    fn write(&self, batches: &[WriteBatch]) -> Result<Vec<Vec<Outcome>>> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A durable commit also makes every earlier non-durable commit durable, which is what
+        // "a durable batch and everything committed before it" requires.
+        let durability = if batches.iter().any(|b| b.durable) {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        self.write_txn(durability, |txn| {
+            let mut log = txn.open_table(LOG).map_err(backend)?;
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let mut kv = txn.open_table(KV).map_err(backend)?;
+            let mut all = Vec::with_capacity(batches.len());
+            for batch in batches {
+                let g = batch.group.0;
+                let mut outcomes = Vec::new();
+                for op in &batch.ops {
+                    match op {
+                        Op::AppendLog { entries } => {
+                            for (index, entry) in entries {
+                                log.insert((g, *index), entry.as_slice()).map_err(backend)?;
+                            }
+                        }
+                        Op::TruncateLog { from } => {
+                            log.retain_in((g, *from)..=(g, u64::MAX), |_, _| false)
+                                .map_err(backend)?;
+                        }
+                        Op::PurgeLog { through } => {
+                            log.retain_in((g, 0)..=(g, *through), |_, _| false)
+                                .map_err(backend)?;
+                        }
+                        Op::SetMeta { key, value } => {
+                            meta.insert((g, key.name()), value.as_slice())
+                                .map_err(backend)?;
+                        }
+                        Op::Apply { commands, applied } => {
+                            let mut table = GroupKv {
+                                table: &mut kv,
+                                group: g,
+                            };
+                            for (index, cmd) in commands {
+                                outcomes.push(command::apply(&mut table, *index, cmd)?);
+                            }
+                            // Same transaction as the commands: Applied never runs ahead of
+                            // or behind the data.
+                            meta.insert((g, MetaKey::Applied.name()), applied.as_slice())
+                                .map_err(backend)?;
+                        }
+                    }
+                }
+                all.push(outcomes);
+            }
+            Ok(all)
+        })
     }
-    fn read_meta(&self, _: GroupId, _: MetaKey) -> Result<Option<Vec<u8>>> {
-        unimplemented!()
+
+    fn read_meta(&self, group: GroupId, key: MetaKey) -> Result<Option<Vec<u8>>> {
+        let txn = self.read_txn()?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        get_meta(&meta, group, key)
     }
-    fn log_bounds(&self, _: GroupId) -> Result<Option<(u64, u64)>> {
-        unimplemented!()
+
+    fn log_bounds(&self, group: GroupId) -> Result<Option<(u64, u64)>> {
+        let txn = self.read_txn()?;
+        let log = txn.open_table(LOG).map_err(backend)?;
+        let g = group.0;
+        let mut range = log.range((g, 0)..=(g, u64::MAX)).map_err(backend)?;
+        let first = match range.next() {
+            Some(entry) => entry.map_err(backend)?.0.value().1,
+            None => return Ok(None),
+        };
+        let last = match range.next_back() {
+            Some(entry) => entry.map_err(backend)?.0.value().1,
+            None => first,
+        };
+        Ok(Some((first, last)))
     }
-    fn read_log(&self, _: GroupId, _: u64, _: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        unimplemented!()
+
+    fn read_log(&self, group: GroupId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let txn = self.read_txn()?;
+        let log = txn.open_table(LOG).map_err(backend)?;
+        let g = group.0;
+        let mut out = Vec::new();
+        for entry in log.range((g, from)..(g, to)).map_err(backend)? {
+            let (key, value) = entry.map_err(backend)?;
+            out.push((key.value().1, value.value().to_vec()));
+        }
+        Ok(out)
     }
-    fn get(&self, _: GroupId, _: &[u8]) -> Result<Option<Record>> {
-        unimplemented!()
+
+    fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Record>> {
+        let txn = self.read_txn()?;
+        let kv = txn.open_table(KV).map_err(backend)?;
+        match kv.get((group.0, key)).map_err(backend)? {
+            Some(stored) => Record::decode(stored.value()).map(Some),
+            None => Ok(None),
+        }
     }
-    fn scan(&self, _: GroupId, _: &[u8], _: Option<&[u8]>, _: usize) -> Result<Vec<(Vec<u8>, Record)>> {
-        unimplemented!()
+
+    fn scan(
+        &self,
+        group: GroupId,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Record)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let g = group.0;
+        // Keys with a given prefix are contiguous and start at the prefix itself, so starting
+        // at max(prefix, after) and stopping at the first key without the prefix visits exactly
+        // the matching keys.
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded((g, after)),
+            _ => Bound::Included((g, prefix)),
+        };
+        let (_, end) = group_span(g, &[][..]);
+        let txn = self.read_txn()?;
+        let kv = txn.open_table(KV).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in kv.range((start, end)).map_err(backend)? {
+            let (key, value) = entry.map_err(backend)?;
+            let (_, key) = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.to_vec(), Record::decode(value.value())?));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
     }
-    fn export_group(&self, _: GroupId, _: &mut dyn std::io::Write) -> Result<ExportSummary> {
-        unimplemented!()
+
+    fn export_group(&self, group: GroupId, out: &mut dyn Write) -> Result<ExportSummary> {
+        // One read transaction: Applied and the records are the same point in time.
+        let txn = self.read_txn()?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let applied = get_meta(&meta, group, MetaKey::Applied)?;
+        let kv = txn.open_table(KV).map_err(backend)?;
+        let mut w = SnapshotWriter::new(out)?;
+        // Streams record by record: the group is never held in memory.
+        for entry in kv.range(group_span(group.0, &[][..])).map_err(backend)? {
+            let (key, value) = entry.map_err(backend)?;
+            let record = Record::decode(value.value())?;
+            w.record(key.value().1, record.version, &record.value)?;
+        }
+        let (keys, bytes) = w.finish()?;
+        Ok(ExportSummary {
+            applied,
+            keys,
+            bytes,
+        })
     }
-    fn import_group(&self, _: GroupId, _: &mut dyn std::io::Read, _: &[u8]) -> Result<u64> {
-        unimplemented!()
+
+    fn import_group(&self, group: GroupId, input: &mut dyn Read, applied: &[u8]) -> Result<u64> {
+        let g = group.0;
+        let mut reader = SnapshotReader::new(input)?;
+        self.write_txn(Durability::Immediate, |txn| {
+            let mut kv = txn.open_table(KV).map_err(backend)?;
+            clear_group(&mut kv, g, &[][..])?;
+            let mut keys = 0;
+            // Records go straight into the transaction; it commits only after `next_record`
+            // returned `Ok(None)`, i.e. the trailer and checksum were verified. Any error
+            // returns early and drops (aborts) the transaction.
+            while let Some((key, record)) = reader.next_record()? {
+                kv.insert((g, key.as_slice()), record.encode().as_slice())
+                    .map_err(backend)?;
+                keys += 1;
+            }
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            meta.insert((g, MetaKey::Applied.name()), applied)
+                .map_err(backend)?;
+            Ok(keys)
+        })
     }
-    fn drop_group(&self, _: GroupId) -> Result<()> {
-        unimplemented!()
+
+    fn drop_group(&self, group: GroupId) -> Result<()> {
+        let g = group.0;
+        self.write_txn(Durability::Immediate, |txn| {
+            clear_group(&mut txn.open_table(LOG).map_err(backend)?, g, 0)?;
+            clear_group(&mut txn.open_table(META).map_err(backend)?, g, "")?;
+            clear_group(&mut txn.open_table(KV).map_err(backend)?, g, &[][..])?;
+            Ok(())
+        })
     }
+
     fn groups(&self) -> Result<Vec<GroupId>> {
-        unimplemented!()
+        let txn = self.read_txn()?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let mut groups: Vec<GroupId> = Vec::new();
+        // Iteration is ordered by group, so duplicates are adjacent.
+        for entry in meta.iter().map_err(backend)? {
+            let (key, _) = entry.map_err(backend)?;
+            let group = GroupId(key.value().0);
+            if groups.last() != Some(&group) {
+                groups.push(group);
+            }
+        }
+        Ok(groups)
+    }
+}
+
+fn get_meta(
+    meta: &ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+    group: GroupId,
+    key: MetaKey,
+) -> Result<Option<Vec<u8>>> {
+    Ok(meta
+        .get((group.0, key.name()))
+        .map_err(backend)?
+        .map(|v| v.value().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Command, Condition};
+
+    fn put(key: &str) -> Command {
+        Command::Put {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            cond: Condition::Always,
+        }
+    }
+
+    #[test]
+    fn a_failing_batch_aborts_the_whole_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RedbEngine::open(&dir.path().join("node.redb")).unwrap();
+        // A stored record too short to hold a version: applying to that key fails.
+        engine
+            .write_txn(Durability::Immediate, |txn| {
+                let mut kv = txn.open_table(KV).map_err(backend)?;
+                kv.insert((2, &b"bad"[..]), &b"short"[..])
+                    .map_err(backend)?;
+                Ok(())
+            })
+            .unwrap();
+
+        let good = WriteBatch::new(GroupId(1), true)
+            .op(Op::AppendLog {
+                entries: vec![(1, b"e1".to_vec())],
+            })
+            .op(Op::Apply {
+                commands: vec![(1, put("ok"))],
+                applied: b"1".to_vec(),
+            });
+        let bad = WriteBatch::new(GroupId(2), false).op(Op::Apply {
+            commands: vec![(1, put("bad"))],
+            applied: b"1".to_vec(),
+        });
+        let result = engine.write(&[good, bad]);
+        assert!(
+            matches!(result, Err(StorageError::Corrupt(_))),
+            "{result:?}"
+        );
+
+        assert_eq!(engine.get(GroupId(1), b"ok").unwrap(), None);
+        assert_eq!(engine.log_bounds(GroupId(1)).unwrap(), None);
+        assert_eq!(
+            engine.read_meta(GroupId(1), MetaKey::Applied).unwrap(),
+            None
+        );
+        assert_eq!(engine.groups().unwrap(), vec![]);
     }
 }

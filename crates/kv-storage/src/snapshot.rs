@@ -195,7 +195,13 @@ mod tests {
         bad[12] ^= 0xff;
         let mut input = &bad[..];
         let mut r = SnapshotReader::new(&mut input).unwrap();
-        let mut result = Ok(Some((Vec::new(), Record { version: 0, value: vec![] })));
+        let mut result = Ok(Some((
+            Vec::new(),
+            Record {
+                version: 0,
+                value: vec![],
+            },
+        )));
         while let Ok(Some(_)) = result {
             result = r.next_record();
         }

@@ -19,22 +19,50 @@ struct Job {
 }
 
 /// A node's storage: the engine plus its writer thread. Cheap to clone.
+///
+/// Dropping the last clone waits for the writer thread to finish the queued work and exit, so
+/// the engine (and the redb file lock) is released on return, unless reads in flight or callers
+/// of [`Store::engine`] still hold it.
 #[derive(Clone)]
 pub struct Store {
     engine: Arc<dyn Engine>,
+    // Field order matters: every clone's sender is dropped before its `_writer` reference, so
+    // when the last `_writer` reference goes, the queue is closed and the thread can be joined.
     jobs: mpsc::Sender<Job>,
+    _writer: Arc<WriterThread>,
+}
+
+/// Joins the writer thread when the last [`Store`] clone is dropped.
+struct WriterThread(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        let Some(thread) = self.0.take() else { return };
+        // A write callback that owned the last clone drops it on the writer thread itself,
+        // which then exits by itself once the queue is drained.
+        if thread.thread().id() == std::thread::current().id() {
+            return;
+        }
+        if thread.join().is_err() {
+            tracing::error!("storage writer thread panicked");
+        }
+    }
 }
 
 impl Store {
     /// A store over `engine`, starting its writer thread. The thread ends when the last clone
-    /// of the store is dropped, after finishing queued work.
+    /// of the store is dropped, after finishing queued work; that drop waits for it.
     pub fn new(engine: Arc<dyn Engine>) -> Result<Store> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let writer_engine = engine.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("kv-storage-writer".into())
             .spawn(move || run_writer(writer_engine, queue))?;
-        Ok(Store { engine, jobs })
+        Ok(Store {
+            engine,
+            jobs,
+            _writer: Arc::new(WriterThread(Some(thread))),
+        })
     }
 
     /// A store that keeps everything in memory.

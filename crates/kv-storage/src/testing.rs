@@ -1,1 +1,0 @@
-//! Conformance suite run against every engine (placeholder).

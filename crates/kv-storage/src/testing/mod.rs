@@ -1,0 +1,153 @@
+//! The [`Engine`] conformance suite: one set of cases every backend must pass, so that
+//! [`crate::MemoryEngine`] and [`crate::RedbEngine`] cannot drift apart (TiKV's
+//! `engine_traits_tests`).
+//!
+//! Each case takes a factory of fresh, empty engines (cases that need two engines, such as the
+//! snapshot round trip, call it twice). Run them all with [`run_all`], or one `#[test]` per case
+//! with [`conformance_tests!`](crate::conformance_tests).
+
+// Test support: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use crate::Engine;
+
+mod apply;
+mod fixtures;
+mod group_data;
+mod log;
+mod scan;
+
+pub use apply::*;
+pub use group_data::*;
+pub use log::*;
+pub use scan::*;
+
+/// Makes a fresh, empty engine.
+pub type MakeEngine<'a> = &'a dyn Fn() -> Arc<dyn Engine>;
+
+/// One conformance case.
+pub type Case = fn(MakeEngine<'_>);
+
+/// Every case, by name. [`conformance_tests!`](crate::conformance_tests) checks it lists them all.
+pub const CASES: &[(&str, Case)] = &[
+    ("log_append_read_and_bounds", log_append_read_and_bounds),
+    (
+        "log_truncate_and_purge_leave_no_holes",
+        log_truncate_and_purge_leave_no_holes,
+    ),
+    ("log_is_isolated_per_group", log_is_isolated_per_group),
+    ("meta_set_and_read", meta_set_and_read),
+    ("put_version_is_the_log_index", put_version_is_the_log_index),
+    (
+        "version_condition_matches_or_reports_current",
+        version_condition_matches_or_reports_current,
+    ),
+    (
+        "absent_condition_only_creates",
+        absent_condition_only_creates,
+    ),
+    (
+        "delete_returns_previous_version_or_not_found",
+        delete_returns_previous_version_or_not_found,
+    ),
+    (
+        "versions_increase_across_delete_and_recreate",
+        versions_increase_across_delete_and_recreate,
+    ),
+    (
+        "apply_records_applied_with_the_data",
+        apply_records_applied_with_the_data,
+    ),
+    (
+        "batches_commit_together_with_outcomes_per_batch",
+        batches_commit_together_with_outcomes_per_batch,
+    ),
+    (
+        "scan_prefix_after_limit_sorted",
+        scan_prefix_after_limit_sorted,
+    ),
+    ("scan_is_isolated_per_group", scan_is_isolated_per_group),
+    ("export_import_round_trip", export_import_round_trip),
+    (
+        "export_of_empty_group_imports_as_empty",
+        export_of_empty_group_imports_as_empty,
+    ),
+    (
+        "import_of_corrupt_stream_changes_nothing",
+        import_of_corrupt_stream_changes_nothing,
+    ),
+    (
+        "drop_group_removes_only_that_group",
+        drop_group_removes_only_that_group,
+    ),
+    (
+        "groups_lists_groups_with_metadata",
+        groups_lists_groups_with_metadata,
+    ),
+];
+
+/// Run every case against engines from `make`.
+pub fn run_all(make: MakeEngine<'_>) {
+    for (_, case) in CASES {
+        case(make);
+    }
+}
+
+/// One `#[test]` per conformance case, each calling `$runner(case)`. The runner sets up
+/// whatever the backend needs (a temporary directory, say) and passes the case a factory:
+///
+/// ```
+/// use std::sync::Arc;
+/// use kv_storage::{Engine, MemoryEngine};
+///
+/// fn memory(case: kv_storage::testing::Case) {
+///     case(&|| Arc::new(MemoryEngine::new()) as Arc<dyn Engine>)
+/// }
+///
+/// mod memory_engine {
+///     kv_storage::conformance_tests!(super::memory);
+/// }
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($runner:path) => {
+        $crate::conformance_tests!(@cases $runner;
+            log_append_read_and_bounds,
+            log_truncate_and_purge_leave_no_holes,
+            log_is_isolated_per_group,
+            meta_set_and_read,
+            put_version_is_the_log_index,
+            version_condition_matches_or_reports_current,
+            absent_condition_only_creates,
+            delete_returns_previous_version_or_not_found,
+            versions_increase_across_delete_and_recreate,
+            apply_records_applied_with_the_data,
+            batches_commit_together_with_outcomes_per_batch,
+            scan_prefix_after_limit_sorted,
+            scan_is_isolated_per_group,
+            export_import_round_trip,
+            export_of_empty_group_imports_as_empty,
+            import_of_corrupt_stream_changes_nothing,
+            drop_group_removes_only_that_group,
+            groups_lists_groups_with_metadata,
+        );
+    };
+    (@cases $runner:path; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $runner($crate::testing::$case);
+            }
+        )*
+
+        #[test]
+        fn conformance_tests_cover_every_case() {
+            let listed = [$(stringify!($case)),*];
+            let all: Vec<&str> = $crate::testing::CASES.iter().map(|(name, _)| *name).collect();
+            assert_eq!(listed.as_slice(), all.as_slice());
+        }
+    };
+}
