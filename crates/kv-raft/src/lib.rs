@@ -1,14 +1,33 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Replication: one openraft group per partition (and, later, one for cluster metadata), each
+//! stored in the node's shared [`kv_storage::Store`] and talking to its peers over HTTP.
+//!
+//! This crate owns the Raft library's type configuration ([`TypeConfig`]), the storage adapters
+//! that put a group's log ([`LogStore`]) and state machine ([`StateMachine`]) into kv-storage,
+//! snapshot files, the HTTP transport ([`Transport`]) and the registry of the groups a node hosts
+//! ([`RaftHost`]). It does not know HTTP routes or the ring: `kv-node` routes peer requests to
+//! [`RaftHost::handle_rpc`] and decides which groups to open.
+//!
+//! Every peer RPC is addressed to a group (`POST /raft/{group}/{rpc}`), so a node can host many
+//! groups behind one listener and one connection pool.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod encoding;
+mod error;
+mod group;
+mod host;
+mod log_store;
+mod network;
+mod state_machine;
+mod types;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::GroupError;
+pub use group::{Group, GroupStatus};
+pub use host::{RaftHost, RaftTuning};
+pub use log_store::LogStore;
+pub use network::{RpcKind, Transport};
+pub use state_machine::StateMachine;
+pub use types::{Request, Response, TypeConfig};
+
+/// The Raft node id (a cluster member id).
+pub type NodeId = u64;
+/// Peer address as stored in Raft membership (`host:port`).
+pub type Node = openraft::BasicNode;

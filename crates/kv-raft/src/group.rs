@@ -1,0 +1,175 @@
+//! A handle on one hosted Raft group: writes through the log, reads at the consistency asked,
+//! and the group's state for status pages.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kv_storage::{Command, GroupId, Outcome, Record, Store};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, Raft, ServerState};
+
+use crate::types::{Request, Response, TypeConfig};
+use crate::GroupError;
+
+/// One group hosted on this node. Cheap to clone.
+#[derive(Clone)]
+pub struct Group {
+    pub(crate) id: GroupId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) store: Store,
+    pub(crate) timeout: Duration,
+}
+
+/// A group's Raft state as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Addresses of every member, voter or learner.
+    pub nodes: BTreeMap<u64, String>,
+    pub last_log_index: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// On the leader: the highest index each member is known to hold.
+    pub replication: Option<BTreeMap<u64, Option<u64>>>,
+}
+
+fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> GroupError {
+    GroupError::NotLeader {
+        leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+    }
+}
+
+impl Group {
+    pub fn id(&self) -> GroupId {
+        self.id
+    }
+
+    /// The underlying Raft instance, for membership changes and tests.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Commit `cmd` through the log and return its outcome and log index.
+    pub async fn write(&self, cmd: Command) -> Result<(Outcome, u64), GroupError> {
+        let fut = self.raft.client_write(Request::Kv(cmd));
+        let result = tokio::time::timeout(self.timeout, fut).await.map_err(|_| {
+            GroupError::Unavailable(format!("write not committed within {:?}", self.timeout))
+        })?;
+        match result {
+            Ok(resp) => match resp.data {
+                Response::Kv(outcome) => Ok((outcome, resp.log_id.index)),
+                Response::None => Err(GroupError::Stopped("write produced no outcome".into())),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f)),
+            Err(RaftError::APIError(e)) => Err(GroupError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(GroupError::Stopped(f.to_string())),
+        }
+    }
+
+    /// Make sure this node is the leader and has applied everything committed before the call
+    /// (read-index), so a following local read is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), GroupError> {
+        let fut = self.raft.ensure_linearizable();
+        let result = tokio::time::timeout(self.timeout, fut).await.map_err(|_| {
+            GroupError::Unavailable(format!(
+                "leadership not confirmed within {:?}",
+                self.timeout
+            ))
+        })?;
+        match result {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
+            Err(RaftError::APIError(e)) => Err(GroupError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(GroupError::Stopped(f.to_string())),
+        }
+    }
+
+    /// Read `key`; linearizable unless `stale` (then: whatever this replica has applied).
+    pub async fn get(&self, key: Vec<u8>, stale: bool) -> Result<Option<Record>, GroupError> {
+        if !stale {
+            self.read_barrier().await?;
+        }
+        let group = self.id;
+        Ok(self.store.read(move |e| e.get(group, &key)).await?)
+    }
+
+    /// Up to `limit` keys with `prefix` after `after`, ascending.
+    pub async fn scan(
+        &self,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        stale: bool,
+    ) -> Result<Vec<(Vec<u8>, Record)>, GroupError> {
+        if !stale {
+            self.read_barrier().await?;
+        }
+        let group = self.id;
+        Ok(self
+            .store
+            .read(move |e| e.scan(group, &prefix, after.as_deref(), limit))
+            .await?)
+    }
+
+    /// The leader this node knows of, with its address.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    /// Whether this node currently leads the group.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(m.id) && m.state == ServerState::Leader
+    }
+
+    pub async fn status(&self) -> GroupStatus {
+        let commit_index = self
+            .raft
+            .with_raft_state(|st| st.committed.map(|c| c.index))
+            .await
+            .ok()
+            .flatten();
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        GroupStatus {
+            group: self.id,
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            term: m.current_term,
+            leader: m.current_leader,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            nodes: membership
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+            last_log_index: m.last_log_index,
+            commit_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            replication: m.replication.map(|r| {
+                r.into_iter()
+                    .map(|(id, l)| (id, l.map(|l| l.index)))
+                    .collect()
+            }),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The registry of groups a node hosts, and the entry point for peers' RPCs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kv_storage::{GroupId, Store};
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+
+use crate::encoding::{decode, encode};
+use crate::network::{RpcKind, Transport};
+use crate::{Group, GroupError, LogStore, StateMachine};
+
+/// Raft timing and log-compaction settings shared by every group of a node.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Build a snapshot (and purge the log) after this many applied entries.
+    pub snapshot_after_logs: u64,
+    /// Entries kept in the log behind the snapshot, so slightly lagging followers catch up from
+    /// the log instead of a snapshot.
+    pub logs_kept_after_snapshot: u64,
+    /// How long a client write or read barrier may wait for a quorum before failing.
+    pub request_timeout: Duration,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(500),
+            election_max: Duration::from_millis(1000),
+            snapshot_after_logs: 10_000,
+            logs_kept_after_snapshot: 1_000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RaftTuning {
+    fn config(&self) -> Result<Config, GroupError> {
+        let config = Config {
+            cluster_name: "kv".into(),
+            heartbeat_interval: millis(self.heartbeat),
+            election_timeout_min: millis(self.election_min),
+            election_timeout_max: millis(self.election_max),
+            install_snapshot_timeout: millis(self.request_timeout).max(1_000),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            snapshot_max_chunk_size: 1 << 20,
+            max_payload_entries: 512,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| GroupError::BadRequest(format!("invalid raft tuning: {e}")))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The groups hosted by one node, sharing its store and its HTTP client.
+pub struct RaftHost {
+    node_id: u64,
+    store: Store,
+    transport: Transport,
+    config: Arc<Config>,
+    timeout: Duration,
+    snapshot_root: PathBuf,
+    groups: RwLock<HashMap<GroupId, Group>>,
+    /// Serializes group creation so two callers never build the same group twice.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl RaftHost {
+    pub fn new(
+        node_id: u64,
+        store: Store,
+        transport: Transport,
+        tuning: &RaftTuning,
+        snapshot_root: PathBuf,
+    ) -> Result<Self, GroupError> {
+        Ok(RaftHost {
+            node_id,
+            store,
+            transport,
+            config: Arc::new(tuning.config()?),
+            timeout: tuning.request_timeout,
+            snapshot_root,
+            groups: RwLock::default(),
+            opening: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The group, if hosted here.
+    pub fn group(&self, id: GroupId) -> Option<Group> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Every hosted group, ordered by id.
+    pub fn groups(&self) -> Vec<Group> {
+        let mut groups: Vec<Group> = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        groups.sort_by_key(|g| g.id);
+        groups
+    }
+
+    /// Start (or return the already running) Raft instance of `id`, recovering its log, vote
+    /// and state from the store.
+    pub async fn open_group(&self, id: GroupId) -> Result<Group, GroupError> {
+        if let Some(g) = self.group(id) {
+            return Ok(g);
+        }
+        let _guard = self.opening.lock().await;
+        if let Some(g) = self.group(id) {
+            return Ok(g);
+        }
+        let log = LogStore::new(id, self.store.clone());
+        let sm = StateMachine::open(id, self.store.clone(), &self.snapshot_root).await?;
+        let raft = Raft::new(
+            self.node_id,
+            self.config.clone(),
+            self.transport.for_group(id),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| GroupError::Stopped(e.to_string()))?;
+        let group = Group {
+            id,
+            raft,
+            store: self.store.clone(),
+            timeout: self.timeout,
+        };
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, group.clone());
+        tracing::info!(node = self.node_id, group = %id, "group started");
+        Ok(group)
+    }
+
+    /// Make `members` the first membership of group `id`. Calling it on every initial member
+    /// with the same members is safe; a group that already has state ignores it.
+    pub async fn initialize(
+        &self,
+        id: GroupId,
+        members: BTreeMap<u64, BasicNode>,
+    ) -> Result<(), GroupError> {
+        let group = self.group(id).ok_or(GroupError::UnknownGroup(id.0))?;
+        match group.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(RaftError::APIError(e)) => Err(GroupError::BadRequest(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(GroupError::Stopped(f.to_string())),
+        }
+    }
+
+    /// Handle a peer's RPC for group `group`: decode, dispatch to the group, encode the answer.
+    pub async fn handle_rpc(
+        &self,
+        group: u64,
+        kind: RpcKind,
+        body: &[u8],
+    ) -> Result<Vec<u8>, GroupError> {
+        let g = self
+            .group(GroupId(group))
+            .ok_or(GroupError::UnknownGroup(group))?;
+        let bad = |e: postcard::Error| GroupError::BadRequest(e.to_string());
+        let enc = |r: Result<Vec<u8>, postcard::Error>| {
+            r.map_err(|e| GroupError::BadRequest(e.to_string()))
+        };
+        match kind {
+            RpcKind::Append => {
+                let req = decode(body).map_err(bad)?;
+                enc(encode(&g.raft.append_entries(req).await))
+            }
+            RpcKind::Vote => {
+                let req = decode(body).map_err(bad)?;
+                enc(encode(&g.raft.vote(req).await))
+            }
+            RpcKind::Snapshot => {
+                let req = decode(body).map_err(bad)?;
+                enc(encode(&g.raft.install_snapshot(req).await))
+            }
+        }
+    }
+
+    /// Stop every group's Raft instance.
+    pub async fn shutdown(&self) {
+        let groups: Vec<Group> = self
+            .groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, g)| g)
+            .collect();
+        for g in groups {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(group = %g.id, error = %e, "raft shutdown failed");
+            }
+        }
+    }
+}

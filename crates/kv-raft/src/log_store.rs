@@ -1,0 +1,269 @@
+//! A group's Raft log and vote in kv-storage.
+//!
+//! Appends are queued to the store's writer thread (shared by every group of the node, so
+//! concurrent appends share one fsync) and acknowledged to openraft through `LogFlushed` once
+//! durable. Until then they sit in `pending`, because openraft requires appended entries to be
+//! readable as soon as `append` returns.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
+
+use kv_storage::{GroupId, MetaKey, Op, Store, WriteBatch};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, Vote};
+
+use crate::encoding::{decode, encode, sto_err};
+use crate::types::{Entry, LogId, StorageIoError, TypeConfig};
+
+/// Appended entries not yet known durable: index -> (append sequence, encoded entry).
+/// The sequence lets a flush acknowledgement remove only the bytes it wrote, not a newer
+/// entry that replaced them after a truncation.
+type Pending = BTreeMap<u64, (u64, Vec<u8>)>;
+
+/// The log of one group. Clones share state; the clone handed to openraft as reader reads
+/// the same pending entries.
+#[derive(Clone)]
+pub struct LogStore {
+    group: GroupId,
+    store: Store,
+    pending: Arc<Mutex<Pending>>,
+    seq: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LogStore {
+    pub fn new(group: GroupId, store: Store) -> Self {
+        LogStore {
+            group,
+            store,
+            pending: Arc::default(),
+            seq: Arc::default(),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removals), so a poisoned lock is still usable.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        key: MetaKey,
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, StorageIoError> {
+        let group = self.group;
+        let bytes = self
+            .store
+            .read(move |e| e.read_meta(group, key))
+            .await
+            .map_err(|e| sto_err(subject.clone(), ErrorVerb::Read, e))?;
+        bytes
+            .map(|b| decode::<T>(&b))
+            .transpose()
+            .map_err(|e| sto_err(subject, ErrorVerb::Read, e))
+    }
+
+    async fn write(
+        &self,
+        batch: WriteBatch,
+        subject: ErrorSubject<u64>,
+    ) -> Result<(), StorageIoError> {
+        self.store
+            .write(batch)
+            .await
+            .map(|_| ())
+            .map_err(|e| sto_err(subject, ErrorVerb::Write, e))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageIoError> {
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        // Take pending entries first: one flushed between the two reads is then found on disk.
+        let pending: Vec<(u64, Vec<u8>)> = self
+            .pending()
+            .range(from..to)
+            .map(|(i, (_, e))| (*i, e.clone()))
+            .collect();
+        let group = self.group;
+        let mut stored = self
+            .store
+            .read(move |e| e.read_log(group, from, to))
+            .await
+            .map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        if !pending.is_empty() {
+            let mut merged: BTreeMap<u64, Vec<u8>> = stored.into_iter().collect();
+            merged.extend(pending);
+            stored = merged.into_iter().collect();
+        }
+        let mut entries = Vec::with_capacity(stored.len());
+        for (index, bytes) in stored {
+            let entry: Entry = decode(&bytes).map_err(|e| {
+                sto_err(
+                    ErrorSubject::LogIndex(index),
+                    ErrorVerb::Read,
+                    format!("undecodable log entry: {e}"),
+                )
+            })?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageIoError> {
+        let last_purged: Option<LogId> =
+            self.read_meta(MetaKey::Purged, ErrorSubject::Logs).await?;
+        let last_pending = self.pending().last_key_value().map(|(_, (_, e))| e.clone());
+        let group = self.group;
+        let last_stored = self
+            .store
+            .read(move |e| match e.log_bounds(group)? {
+                Some((_, last)) => Ok(e.read_log(group, last, last + 1)?.pop()),
+                None => Ok(None),
+            })
+            .await
+            .map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
+            .map(|(_, b)| b);
+        let mut last_log_id = last_purged;
+        for bytes in [last_stored, last_pending].into_iter().flatten() {
+            let entry: Entry =
+                decode(&bytes).map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            if Some(entry.log_id) > last_log_id {
+                last_log_id = Some(entry.log_id);
+            }
+        }
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageIoError> {
+        let value = encode(vote).map_err(|e| sto_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        let batch = WriteBatch::new(self.group, true).op(Op::SetMeta {
+            key: MetaKey::Vote,
+            value,
+        });
+        self.write(batch, ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageIoError> {
+        self.read_meta(MetaKey::Vote, ErrorSubject::Vote).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageIoError> {
+        // Not fsynced: a lost value only means re-learning the commit index from the leader.
+        // Queued behind earlier writes, so there is nothing to wait for.
+        let value =
+            encode(&committed).map_err(|e| sto_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let batch = WriteBatch::new(self.group, false).op(Op::SetMeta {
+            key: MetaKey::Committed,
+            value,
+        });
+        let group = self.group;
+        self.store.submit(
+            batch,
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    tracing::warn!(%group, error = %e, "saving the commit index failed");
+                }
+            }),
+        );
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageIoError> {
+        Ok(self
+            .read_meta::<Option<LogId>>(MetaKey::Committed, ErrorSubject::Store)
+            .await?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageIoError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            let bytes = encode(&entry)
+                .map_err(|e| sto_err(ErrorSubject::LogIndex(index), ErrorVerb::Write, e))?;
+            encoded.push((index, bytes));
+        }
+        let indexes: Vec<u64> = encoded.iter().map(|(i, _)| *i).collect();
+        {
+            let mut pending = self.pending();
+            for (i, b) in &encoded {
+                pending.insert(*i, (seq, b.clone()));
+            }
+        }
+        let pending = self.pending.clone();
+        let batch = WriteBatch::new(self.group, true).op(Op::AppendLog { entries: encoded });
+        self.store.submit(
+            batch,
+            Box::new(move |result| {
+                if result.is_ok() {
+                    let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+                    for i in indexes {
+                        if pending.get(&i).is_some_and(|(s, _)| *s == seq) {
+                            pending.remove(&i);
+                        }
+                    }
+                }
+                callback.log_io_completed(result.map(|_| ()).map_err(std::io::Error::other));
+            }),
+        );
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageIoError> {
+        self.pending().retain(|i, _| *i < log_id.index);
+        let batch = WriteBatch::new(self.group, true).op(Op::TruncateLog { from: log_id.index });
+        self.write(batch, ErrorSubject::Logs).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageIoError> {
+        self.pending().retain(|i, _| *i > log_id.index);
+        let value =
+            encode(&log_id).map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        // The purged marker and the deletion commit together, so a crash never leaves a hole
+        // between the marker and the first stored entry.
+        let batch = WriteBatch::new(self.group, false)
+            .op(Op::SetMeta {
+                key: MetaKey::Purged,
+                value,
+            })
+            .op(Op::PurgeLog {
+                through: log_id.index,
+            });
+        self.write(batch, ErrorSubject::Logs).await
+    }
+}

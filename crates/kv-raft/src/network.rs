@@ -1,0 +1,184 @@
+//! HTTP transport between the groups of different nodes.
+//!
+//! Wire format: `POST http://{addr}/raft/{group}/{rpc}` with the postcard-encoded openraft
+//! request as body; the answer is `200` with the postcard-encoded
+//! `Result<response, RaftError>`. Any other status means the peer could not handle it (for
+//! example it does not host the group yet) and counts as a network error, so openraft retries.
+
+use std::time::Duration;
+
+use kv_storage::GroupId;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::encoding::{decode, encode};
+use crate::types::TypeConfig;
+
+/// The three Raft RPCs, as named in the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcKind {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RpcKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RpcKind::Append => "append",
+            RpcKind::Vote => "vote",
+            RpcKind::Snapshot => "snapshot",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RpcKind> {
+        match s {
+            "append" => Some(RpcKind::Append),
+            "vote" => Some(RpcKind::Vote),
+            "snapshot" => Some(RpcKind::Snapshot),
+            _ => None,
+        }
+    }
+}
+
+/// The node's one pooled HTTP client for Raft traffic. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    http: reqwest::Client,
+}
+
+impl Transport {
+    pub fn new(http: reqwest::Client) -> Self {
+        Transport { http }
+    }
+
+    /// A network factory for one group.
+    pub(crate) fn for_group(&self, group: GroupId) -> GroupNetwork {
+        GroupNetwork {
+            group,
+            http: self.http.clone(),
+        }
+    }
+}
+
+/// Creates peer clients for one group.
+pub struct GroupNetwork {
+    group: GroupId,
+    http: reqwest::Client,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            group: self.group,
+            target,
+            base: format!("http://{}/raft/{}", node.addr, self.group.0),
+            http: self.http.clone(),
+        }
+    }
+}
+
+/// One group's connection to one peer.
+pub struct PeerClient {
+    group: GroupId,
+    target: u64,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &self,
+        kind: RpcKind,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let url = format!("{}/{}", self.base, kind.as_str());
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(timeout)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if !status.is_success() {
+            let msg = format!(
+                "peer {} answered {} for {} of {}: {}",
+                self.target,
+                status,
+                kind.as_str(),
+                self.group,
+                String::from_utf8_lossy(&bytes)
+            );
+            return Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(msg),
+            )));
+        }
+        let result: Result<Resp, RaftError<u64, E>> =
+            decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call(RpcKind::Append, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.call(RpcKind::Snapshot, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call(RpcKind::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        // An unreachable peer is retried soon but not in a tight loop.
+        Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}

@@ -1,0 +1,316 @@
+//! A group's state machine: the key/value data in kv-storage, applied atomically with the
+//! "last applied" marker, and snapshots as files streamed from and into the store.
+//!
+//! Snapshots live in `{snapshot_dir}/{group}/{snapshot_id}.snap`; the metadata of the current
+//! one is stored under `MetaKey::Snapshot`. Only the current snapshot's file is kept.
+
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+
+use kv_storage::{Command, GroupId, MetaKey, Op, Store, WriteBatch};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+
+use crate::encoding::{decode, encode, sto_err, Applied};
+use crate::types::{
+    Entry, LogId, Membership, Request, Response, SnapshotMeta, StorageIoError, TypeConfig,
+};
+
+/// The state machine of one group. Clones share the store; openraft serializes calls.
+#[derive(Clone)]
+pub struct StateMachine {
+    group: GroupId,
+    store: Store,
+    dir: PathBuf,
+    membership: Membership,
+    /// The file `begin_receiving_snapshot` handed out, renamed into place on install.
+    incoming: std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>,
+}
+
+impl StateMachine {
+    /// Opens the state machine of `group`, with its snapshots under `snapshot_root`.
+    pub async fn open(
+        group: GroupId,
+        store: Store,
+        snapshot_root: &Path,
+    ) -> Result<Self, kv_storage::StorageError> {
+        let dir = snapshot_root.join(group.to_string());
+        tokio::fs::create_dir_all(&dir).await?;
+        // Leftovers of snapshots being built or received when the node stopped.
+        let mut entries = tokio::fs::read_dir(&dir).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = tokio::fs::remove_file(entry.path()).await;
+            }
+        }
+        let mut sm = StateMachine {
+            group,
+            store,
+            dir,
+            membership: Membership::default(),
+            incoming: Default::default(),
+        };
+        sm.membership = sm.applied().await.map(|a| a.membership).unwrap_or_default();
+        Ok(sm)
+    }
+
+    async fn applied(&self) -> Result<Applied, StorageIoError> {
+        let group = self.group;
+        let bytes = self
+            .store
+            .read(move |e| e.read_meta(group, MetaKey::Applied))
+            .await
+            .map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        match bytes {
+            None => Ok(Applied::default()),
+            Some(b) => {
+                decode(&b).map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))
+            }
+        }
+    }
+
+    fn snapshot_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.snap"))
+    }
+
+    /// Record `meta` as the current snapshot and delete every other snapshot file.
+    async fn set_current(&self, meta: &SnapshotMeta) -> Result<(), StorageIoError> {
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+        let value = encode(meta).map_err(|e| sto_err(subject.clone(), ErrorVerb::Write, e))?;
+        let batch = WriteBatch::new(self.group, true).op(Op::SetMeta {
+            key: MetaKey::Snapshot,
+            value,
+        });
+        self.store
+            .write(batch)
+            .await
+            .map_err(|e| sto_err(subject, ErrorVerb::Write, e))?;
+        let keep = format!("{}.snap", meta.snapshot_id);
+        if let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".snap") && name != keep {
+                    let _ = tokio::fs::remove_file(entry.path()).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageIoError> {
+        let group = self.group;
+        let tmp = self
+            .dir
+            .join(format!("building-{}.tmp", rand::random::<u64>()));
+        let tmp_path = tmp.clone();
+        let summary = self
+            .store
+            .read(move |engine| {
+                let file = std::fs::File::create(&tmp_path)?;
+                let mut out = BufWriter::new(file);
+                let summary = engine.export_group(group, &mut out)?;
+                let file = out
+                    .into_inner()
+                    .map_err(|e| kv_storage::StorageError::Backend(e.to_string()))?;
+                file.sync_all()?;
+                Ok(summary)
+            })
+            .await
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        let applied: Applied = match summary.applied {
+            Some(b) => {
+                decode(&b).map_err(|e| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
+            }
+            None => Applied::default(),
+        };
+        let snapshot_id = match applied.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+            None => format!("0-0-{}", rand::random::<u32>()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+            snapshot_id,
+        };
+        let path = self.snapshot_path(&meta.snapshot_id);
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        self.set_current(&meta).await?;
+        tracing::info!(%group, id = %meta.snapshot_id, keys = summary.keys, bytes = summary.bytes, "built snapshot");
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageIoError> {
+        let applied = self.applied().await?;
+        Ok((applied.last_applied, applied.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageIoError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        // One response slot per entry; `Some(n)` marks the n-th command's outcome.
+        let mut slots: Vec<Option<usize>> = Vec::new();
+        let mut commands: Vec<(u64, Command)> = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => slots.push(None),
+                EntryPayload::Normal(Request::Kv(cmd)) => {
+                    slots.push(Some(commands.len()));
+                    commands.push((entry.log_id.index, cmd));
+                }
+                EntryPayload::Membership(m) => {
+                    self.membership = Membership::new(Some(entry.log_id), m);
+                    slots.push(None);
+                }
+            }
+        }
+        if last.is_none() {
+            return Ok(Vec::new());
+        }
+        let applied = Applied {
+            last_applied: last,
+            membership: self.membership.clone(),
+        };
+        let applied = encode(&applied)
+            .map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        // Not fsynced: after a crash, entries after the durable "applied" marker are replayed
+        // from the (durable) log.
+        let batch = WriteBatch::new(self.group, false).op(Op::Apply { commands, applied });
+        let mut outcomes = self
+            .store
+            .write(batch)
+            .await
+            .map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
+            .into_iter()
+            .map(Some)
+            .collect::<Vec<_>>();
+        Ok(slots
+            .into_iter()
+            .map(|slot| {
+                match slot
+                    .and_then(|n| outcomes.get_mut(n))
+                    .and_then(Option::take)
+                {
+                    Some(outcome) => Response::Kv(outcome),
+                    None => Response::None,
+                }
+            })
+            .collect())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageIoError> {
+        let path = self
+            .dir
+            .join(format!("incoming-{}.tmp", rand::random::<u64>()));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        *self.incoming.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageIoError> {
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+        let applied = encode(&Applied {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        })
+        .map_err(|e| sto_err(subject.clone(), ErrorVerb::Write, e))?;
+        let file = snapshot.into_std().await;
+        let path = self.snapshot_path(&meta.snapshot_id);
+        let incoming = self
+            .incoming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let group = self.group;
+        let keys = self
+            .store
+            .read(move |engine| {
+                use std::io::Seek;
+                let mut file = file;
+                file.sync_all()?;
+                file.rewind()?;
+                let mut input = BufReader::new(&file);
+                let keys = engine.import_group(group, &mut input, &applied)?;
+                // Keep the received stream as our current snapshot: it is exactly the state
+                // just installed.
+                match incoming {
+                    Some(src) => std::fs::rename(src, &path)?,
+                    None => {
+                        file.rewind()?;
+                        let mut dst = std::fs::File::create(&path)?;
+                        std::io::copy(&mut file, &mut dst)?;
+                        dst.sync_all()?;
+                    }
+                }
+                Ok(keys)
+            })
+            .await
+            .map_err(|e| sto_err(subject, ErrorVerb::Write, e))?;
+        self.membership = meta.last_membership.clone();
+        self.set_current(meta).await?;
+        tracing::info!(%group, id = %meta.snapshot_id, keys, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageIoError> {
+        let group = self.group;
+        let bytes = self
+            .store
+            .read(move |e| e.read_meta(group, MetaKey::Snapshot))
+            .await
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = decode(&bytes)
+            .map_err(|e| sto_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        match tokio::fs::File::open(self.snapshot_path(&meta.snapshot_id)).await {
+            Ok(file) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(file),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(%group, id = %meta.snapshot_id, "snapshot file missing; a new one will be built");
+                Ok(None)
+            }
+            Err(e) => Err(sto_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )),
+        }
+    }
+}

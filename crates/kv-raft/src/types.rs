@@ -1,0 +1,57 @@
+//! The openraft type configuration shared by every group.
+
+use kv_storage::{Command, Outcome};
+use serde::{Deserialize, Serialize};
+
+/// What a Raft log entry carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A key/value write to a data partition.
+    Kv(Command),
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Kv(Command::Put { key, value, .. }) => {
+                write!(
+                    f,
+                    "put {:?} ({} bytes)",
+                    String::from_utf8_lossy(key),
+                    value.len()
+                )
+            }
+            Request::Kv(Command::Delete { key, .. }) => {
+                write!(f, "delete {:?}", String::from_utf8_lossy(key))
+            }
+        }
+    }
+}
+
+/// What applying an entry produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Result of a [`Request::Kv`].
+    Kv(Outcome),
+    /// Blank and membership entries produce nothing.
+    None,
+}
+
+openraft::declare_raft_types!(
+    /// Type configuration of every group: u64 node ids, `host:port` nodes, snapshot data in
+    /// files so snapshots stream from and to disk instead of memory.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub(crate) type Entry = openraft::Entry<TypeConfig>;
+pub(crate) type LogId = openraft::LogId<u64>;
+pub(crate) type Membership = openraft::StoredMembership<u64, openraft::BasicNode>;
+pub(crate) type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
+pub(crate) type StorageIoError = openraft::StorageError<u64>;
