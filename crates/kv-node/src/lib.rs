@@ -1,14 +1,183 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The kv store server. One `kv-node` process is one cluster member: it hosts the Raft groups
+//! of the partitions the ring assigns it, serves the HTTP/JSON client API for every key (serving
+//! what it leads, forwarding the rest), and answers its peers' Raft RPCs on the same listener.
+//!
+//! Start from [`Config`] (flags, `KV_*` environment, TOML file) and [`Node::start`], which returns
+//! a running node; [`run`] is what the binary calls. [`routes::app`] builds the router, and
+//! `testing` (feature `test-util`) starts whole clusters of real processes for tests.
+
+pub mod cluster_api;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod kv_api;
+pub mod peer_api;
+pub mod placement;
+pub mod routes;
+pub mod state;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use kv_raft::{RaftHost, Transport};
+use kv_storage::Store;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use openraft::BasicNode;
+use tokio::task::JoinHandle;
+
+pub use config::{Config, Flags, StorageKind};
+pub use routes::app;
+pub use state::AppState;
+
+use crate::placement::{group_of, Layout};
+
+/// The process-wide Prometheus recorder (metrics macros write to one global recorder).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A running node.
+pub struct Node {
+    state: AppState,
+    addr: SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Node {
+    /// Open storage, start serving, and start (or recover) this node's partition groups.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let config = Arc::new(config);
+        tokio::fs::create_dir_all(&config.data_dir)
+            .await
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let store = match config.storage {
+            StorageKind::Redb => {
+                let path = config.data_dir.join("kv.redb");
+                let open = tokio::task::spawn_blocking(move || Store::redb(&path));
+                open.await?.context("cannot open the redb store")?
+            }
+            StorageKind::Memory => Store::memory()?,
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .context("cannot build the HTTP client")?;
+        let host = Arc::new(RaftHost::new(
+            config.id,
+            store,
+            Transport::new(http.clone()),
+            &config.raft,
+            config.data_dir.join("snapshots"),
+        )?);
+        let layout = Layout::compute(config.initial_cluster.clone(), config.ring)?;
+        let state = AppState::new(config.clone(), host.clone(), http, layout, metrics_handle());
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let (shutdown, mut stop) = tokio::sync::watch::channel(false);
+        let router = app(state.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tracing::info!(node = config.id, %addr, "listening");
+
+        start_groups(&state).await?;
+        Ok(Node {
+            state,
+            addr,
+            shutdown,
+            server,
+        })
+    }
+
+    /// The address the node listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stop accepting requests, finish in-flight ones, stop every group, flush storage.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        match tokio::time::timeout(Duration::from_secs(10), self.server).await {
+            Ok(joined) => joined??,
+            Err(_) => tracing::warn!("in-flight requests did not finish within 10s"),
+        }
+        self.state.host.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Open the group of every partition placed on this node and, for a new cluster, give each its
+/// first membership (the partition's replicas).
+async fn start_groups(state: &AppState) -> anyhow::Result<()> {
+    let layout = state.layout();
+    let me = state.config.id;
+    for p in layout.partitions_of(me) {
+        let gid = group_of(p);
+        state.host.open_group(gid).await?;
+        let members: BTreeMap<u64, BasicNode> = layout
+            .replicas(p)
+            .into_iter()
+            .filter_map(|id| layout.addr(id).map(|a| (id, BasicNode::new(a))))
+            .collect();
+        state.host.initialize(gid, members).await?;
+    }
+    Ok(())
+}
+
+/// Run a node until SIGINT or SIGTERM, then shut it down gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let node = Node::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
     }
 }

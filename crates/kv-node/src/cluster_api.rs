@@ -1,0 +1,118 @@
+//! Cluster routes: `GET /v1/cluster`, `/health`, `/ready`, `/metrics`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kv_client::api::{ClusterStatus, GroupStatus, Member};
+use kv_ring::PartitionId;
+use serde_json::json;
+
+use crate::placement::{group_of, partition_of_group};
+use crate::state::AppState;
+
+/// `GET /v1/cluster`: members, ring parameters, and every partition's replicas with the Raft
+/// state this node sees (leader, term, indexes) for the partitions it hosts.
+pub async fn status(State(st): State<AppState>) -> Json<ClusterStatus> {
+    let layout = st.layout();
+    let mut groups = Vec::new();
+    for p in 0..layout.partitions() {
+        let p = PartitionId(p);
+        let replicas = layout.replicas(p);
+        match st.host.group(group_of(p)) {
+            Some(g) => {
+                let s = g.status().await;
+                groups.push(GroupStatus {
+                    partition: partition_of_group(s.group).map(|p| p.0),
+                    replicas: s.voters,
+                    learners: s.learners,
+                    leader: s.leader,
+                    term: s.term,
+                    role: s.role.to_string(),
+                    last_log_index: s.last_log_index,
+                    commit_index: s.commit_index,
+                    applied_index: s.applied_index,
+                    replication: s.replication,
+                });
+            }
+            None => groups.push(GroupStatus {
+                partition: Some(p.0),
+                replicas,
+                learners: Vec::new(),
+                leader: None,
+                term: 0,
+                role: "none".into(),
+                last_log_index: None,
+                commit_index: None,
+                applied_index: None,
+                replication: None,
+            }),
+        }
+    }
+    let params = layout.placement.params();
+    Json(ClusterStatus {
+        node: st.config.id,
+        members: layout
+            .members
+            .iter()
+            .map(|(id, addr)| Member {
+                id: *id,
+                addr: addr.clone(),
+            })
+            .collect(),
+        partitions: params.partitions,
+        replication_factor: params.replication_factor,
+        groups,
+    })
+}
+
+/// `GET /health`: the process is up and serving HTTP.
+pub async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "node": st.config.id}))
+}
+
+/// `GET /ready`: every partition this node hosts has a known leader.
+pub async fn ready(State(st): State<AppState>) -> Response {
+    let groups = st.host.groups();
+    let waiting: Vec<u64> = groups
+        .iter()
+        .filter(|g| g.leader().is_none())
+        .filter_map(|g| partition_of_group(g.id()).map(|p| u64::from(p.0)))
+        .collect();
+    let expected = st.layout().partitions_of(st.config.id).len();
+    if waiting.is_empty() && groups.len() >= expected {
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "node": st.config.id, "partitions": groups.len()})),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({
+                "error": "not_ready",
+                "message": format!("{} hosted partitions have no leader yet", waiting.len().max(expected.saturating_sub(groups.len()))),
+                "partitions_without_leader": waiting,
+            })),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let mut leaders = 0u64;
+    for g in st.host.groups() {
+        if g.is_leader() {
+            leaders += 1;
+        }
+    }
+    metrics::gauge!("kv_partitions_hosted").set(st.host.groups().len() as f64);
+    metrics::gauge!("kv_partitions_led").set(leaders as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}

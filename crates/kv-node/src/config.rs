@@ -1,0 +1,264 @@
+//! Node configuration: command-line flags, each also read from a `KV_*` environment variable,
+//! over an optional TOML file (`--config`), over built-in defaults. A bare `kv-node` is a
+//! single-node store on redb under `./data`, listening on 127.0.0.1:7001.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use kv_raft::RaftTuning;
+use kv_ring::RingParams;
+use serde::Deserialize;
+
+/// Which storage engine holds the node's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// A redb file under the data directory (durable).
+    Redb,
+    /// Process memory (lost on exit; for tests and experiments).
+    Memory,
+}
+
+/// Command-line flags. Every flag is optional here so that the config file can fill what the
+/// command line and environment leave out.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(name = "kv-node", version, about = "A node of the kv store")]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Flags {
+    /// TOML file with any of these settings (keys as the long flag names).
+    #[arg(long, env = "KV_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "KV_ID")]
+    pub id: Option<u64>,
+    /// Address to listen on for clients and peers.
+    #[arg(long, env = "KV_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address peers and forwarded clients use to reach this node (default: --listen).
+    #[arg(long, env = "KV_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Directory for the node's data (redb file, snapshots).
+    #[arg(long, env = "KV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Members of a new cluster: `1=host:port,2=host:port,...` (default: this node alone).
+    #[arg(long, env = "KV_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Storage engine.
+    #[arg(long, env = "KV_STORAGE", value_enum)]
+    pub storage: Option<StorageKind>,
+    /// Number of partitions the key space is split into (fixed at cluster creation).
+    #[arg(long, env = "KV_PARTITIONS")]
+    pub partitions: Option<u32>,
+    /// Replicas per partition (capped by the node count).
+    #[arg(long, env = "KV_REPLICATION_FACTOR")]
+    pub replication_factor: Option<u32>,
+    /// Virtual nodes per node on the hash ring.
+    #[arg(long, env = "KV_VNODES")]
+    pub vnodes: Option<u32>,
+    /// Largest accepted value, in bytes.
+    #[arg(long, env = "KV_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "KV_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Minimum Raft election timeout in milliseconds (the maximum is twice this).
+    #[arg(long, env = "KV_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+    /// Snapshot and purge the Raft log after this many applied entries.
+    #[arg(long, env = "KV_SNAPSHOT_LOGS")]
+    pub snapshot_logs: Option<u64>,
+    /// Log entries kept behind a snapshot for lagging followers.
+    #[arg(long, env = "KV_LOGS_KEPT")]
+    pub logs_kept: Option<u64>,
+    /// How long a request may wait for a quorum before answering 503, in milliseconds.
+    #[arg(long, env = "KV_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `kv_node=debug`).
+    #[arg(long, env = "KV_LOG")]
+    pub log: Option<String>,
+}
+
+/// Fully resolved node settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: u64,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    /// Initial members: id -> address.
+    pub initial_cluster: BTreeMap<u64, String>,
+    pub storage: StorageKind,
+    pub ring: RingParams,
+    pub max_value_bytes: usize,
+    pub raft: RaftTuning,
+    pub log: String,
+}
+
+/// Largest accepted key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+impl Config {
+    /// Resolve command-line flags (already merged with the environment by clap) over the
+    /// config file they name, over the defaults.
+    pub fn from_flags(flags: Flags) -> anyhow::Result<Config> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read config file {}: {e}", path.display())
+                })?;
+                toml::from_str::<Flags>(&text)
+                    .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?
+            }
+            None => Flags::default(),
+        };
+        macro_rules! pick {
+            ($field:ident, $default:expr) => {
+                flags.$field.or(file.$field).unwrap_or_else(|| $default)
+            };
+        }
+        let id = pick!(id, 1);
+        if id == 0 {
+            anyhow::bail!("--id must be a positive integer");
+        }
+        let listen: SocketAddr = pick!(listen, SocketAddr::from(([127, 0, 0, 1], 7001)));
+        let advertise = pick!(advertise, listen.to_string());
+        let initial_cluster = match flags.initial_cluster.or(file.initial_cluster) {
+            Some(spec) => parse_members(&spec)?,
+            None => BTreeMap::from([(id, advertise.clone())]),
+        };
+        match initial_cluster.get(&id) {
+            Some(addr) if *addr == advertise => {}
+            Some(addr) => anyhow::bail!(
+                "--initial-cluster gives node {id} the address {addr}, but it advertises {advertise} (set --advertise)"
+            ),
+            None => anyhow::bail!("--initial-cluster does not include this node's id {id}"),
+        }
+        let storage = pick!(storage, StorageKind::Redb);
+        let ring = RingParams {
+            partitions: pick!(partitions, 16),
+            replication_factor: pick!(replication_factor, 3),
+            vnodes: pick!(vnodes, RingParams::DEFAULT.vnodes),
+        };
+        ring.validate()
+            .map_err(|e| anyhow::anyhow!("invalid placement settings: {e}"))?;
+        let heartbeat = pick!(heartbeat_ms, 100);
+        let election = pick!(election_timeout_ms, heartbeat * 5);
+        if heartbeat == 0 || election <= heartbeat {
+            anyhow::bail!(
+                "--election-timeout-ms ({election}) must exceed --heartbeat-ms ({heartbeat})"
+            );
+        }
+        let raft = RaftTuning {
+            heartbeat: Duration::from_millis(heartbeat),
+            election_min: Duration::from_millis(election),
+            election_max: Duration::from_millis(election * 2),
+            snapshot_after_logs: pick!(snapshot_logs, 10_000).max(1),
+            logs_kept_after_snapshot: pick!(logs_kept, 1_000),
+            request_timeout: Duration::from_millis(pick!(request_timeout_ms, 5_000).max(1)),
+        };
+        Ok(Config {
+            id,
+            listen,
+            advertise,
+            data_dir: pick!(data_dir, PathBuf::from("./data")),
+            initial_cluster,
+            storage,
+            ring,
+            max_value_bytes: pick!(max_value_bytes, 1 << 20),
+            raft,
+            log: pick!(log, "info".to_string()),
+        })
+    }
+}
+
+/// Parse `1=host:port,2=host:port`.
+pub fn parse_members(spec: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut members = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("member {part:?} is not of the form ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("member id {id:?} is not a positive integer"))?;
+        if id == 0 {
+            anyhow::bail!("member id 0 is not allowed");
+        }
+        let addr = addr.trim();
+        if !addr.contains(':') {
+            anyhow::bail!("member address {addr:?} has no port");
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            anyhow::bail!("member id {id} appears twice");
+        }
+    }
+    if members.is_empty() {
+        anyhow::bail!("the member list is empty");
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: &[&str]) -> anyhow::Result<Config> {
+        let mut argv = vec!["kv-node"];
+        argv.extend_from_slice(args);
+        Config::from_flags(Flags::try_parse_from(argv)?)
+    }
+
+    #[test]
+    fn bare_node_is_a_single_node_redb_store_on_7001() {
+        let c = resolve(&[]).unwrap();
+        assert_eq!(c.id, 1);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7001");
+        assert_eq!(c.storage, StorageKind::Redb);
+        assert_eq!(c.initial_cluster.len(), 1);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn initial_cluster_must_name_this_node_at_its_address() {
+        let err = resolve(&["--id", "4", "--initial-cluster", "1=a:1,2=b:2"]).unwrap_err();
+        assert!(err.to_string().contains("does not include"), "{err}");
+        let ok = resolve(&[
+            "--id",
+            "2",
+            "--listen",
+            "127.0.0.1:7002",
+            "--initial-cluster",
+            "1=127.0.0.1:7001,2=127.0.0.1:7002",
+        ])
+        .unwrap();
+        assert_eq!(ok.initial_cluster.len(), 2);
+    }
+
+    #[test]
+    fn bad_member_lists_are_refused() {
+        for spec in ["", "1", "x=a:1", "0=a:1", "1=a:1,1=b:2", "1=nohost"] {
+            assert!(parse_members(spec).is_err(), "{spec:?} accepted");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "id = 3\npartitions = 8\nlisten = \"127.0.0.1:7003\"\n",
+        )
+        .unwrap();
+        let c = resolve(&["--config", path.to_str().unwrap(), "--partitions", "4"]).unwrap();
+        assert_eq!(c.id, 3);
+        assert_eq!(c.ring.partitions, 4);
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        assert!(resolve(&["--config", path.to_str().unwrap()]).is_err());
+    }
+}

@@ -1,0 +1,33 @@
+//! Peer routes: `POST /raft/{group}/{rpc}` carries openraft RPCs between nodes (see
+//! `kv_raft::Transport` for the wire format).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use kv_raft::{GroupError, RpcKind};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn raft_rpc(
+    State(st): State<AppState>,
+    Path((group, rpc)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let group: u64 = group
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_group", format!("bad group id {group:?}")))?;
+    let kind = RpcKind::parse(&rpc).ok_or_else(|| ApiError::NotFound {
+        code: "no_route",
+        message: format!("unknown raft rpc {rpc:?}"),
+    })?;
+    match st.host.handle_rpc(group, kind, &body).await {
+        Ok(bytes) => Ok((StatusCode::OK, bytes).into_response()),
+        Err(GroupError::UnknownGroup(g)) => Err(ApiError::NotFound {
+            code: "unknown_group",
+            message: format!("group {g} is not hosted on node {}", st.config.id),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,66 @@
+//! Where each key lives: the cluster members, the ring placement computed from them, and the
+//! mapping from partitions to Raft groups.
+
+use std::collections::BTreeMap;
+
+use kv_ring::{NodeId, PartitionId, Placement, RingParams};
+use kv_storage::GroupId;
+
+/// The cluster layout this node routes by.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Member id -> address (`host:port`).
+    pub members: BTreeMap<u64, String>,
+    pub placement: Placement,
+}
+
+impl Layout {
+    pub fn compute(members: BTreeMap<u64, String>, params: RingParams) -> anyhow::Result<Layout> {
+        let ids: Vec<NodeId> = members.keys().map(|id| NodeId(*id)).collect();
+        let placement = Placement::compute(&ids, params)
+            .map_err(|e| anyhow::anyhow!("cannot place partitions: {e}"))?;
+        Ok(Layout { members, placement })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.placement.params().partitions
+    }
+
+    /// The partition holding `key`.
+    pub fn partition_of(&self, key: &[u8]) -> PartitionId {
+        self.placement.partition_of(key)
+    }
+
+    /// Replica ids of a partition, preferred leader first.
+    pub fn replicas(&self, p: PartitionId) -> Vec<u64> {
+        self.placement
+            .replicas(p)
+            .map(|r| r.iter().map(|n| n.0).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn addr(&self, node: u64) -> Option<&str> {
+        self.members.get(&node).map(String::as_str)
+    }
+
+    /// Partitions that have `node` among their replicas.
+    pub fn partitions_of(&self, node: u64) -> Vec<PartitionId> {
+        self.placement
+            .iter()
+            .filter(|(_, replicas)| replicas.contains(&NodeId(node)))
+            .map(|(p, _)| p)
+            .collect()
+    }
+}
+
+/// The Raft group of a data partition (group 0 is reserved for cluster metadata).
+pub fn group_of(p: PartitionId) -> GroupId {
+    GroupId(u64::from(p.0) + 1)
+}
+
+/// The partition a data group serves, if it is one.
+pub fn partition_of_group(g: GroupId) -> Option<PartitionId> {
+    g.0.checked_sub(1)
+        .and_then(|p| u32::try_from(p).ok())
+        .map(PartitionId)
+}

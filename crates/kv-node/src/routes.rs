@@ -1,0 +1,96 @@
+//! The HTTP surface: `app(state)` builds the router so tests can drive it without a socket.
+
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{cluster_api, kv_api, peer_api};
+
+/// Raft messages (append batches, snapshot chunks) may be far larger than client values.
+const PEER_BODY_LIMIT: usize = 1 << 30;
+
+pub fn app(state: AppState) -> Router {
+    let peer = Router::new()
+        .route("/raft/{group}/{rpc}", post(peer_api::raft_rpc))
+        .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_LIMIT));
+    Router::new()
+        .route(
+            "/v1/kv/{*key}",
+            get(kv_api::get_key)
+                .put(kv_api::put_key)
+                .delete(kv_api::delete_key),
+        )
+        .route(
+            "/v1/kv/",
+            get(kv_api::empty_key)
+                .put(kv_api::empty_key)
+                .delete(kv_api::empty_key),
+        )
+        .route("/v1/kv", get(kv_api::scan))
+        .route("/v1/partitions/{p}/scan", get(kv_api::scan_partition))
+        .route("/v1/cluster", get(cluster_api::status))
+        .route("/v1/cluster/nodes", post(join_not_supported))
+        .route("/health", get(cluster_api::health))
+        .route("/ready", get(cluster_api::ready))
+        .route("/metrics", get(cluster_api::metrics))
+        .merge(peer)
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_request,
+        ))
+        .with_state(state)
+}
+
+async fn no_route(req: Request) -> ApiError {
+    ApiError::NotFound {
+        code: "no_route",
+        message: format!("no route for {} {}", req.method(), req.uri().path()),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// `POST /v1/cluster/nodes`: validates the body; runtime membership changes arrive with the
+/// dynamic-membership work, until then the answer says so.
+async fn join_not_supported(
+    body: Result<Json<kv_client::api::JoinRequest>, JsonRejection>,
+) -> ApiError {
+    match body {
+        Err(rejection) => ApiError::bad_request("invalid_json", rejection.body_text()),
+        Ok(Json(req)) => ApiError::Unavailable {
+            message: format!(
+                "cannot add node {} at {}: this version forms clusters from --initial-cluster only",
+                req.id, req.addr
+            ),
+            leader: None,
+        },
+    }
+}
+
+/// Count requests and their latency per route and status.
+async fn record_request(State(_st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("kv_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("kv_http_request_seconds", "method" => method, "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    resp.into_response()
+}

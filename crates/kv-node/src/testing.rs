@@ -1,0 +1,383 @@
+//! The cluster harness for integration tests (feature `test-util`): real `kv-node` processes on
+//! free loopback ports, each with its own data directory, so tests can kill -9, restart and
+//! wipe nodes. Waiting is always on a condition ([`wait_until`]), never a fixed sleep.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kv_client::api::ClusterStatus;
+
+/// How a test cluster is configured.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    /// `redb` or `memory`.
+    pub storage: &'static str,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_logs: u64,
+    pub logs_kept: u64,
+    pub request_timeout_ms: u64,
+    /// Extra flags passed to every node.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 3,
+            partitions: 1,
+            replication_factor: 3,
+            storage: "redb",
+            heartbeat_ms: 50,
+            election_timeout_ms: 300,
+            snapshot_logs: 10_000,
+            logs_kept: 100,
+            request_timeout_ms: 2_000,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// One node of a [`TestCluster`].
+pub struct TestNode {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of real node processes. Dropping it kills them all.
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    opts: ClusterOptions,
+    nodes: BTreeMap<u64, TestNode>,
+    http: reqwest::Client,
+}
+
+/// The `kv-node` binary: `$KV_NODE_BIN`, or the one built next to the running test.
+pub fn kv_node_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KV_NODE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/kv-node
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    profile_dir.join(format!("kv-node{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Poll `check` until it returns `Ok(Some(v))`, failing after `timeout` with the last error.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("condition never held");
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+impl TestCluster {
+    /// Start `opts.nodes` nodes forming one cluster and wait until every node is ready.
+    pub async fn start(opts: ClusterOptions) -> Result<TestCluster> {
+        Self::start_with(&kv_node_bin(), opts).await
+    }
+
+    pub async fn start_with(bin: &Path, opts: ClusterOptions) -> Result<TestCluster> {
+        let dir = tempfile::tempdir()?;
+        let mut nodes = BTreeMap::new();
+        for i in 1..=opts.nodes as u64 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            nodes.insert(
+                i,
+                TestNode {
+                    id: i,
+                    addr,
+                    data_dir: dir.path().join(format!("n{i}")),
+                    log: dir.path().join(format!("n{i}.log")),
+                    child: None,
+                },
+            );
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut cluster = TestCluster {
+            dir,
+            bin: bin.to_path_buf(),
+            opts,
+            nodes,
+            http,
+        };
+        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        for id in &ids {
+            cluster.spawn(*id)?;
+        }
+        for id in &ids {
+            cluster.wait_ready(*id).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.nodes
+            .values()
+            .map(|n| format!("{}={}", n.id, n.addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, id: u64) -> Result<()> {
+        let initial = self.initial_cluster();
+        let o = self.opts.clone();
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
+        if node.child.is_some() {
+            bail!("node {id} is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let child = Command::new(&self.bin)
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(&node.addr)
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .arg("--initial-cluster")
+            .arg(&initial)
+            .arg("--storage")
+            .arg(o.storage)
+            .arg("--partitions")
+            .arg(o.partitions.to_string())
+            .arg("--replication-factor")
+            .arg(o.replication_factor.to_string())
+            .arg("--heartbeat-ms")
+            .arg(o.heartbeat_ms.to_string())
+            .arg("--election-timeout-ms")
+            .arg(o.election_timeout_ms.to_string())
+            .arg("--snapshot-logs")
+            .arg(o.snapshot_logs.to_string())
+            .arg("--logs-kept")
+            .arg(o.logs_kept.to_string())
+            .arg("--request-timeout-ms")
+            .arg(o.request_timeout_ms.to_string())
+            .args(&o.extra_args)
+            .env(
+                "KV_LOG",
+                std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Ids of the nodes currently running.
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.is_running())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        &self.nodes[&id]
+    }
+
+    /// `http://host:port` of node `id`.
+    pub fn url(&self, id: u64) -> String {
+        format!("http://{}", self.nodes[&id].addr)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Wait until node `id` answers `/ready` with 200.
+    pub async fn wait_ready(&self, id: u64) -> Result<()> {
+        let url = format!("{}/ready", self.url(id));
+        let http = self.http.clone();
+        wait_until(Duration::from_secs(30), &format!("node {id} ready"), || {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let r = http.get(&url).send().await?;
+                Ok((r.status() == 200).then_some(()))
+            }
+        })
+        .await
+        .with_context(|| format!("log of node {id}:\n{}", self.log_tail(id, 40)))
+    }
+
+    /// SIGKILL node `id` (no shutdown, no flush) and reap it.
+    pub fn kill(&mut self, id: u64) -> Result<()> {
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
+        if let Some(mut child) = node.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Start a killed node again on the same address and data directory.
+    pub async fn restart(&mut self, id: u64) -> Result<()> {
+        self.spawn(id)?;
+        self.wait_ready(id).await
+    }
+
+    /// Start a killed node again without waiting for it to be ready.
+    pub fn restart_no_wait(&mut self, id: u64) -> Result<()> {
+        self.spawn(id)
+    }
+
+    /// Kill node `id` and delete its data directory.
+    pub fn wipe(&mut self, id: u64) -> Result<()> {
+        self.kill(id)?;
+        let dir = self.nodes[&id].data_dir.clone();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of node `id`'s log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `PUT /v1/kv/{key}` on node `id`.
+    pub async fn put(
+        &self,
+        id: u64,
+        key: &str,
+        value: impl Into<reqwest::Body>,
+    ) -> Result<reqwest::Response> {
+        Ok(self
+            .http
+            .put(format!("{}/v1/kv/{key}", self.url(id)))
+            .body(value)
+            .send()
+            .await?)
+    }
+
+    /// `GET /v1/kv/{key}` on node `id` (linearizable).
+    pub async fn get(&self, id: u64, key: &str) -> Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(format!("{}/v1/kv/{key}", self.url(id)))
+            .send()
+            .await?)
+    }
+
+    /// `GET /v1/kv/{key}?consistency=stale` on node `id`: what that replica has applied.
+    pub async fn get_stale(&self, id: u64, key: &str) -> Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(format!("{}/v1/kv/{key}?consistency=stale", self.url(id)))
+            .send()
+            .await?)
+    }
+
+    /// `GET /v1/cluster` on node `id`.
+    pub async fn status(&self, id: u64) -> Result<ClusterStatus> {
+        let r = self
+            .http
+            .get(format!("{}/v1/cluster", self.url(id)))
+            .send()
+            .await?;
+        Ok(r.error_for_status()?.json().await?)
+    }
+
+    /// The leader of `partition` as seen by any running node that knows one.
+    pub async fn leader_of(&self, partition: u32) -> Result<Option<u64>> {
+        for id in self.running() {
+            if let Ok(s) = self.status(id).await {
+                if let Some(g) = s.groups.iter().find(|g| g.partition == Some(partition)) {
+                    if g.leader.is_some() && g.role == "leader" {
+                        return Ok(g.leader);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Wait until `partition` has a leader among the running nodes, and return it.
+    pub async fn wait_leader(&self, partition: u32) -> Result<u64> {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("a leader for partition {partition}"),
+            || self.leader_of(partition),
+        )
+        .await
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        let ids = self.ids();
+        for id in ids {
+            if panicking {
+                eprintln!(
+                    "---- last log lines of node {id} ----\n{}",
+                    self.log_tail(id, 30)
+                );
+            }
+            let _ = self.kill(id);
+        }
+    }
+}
