@@ -195,6 +195,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageIoError> {
+        // `save_committed` does not wait for its write, so a read right after it could miss it
+        // (openraft's suite then skips its re-apply test). Batches commit in submission order:
+        // once this empty one is committed, every earlier `save_committed` is visible.
+        self.write(WriteBatch::new(self.group, false), ErrorSubject::Store)
+            .await?;
         Ok(self
             .read_meta::<Option<LogId>>(MetaKey::Committed, ErrorSubject::Store)
             .await?

@@ -98,6 +98,24 @@ impl StateMachine {
     }
 }
 
+/// Whether the open `file` is the file at `path`. Where that cannot be told, it is not.
+fn is_same_file(file: &std::fs::File, path: &Path) -> std::io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(named) = std::fs::metadata(path) else {
+            return Ok(false);
+        };
+        let open = file.metadata()?;
+        Ok(open.dev() == named.dev() && open.ino() == named.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        Ok(false)
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageIoError> {
         let group = self.group;
@@ -263,10 +281,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut input = BufReader::new(&file);
                 let keys = engine.import_group(group, &mut input, &applied)?;
                 // Keep the received stream as our current snapshot: it is exactly the state
-                // just installed.
+                // just installed. Rename the file we handed out only if it is the stream we
+                // were given: openraft may install a snapshot from any file (its own suite
+                // does), and renaming ours then kept an empty file as the current snapshot.
                 match incoming {
-                    Some(src) => std::fs::rename(src, &path)?,
-                    None => {
+                    Some(src) if is_same_file(&file, &src)? => std::fs::rename(src, &path)?,
+                    other => {
+                        if let Some(src) = other {
+                            let _ = std::fs::remove_file(src);
+                        }
                         file.rewind()?;
                         let mut dst = std::fs::File::create(&path)?;
                         std::io::copy(&mut file, &mut dst)?;
