@@ -50,7 +50,13 @@ impl StateMachine {
             membership: Membership::default(),
             incoming: Default::default(),
         };
-        sm.membership = sm.applied().await.map(|a| a.membership).unwrap_or_default();
+        // An unreadable marker must stop the group: defaulting would later persist an empty
+        // membership over the real one.
+        sm.membership = sm
+            .applied()
+            .await
+            .map_err(|e| kv_storage::StorageError::Backend(e.to_string()))?
+            .membership;
         Ok(sm)
     }
 
