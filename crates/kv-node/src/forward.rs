@@ -18,7 +18,14 @@ use crate::state::AppState;
 pub const MAX_HOPS: u32 = 3;
 
 /// Request headers a forwarded request keeps.
-const FORWARDED_REQUEST_HEADERS: &[&str] = &["if-match", "if-none-match", "content-type"];
+const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "if-match",
+    "if-none-match",
+    "content-type",
+    crate::kv_api::HEADER_CLIENT_ID,
+    crate::kv_api::HEADER_REQUEST_SEQ,
+    crate::kv_api::HEADER_ACK_BELOW,
+];
 
 /// What a node does with a request for a partition.
 pub enum Route {

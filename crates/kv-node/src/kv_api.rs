@@ -21,6 +21,45 @@ use crate::error::ApiError;
 use crate::forward::{forward, route, Incoming, Route};
 use crate::state::AppState;
 
+/// Exactly-once writes: a client's id, the sequence number of this write (the same on every
+/// retry of it), and the lowest sequence number it still waits an answer for.
+pub const HEADER_CLIENT_ID: &str = "x-kv-client-id";
+pub const HEADER_REQUEST_SEQ: &str = "x-kv-request-seq";
+pub const HEADER_ACK_BELOW: &str = "x-kv-ack-below";
+
+/// Wrap `cmd` for at-most-once application when the request names a client write.
+fn once(headers: &HeaderMap, cmd: Command) -> Result<Command, ApiError> {
+    let num = |name: &str| -> Result<Option<u64>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_session",
+                            format!("{name} must be an unsigned integer"),
+                        )
+                    })
+            })
+            .transpose()
+    };
+    match (num(HEADER_CLIENT_ID)?, num(HEADER_REQUEST_SEQ)?) {
+        (None, None) => Ok(cmd),
+        (Some(client), Some(seq)) if client != 0 => Ok(Command::Once {
+            client,
+            seq,
+            ack_below: num(HEADER_ACK_BELOW)?.unwrap_or(0),
+            command: Box::new(cmd),
+        }),
+        _ => Err(ApiError::bad_request(
+            "invalid_session",
+            format!("{HEADER_CLIENT_ID} (non-zero) and {HEADER_REQUEST_SEQ} go together"),
+        )),
+    }
+}
+
 /// Most keys one scan returns.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
 const DEFAULT_SCAN_LIMIT: usize = 1_000;
@@ -144,6 +183,13 @@ pub async fn put_key(
 ) -> Result<Response, ApiError> {
     let key_bytes = validate_key(&key)?;
     let cond = condition(&headers, true)?;
+    once(
+        &headers,
+        Command::Delete {
+            key: Vec::new(),
+            cond,
+        },
+    )?;
     let limit = st.config.max_value_bytes;
     let value = axum::body::to_bytes(body, limit).await.map_err(|e| {
         if is_length_limit(&e) {
@@ -153,18 +199,21 @@ pub async fn put_key(
         }
     })?;
     let p = st.layout().partition_of(&key_bytes);
+    let cmd = once(
+        &headers,
+        Command::Put {
+            key: key_bytes,
+            value: value.to_vec(),
+            cond,
+        },
+    )?;
     let req = Incoming {
         method,
         path_and_query: path_and_query(&uri),
         headers,
-        body: value.clone(),
+        body: value,
     };
     serve(&st, p, true, req, |group| async move {
-        let cmd = Command::Put {
-            key: key_bytes,
-            value: value.to_vec(),
-            cond,
-        };
         let (outcome, _) = group.write(cmd).await?;
         Ok(write_response(key, outcome))
     })

@@ -299,3 +299,59 @@ async fn acknowledged_writes_survive_kill_9_of_every_node() {
         .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_write_with_the_same_client_seq_applies_once() {
+    let c = cluster(ClusterOptions::default()).await;
+    let leader = c.wait_leader(0).await.unwrap();
+    let follower = follower_of(&c, leader);
+    let v1 = put_acked(&c, leader, "counter", "1").await;
+    let cas = |node: u64| {
+        c.http()
+            .put(format!("{}/v1/kv/counter", c.url(node)))
+            .header("If-Match", format!("\"{v1}\""))
+            .header("x-kv-client-id", "77")
+            .header("x-kv-request-seq", "5")
+            .header("x-kv-ack-below", "5")
+            .body("2")
+            .send()
+    };
+    // The first attempt commits; its "lost answer" is retried through another node.
+    let first = cas(leader).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let retry = cas(follower).await.unwrap();
+    assert_eq!(
+        retry.status(),
+        200,
+        "a retry is answered with the first outcome, not 412"
+    );
+    let retry: serde_json::Value = retry.json().await.unwrap();
+    assert_eq!(first["version"], retry["version"]);
+    let r = c.get(leader, "counter").await.unwrap();
+    assert_eq!(
+        r.headers()["etag"],
+        format!("\"{}\"", first["version"]).as_str()
+    );
+    // Without the session headers the same request is a new write and fails its precondition.
+    let plain = c
+        .http()
+        .put(format!("{}/v1/kv/counter", c.url(leader)))
+        .header("If-Match", format!("\"{v1}\""))
+        .body("2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 412);
+    // Malformed session headers are refused.
+    let bad = c
+        .http()
+        .put(format!("{}/v1/kv/counter", c.url(leader)))
+        .header("x-kv-client-id", "abc")
+        .header("x-kv-request-seq", "1")
+        .body("2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}

@@ -13,17 +13,30 @@ pub enum Request {
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Request::Kv(Command::Put { key, value, .. }) => {
-                write!(
-                    f,
-                    "put {:?} ({} bytes)",
-                    String::from_utf8_lossy(key),
-                    value.len()
-                )
-            }
-            Request::Kv(Command::Delete { key, .. }) => {
-                write!(f, "delete {:?}", String::from_utf8_lossy(key))
-            }
+            Request::Kv(cmd) => write_command(f, cmd),
+        }
+    }
+}
+
+fn write_command(f: &mut std::fmt::Formatter<'_>, cmd: &Command) -> std::fmt::Result {
+    match cmd {
+        Command::Put { key, value, .. } => {
+            write!(
+                f,
+                "put {:?} ({} bytes)",
+                String::from_utf8_lossy(key),
+                value.len()
+            )
+        }
+        Command::Delete { key, .. } => write!(f, "delete {:?}", String::from_utf8_lossy(key)),
+        Command::Once {
+            client,
+            seq,
+            command,
+            ..
+        } => {
+            write!(f, "[client {client} seq {seq}] ")?;
+            write_command(f, command)
         }
     }
 }

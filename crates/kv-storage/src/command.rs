@@ -25,13 +25,28 @@ pub enum Command {
         key: Vec<u8>,
         cond: Condition,
     },
+    /// `command`, applied at most once per `(client, seq)`: a retry of a write whose first
+    /// attempt was committed gets the first attempt's outcome instead of applying again.
+    /// `ack_below` is the client's promise that it holds the answers of all its writes with a
+    /// lower sequence number, so their remembered outcomes can be forgotten.
+    Once {
+        client: u64,
+        seq: u64,
+        ack_below: u64,
+        command: Box<Command>,
+    },
 }
+
+/// How many sequence numbers behind its newest write a client's outcomes are remembered at
+/// most, even if it never acknowledges them; bounds the memory a client can pin.
+pub const SESSION_WINDOW: u64 = 4096;
 
 impl Command {
     /// The key the command touches.
     pub fn key(&self) -> &[u8] {
         match self {
             Command::Put { key, .. } | Command::Delete { key, .. } => key,
+            Command::Once { command, .. } => command.key(),
         }
     }
 }
@@ -58,6 +73,55 @@ pub enum Outcome {
     NotFound,
     /// The precondition did not hold; nothing changed. `current` is the key's version, if any.
     PreconditionFailed { current: Option<u64> },
+}
+
+impl Outcome {
+    /// Compact on-disk form (sessions table, snapshot stream).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(10);
+        match self {
+            Outcome::Written { version } => {
+                out.push(1);
+                out.extend_from_slice(&version.to_le_bytes());
+            }
+            Outcome::Deleted { version } => {
+                out.push(2);
+                out.extend_from_slice(&version.to_le_bytes());
+            }
+            Outcome::NotFound => out.push(3),
+            Outcome::PreconditionFailed { current: None } => out.push(4),
+            Outcome::PreconditionFailed { current: Some(v) } => {
+                out.push(5);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Outcome> {
+        let corrupt = || crate::StorageError::Corrupt(format!("bad outcome {bytes:?}"));
+        let version = || -> Result<u64> {
+            let b: [u8; 8] = bytes
+                .get(1..9)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(corrupt)?;
+            Ok(u64::from_le_bytes(b))
+        };
+        match bytes.first() {
+            Some(1) => Ok(Outcome::Written {
+                version: version()?,
+            }),
+            Some(2) => Ok(Outcome::Deleted {
+                version: version()?,
+            }),
+            Some(3) => Ok(Outcome::NotFound),
+            Some(4) => Ok(Outcome::PreconditionFailed { current: None }),
+            Some(5) => Ok(Outcome::PreconditionFailed {
+                current: Some(version()?),
+            }),
+            _ => Err(corrupt()),
+        }
+    }
 }
 
 /// A stored value with its version.
@@ -105,12 +169,40 @@ pub(crate) trait KvAccess {
     fn version_of(&mut self, key: &[u8]) -> Result<Option<u64>>;
     fn put(&mut self, key: &[u8], record: &Record) -> Result<()>;
     fn remove(&mut self, key: &[u8]) -> Result<()>;
+    /// The remembered outcome of `client`'s write `seq`.
+    fn session(&mut self, client: u64, seq: u64) -> Result<Option<Outcome>>;
+    /// Remember the outcome of `client`'s write `seq`.
+    fn record_session(&mut self, client: u64, seq: u64, outcome: &Outcome) -> Result<()>;
+    /// Forget `client`'s outcomes with a sequence number below `below`.
+    fn forget_sessions(&mut self, client: u64, below: u64) -> Result<()>;
 }
 
 /// Apply `cmd`, committed at log `index`, to `table`.
 pub(crate) fn apply(table: &mut impl KvAccess, index: u64, cmd: &Command) -> Result<Outcome> {
     let (key, cond) = match cmd {
         Command::Put { key, cond, .. } | Command::Delete { key, cond } => (key, *cond),
+        Command::Once {
+            client,
+            seq,
+            ack_below,
+            command,
+        } => {
+            if let Some(first) = table.session(*client, *seq)? {
+                return Ok(first);
+            }
+            let inner = match command.as_ref() {
+                // Nesting adds nothing: apply the innermost write once, under the outer id.
+                Command::Once { command, .. } => command.as_ref(),
+                other => other,
+            };
+            let outcome = apply(table, index, inner)?;
+            let below = (*ack_below)
+                .max(seq.saturating_sub(SESSION_WINDOW))
+                .min(*seq);
+            table.forget_sessions(*client, below)?;
+            table.record_session(*client, *seq, &outcome)?;
+            return Ok(outcome);
+        }
     };
     let current = table.version_of(key)?;
     let holds = match cond {
@@ -139,5 +231,8 @@ pub(crate) fn apply(table: &mut impl KvAccess, index: u64, cmd: &Command) -> Res
             }
             None => Ok(Outcome::NotFound),
         },
+        Command::Once { .. } => Err(crate::StorageError::Corrupt(
+            "unreachable: sessions are unwrapped above".into(),
+        )),
     }
 }

@@ -21,7 +21,7 @@ mod snapshot;
 pub mod testing;
 mod writer;
 
-pub use command::{Command, Condition, Outcome, Record};
+pub use command::{Command, Condition, Outcome, Record, SESSION_WINDOW};
 pub use engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
 pub use error::StorageError;
 pub use memory::MemoryEngine;

@@ -7,7 +7,7 @@ use std::sync::RwLock;
 
 use crate::command::{self, KvAccess};
 use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
-use crate::snapshot::{SnapshotReader, SnapshotWriter};
+use crate::snapshot::{Frame, SnapshotReader, SnapshotWriter};
 use crate::{Outcome, Record, Result, StorageError};
 
 #[derive(Default)]
@@ -15,6 +15,8 @@ struct State {
     log: BTreeMap<(GroupId, u64), Vec<u8>>,
     meta: HashMap<(GroupId, MetaKey), Vec<u8>>,
     kv: BTreeMap<(GroupId, Vec<u8>), Record>,
+    /// (group, client, seq) -> outcome of that client write.
+    sessions: BTreeMap<(GroupId, u64, u64), Outcome>,
 }
 
 /// Keeps all groups' data in memory; nothing survives the process.
@@ -43,6 +45,7 @@ impl MemoryEngine {
 
 struct GroupKv<'a> {
     kv: &'a mut BTreeMap<(GroupId, Vec<u8>), Record>,
+    sessions: &'a mut BTreeMap<(GroupId, u64, u64), Outcome>,
     group: GroupId,
 }
 
@@ -56,6 +59,26 @@ impl KvAccess for GroupKv<'_> {
     }
     fn remove(&mut self, key: &[u8]) -> Result<()> {
         self.kv.remove(&(self.group, key.to_vec()));
+        Ok(())
+    }
+    fn session(&mut self, client: u64, seq: u64) -> Result<Option<Outcome>> {
+        Ok(self.sessions.get(&(self.group, client, seq)).cloned())
+    }
+    fn record_session(&mut self, client: u64, seq: u64, outcome: &Outcome) -> Result<()> {
+        self.sessions
+            .insert((self.group, client, seq), outcome.clone());
+        Ok(())
+    }
+    fn forget_sessions(&mut self, client: u64, below: u64) -> Result<()> {
+        let g = self.group;
+        let doomed: Vec<_> = self
+            .sessions
+            .range((g, client, 0)..(g, client, below))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in doomed {
+            self.sessions.remove(&k);
+        }
         Ok(())
     }
 }
@@ -103,6 +126,7 @@ impl Engine for MemoryEngine {
                     Op::Apply { commands, applied } => {
                         let mut kv = GroupKv {
                             kv: &mut state.kv,
+                            sessions: &mut state.sessions,
                             group: g,
                         };
                         for (index, cmd) in commands {
@@ -175,6 +199,12 @@ impl Engine for MemoryEngine {
         {
             w.record(k, r.version, &r.value)?;
         }
+        for ((_, client, seq), outcome) in state
+            .sessions
+            .range((group, 0, 0)..=(group, u64::MAX, u64::MAX))
+        {
+            w.session(*client, *seq, outcome)?;
+        }
         let (keys, bytes) = w.finish()?;
         Ok(ExportSummary {
             applied,
@@ -187,15 +217,25 @@ impl Engine for MemoryEngine {
         // Decode fully before touching the state so a bad stream changes nothing.
         let mut reader = SnapshotReader::new(input)?;
         let mut records = Vec::new();
-        while let Some(rec) = reader.next_record()? {
-            records.push(rec);
+        let mut sessions = Vec::new();
+        while let Some(frame) = reader.next_frame()? {
+            match frame {
+                Frame::Record(k, r) => records.push((k, r)),
+                Frame::Session {
+                    client,
+                    seq,
+                    outcome,
+                } => sessions.push(((group, client, seq), outcome)),
+            }
         }
         let mut state = self.write_lock()?;
         state.kv.retain(|(g, _), _| *g != group);
+        state.sessions.retain(|(g, _, _), _| *g != group);
         let n = records.len() as u64;
         for (k, r) in records {
             state.kv.insert((group, k), r);
         }
+        state.sessions.extend(sessions);
         state
             .meta
             .insert((group, MetaKey::Applied), applied.to_vec());
@@ -207,6 +247,7 @@ impl Engine for MemoryEngine {
         state.kv.retain(|(g, _), _| *g != group);
         state.log.retain(|(g, _), _| *g != group);
         state.meta.retain(|(g, _), _| *g != group);
+        state.sessions.retain(|(g, _, _), _| *g != group);
         Ok(())
     }
 

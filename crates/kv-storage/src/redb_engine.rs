@@ -4,6 +4,7 @@
 //! - `log`:  `(group, index)` -> encoded entry
 //! - `meta`: `(group, MetaKey::name())` -> value
 //! - `kv`:   `(group, key)` -> [`Record::encode`]d record
+//! - `sessions`: `(group, client, seq)` -> encoded [`Outcome`] of that client write
 //!
 //! Every [`Engine`] method is one redb transaction, so each is atomic and sees one consistent
 //! state. Write transactions serialize inside redb: [`Engine::import_group`] waits for (and
@@ -21,12 +22,20 @@ use redb::{
 
 use crate::command::{self, KvAccess};
 use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
-use crate::snapshot::{SnapshotReader, SnapshotWriter};
+use crate::snapshot::{Frame, SnapshotReader, SnapshotWriter};
 use crate::{Outcome, Record, Result, StorageError};
 
 const LOG: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<'_, (u64, &str), &[u8]> = TableDefinition::new("meta");
 const KV: TableDefinition<'_, (u64, &[u8]), &[u8]> = TableDefinition::new("kv");
+const SESSIONS: TableDefinition<'_, (u64, u64, u64), &[u8]> = TableDefinition::new("sessions");
+
+type SessionTable<'txn> = Table<'txn, (u64, u64, u64), &'static [u8]>;
+
+/// Every session of `group`.
+fn session_span(group: u64) -> std::ops::RangeInclusive<(u64, u64, u64)> {
+    (group, 0, 0)..=(group, u64::MAX, u64::MAX)
+}
 
 type KvTable<'txn> = Table<'txn, (u64, &'static [u8]), &'static [u8]>;
 
@@ -69,6 +78,7 @@ impl RedbEngine {
             txn.open_table(LOG).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
             txn.open_table(KV).map_err(backend)?;
+            txn.open_table(SESSIONS).map_err(backend)?;
             Ok(())
         })?;
         Ok(engine)
@@ -96,6 +106,7 @@ impl RedbEngine {
 /// One group's slice of the open `kv` table, for [`command::apply`].
 struct GroupKv<'a, 'txn> {
     table: &'a mut KvTable<'txn>,
+    sessions: &'a mut SessionTable<'txn>,
     group: u64,
 }
 
@@ -117,6 +128,31 @@ impl KvAccess for GroupKv<'_, '_> {
     fn remove(&mut self, key: &[u8]) -> Result<()> {
         self.table.remove((self.group, key)).map_err(backend)?;
         Ok(())
+    }
+
+    fn session(&mut self, client: u64, seq: u64) -> Result<Option<Outcome>> {
+        match self
+            .sessions
+            .get((self.group, client, seq))
+            .map_err(backend)?
+        {
+            Some(stored) => Outcome::decode(stored.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn record_session(&mut self, client: u64, seq: u64, outcome: &Outcome) -> Result<()> {
+        self.sessions
+            .insert((self.group, client, seq), outcome.encode().as_slice())
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn forget_sessions(&mut self, client: u64, below: u64) -> Result<()> {
+        let g = self.group;
+        self.sessions
+            .retain_in((g, client, 0)..(g, client, below), |_, _| false)
+            .map_err(backend)
     }
 }
 
@@ -151,6 +187,7 @@ impl Engine for RedbEngine {
             let mut log = txn.open_table(LOG).map_err(backend)?;
             let mut meta = txn.open_table(META).map_err(backend)?;
             let mut kv = txn.open_table(KV).map_err(backend)?;
+            let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
             let mut all = Vec::with_capacity(batches.len());
             for batch in batches {
                 let g = batch.group.0;
@@ -177,6 +214,7 @@ impl Engine for RedbEngine {
                         Op::Apply { commands, applied } => {
                             let mut table = GroupKv {
                                 table: &mut kv,
+                                sessions: &mut sessions,
                                 group: g,
                             };
                             for (index, cmd) in commands {
@@ -290,6 +328,12 @@ impl Engine for RedbEngine {
             let record = Record::decode(value.value())?;
             w.record(key.value().1, record.version, &record.value)?;
         }
+        let sessions = txn.open_table(SESSIONS).map_err(backend)?;
+        for entry in sessions.range(session_span(group.0)).map_err(backend)? {
+            let (key, value) = entry.map_err(backend)?;
+            let (_, client, seq) = key.value();
+            w.session(client, seq, &Outcome::decode(value.value())?)?;
+        }
         let (keys, bytes) = w.finish()?;
         Ok(ExportSummary {
             applied,
@@ -304,14 +348,31 @@ impl Engine for RedbEngine {
         self.write_txn(Durability::Immediate, |txn| {
             let mut kv = txn.open_table(KV).map_err(backend)?;
             clear_group(&mut kv, g, &[][..])?;
+            let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
+            sessions
+                .retain_in(session_span(g), |_, _| false)
+                .map_err(backend)?;
             let mut keys = 0;
-            // Records go straight into the transaction; it commits only after `next_record`
+            // Frames go straight into the transaction; it commits only after `next_frame`
             // returned `Ok(None)`, i.e. the trailer and checksum were verified. Any error
             // returns early and drops (aborts) the transaction.
-            while let Some((key, record)) = reader.next_record()? {
-                kv.insert((g, key.as_slice()), record.encode().as_slice())
-                    .map_err(backend)?;
-                keys += 1;
+            while let Some(frame) = reader.next_frame()? {
+                match frame {
+                    Frame::Record(key, record) => {
+                        kv.insert((g, key.as_slice()), record.encode().as_slice())
+                            .map_err(backend)?;
+                        keys += 1;
+                    }
+                    Frame::Session {
+                        client,
+                        seq,
+                        outcome,
+                    } => {
+                        sessions
+                            .insert((g, client, seq), outcome.encode().as_slice())
+                            .map_err(backend)?;
+                    }
+                }
             }
             let mut meta = txn.open_table(META).map_err(backend)?;
             meta.insert((g, MetaKey::Applied.name()), applied)
@@ -326,6 +387,10 @@ impl Engine for RedbEngine {
             clear_group(&mut txn.open_table(LOG).map_err(backend)?, g, 0)?;
             clear_group(&mut txn.open_table(META).map_err(backend)?, g, "")?;
             clear_group(&mut txn.open_table(KV).map_err(backend)?, g, &[][..])?;
+            txn.open_table(SESSIONS)
+                .map_err(backend)?
+                .retain_in(session_span(g), |_, _| false)
+                .map_err(backend)?;
             Ok(())
         })
     }

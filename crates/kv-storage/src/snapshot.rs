@@ -2,15 +2,18 @@
 //! and sent over the network in chunks without holding it in memory.
 //!
 //! Layout: the magic `KVSNAP01`, then one frame per record
-//! (`0x01`, key length u32 LE, key, version u64 LE, value length u32 LE, value), then the
-//! trailer (`0x00`, record count u64 LE, CRC-32 u32 LE of every preceding byte).
+//! (`0x01`, key length u32 LE, key, version u64 LE, value length u32 LE, value), one frame per
+//! remembered client outcome (`0x02`, client u64 LE, seq u64 LE, outcome length u32 LE,
+//! encoded outcome), then the trailer (`0x00`, frame count u64 LE, CRC-32 u32 LE of every
+//! preceding byte).
 
 use std::io::{Read, Write};
 
-use crate::{Record, Result, StorageError};
+use crate::{Outcome, Record, Result, StorageError};
 
 const MAGIC: &[u8; 8] = b"KVSNAP01";
 const TAG_RECORD: u8 = 1;
+const TAG_SESSION: u8 = 2;
 const TAG_END: u8 = 0;
 /// Keys and values larger than this are refused as corrupt rather than allocated.
 const MAX_FIELD: u32 = 256 << 20;
@@ -53,7 +56,18 @@ impl<'a> SnapshotWriter<'a> {
         Ok(())
     }
 
-    /// Write the trailer; returns (records, bytes written).
+    pub(crate) fn session(&mut self, client: u64, seq: u64, outcome: &Outcome) -> Result<()> {
+        let encoded = outcome.encode();
+        self.put(&[TAG_SESSION])?;
+        self.put(&client.to_le_bytes())?;
+        self.put(&seq.to_le_bytes())?;
+        self.put(&len_u32(encoded.len())?.to_le_bytes())?;
+        self.put(&encoded)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Write the trailer; returns (frames, bytes written).
     pub(crate) fn finish(mut self) -> Result<(u64, u64)> {
         self.put(&[TAG_END])?;
         let count = self.count;
@@ -70,6 +84,16 @@ fn len_u32(len: usize) -> Result<u32> {
         .ok()
         .filter(|l| *l <= MAX_FIELD)
         .ok_or_else(|| StorageError::Corrupt(format!("field of {len} bytes is too large")))
+}
+
+/// One decoded frame of the stream.
+pub(crate) enum Frame {
+    Record(Vec<u8>, Record),
+    Session {
+        client: u64,
+        seq: u64,
+        outcome: Outcome,
+    },
 }
 
 /// Reads the snapshot stream record by record. The checksum is verified when the trailer is
@@ -128,8 +152,8 @@ impl<'a> SnapshotReader<'a> {
         Ok(v)
     }
 
-    /// The next record, or `None` once the trailer has been read and verified.
-    pub(crate) fn next_record(&mut self) -> Result<Option<(Vec<u8>, Record)>> {
+    /// The next frame, or `None` once the trailer has been read and verified.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>> {
         if self.done {
             return Ok(None);
         }
@@ -141,7 +165,18 @@ impl<'a> SnapshotReader<'a> {
                 let version = self.take_u64()?;
                 let value = self.take_field()?;
                 self.count += 1;
-                Ok(Some((key, Record { version, value })))
+                Ok(Some(Frame::Record(key, Record { version, value })))
+            }
+            TAG_SESSION => {
+                let client = self.take_u64()?;
+                let seq = self.take_u64()?;
+                let outcome = Outcome::decode(&self.take_field()?)?;
+                self.count += 1;
+                Ok(Some(Frame::Session {
+                    client,
+                    seq,
+                    outcome,
+                }))
             }
             TAG_END => {
                 let count = self.take_u64()?;
@@ -184,8 +219,10 @@ mod tests {
         let mut input = &buf[..];
         let mut r = SnapshotReader::new(&mut input).unwrap();
         let mut got = Vec::new();
-        while let Some(rec) = r.next_record().unwrap() {
-            got.push(rec);
+        while let Some(frame) = r.next_frame().unwrap() {
+            if let Frame::Record(k, rec) = frame {
+                got.push((k, rec));
+            }
         }
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].0, b"a");
@@ -195,15 +232,9 @@ mod tests {
         bad[12] ^= 0xff;
         let mut input = &bad[..];
         let mut r = SnapshotReader::new(&mut input).unwrap();
-        let mut result = Ok(Some((
-            Vec::new(),
-            Record {
-                version: 0,
-                value: vec![],
-            },
-        )));
+        let mut result = r.next_frame();
         while let Ok(Some(_)) = result {
-            result = r.next_record();
+            result = r.next_frame();
         }
         assert!(result.is_err(), "a corrupted stream must be refused");
     }

@@ -251,3 +251,74 @@ pub fn batches_commit_together_with_outcomes_per_batch(make: MakeEngine<'_>) {
     );
     assert_eq!(get(e, G2, "k"), None);
 }
+
+fn once(client: u64, seq: u64, ack_below: u64, command: Command) -> Command {
+    Command::Once {
+        client,
+        seq,
+        ack_below,
+        command: Box::new(command),
+    }
+}
+
+pub fn once_applies_a_client_write_at_most_once(make: MakeEngine<'_>) {
+    let e = make();
+    let e = e.as_ref();
+    apply(e, G1, 1, put("k", "v1", Condition::Always));
+    // A CAS committed once...
+    let first = apply(
+        e,
+        G1,
+        2,
+        once(7, 1, 1, put("k", "v2", Condition::Version(1))),
+    );
+    assert_eq!(first, Outcome::Written { version: 2 });
+    // ...and its retry, committed again at a later index, answers the first outcome and
+    // changes nothing (a plain retry would fail its precondition or write twice).
+    let retry = apply(
+        e,
+        G1,
+        3,
+        once(7, 1, 1, put("k", "v2", Condition::Version(1))),
+    );
+    assert_eq!(retry, first);
+    assert_eq!(get(e, G1, "k"), Some(record(2, "v2")));
+    // Another client with the same sequence number is a different write.
+    assert_eq!(
+        apply(e, G1, 4, once(8, 1, 1, put("k", "v3", Condition::Always))),
+        Outcome::Written { version: 4 }
+    );
+    // Failed preconditions are remembered too: the retry reports the same failure.
+    let failed = apply(
+        e,
+        G1,
+        5,
+        once(7, 2, 1, put("k", "x", Condition::Version(1))),
+    );
+    assert_eq!(failed, Outcome::PreconditionFailed { current: Some(4) });
+    assert_eq!(
+        apply(
+            e,
+            G1,
+            6,
+            once(7, 2, 1, put("k", "x", Condition::Version(1)))
+        ),
+        failed
+    );
+    // Once acknowledged (ack_below past it), an outcome is forgotten: the same seq applies anew.
+    apply(e, G1, 7, once(7, 3, 3, delete("other", Condition::Always)));
+    assert_eq!(
+        apply(
+            e,
+            G1,
+            8,
+            once(7, 1, 3, put("k", "again", Condition::Always))
+        ),
+        Outcome::Written { version: 8 }
+    );
+    // Sessions are per group.
+    assert_eq!(
+        apply(e, G2, 9, once(7, 3, 3, put("k", "g2", Condition::Always))),
+        Outcome::Written { version: 9 }
+    );
+}

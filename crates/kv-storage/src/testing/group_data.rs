@@ -204,3 +204,48 @@ pub fn groups_lists_groups_with_metadata(make: MakeEngine<'_>) {
         "sorted, once each, Applied counts"
     );
 }
+
+pub fn sessions_travel_with_snapshots(make: MakeEngine<'_>) {
+    let cas = |seq| crate::Command::Once {
+        client: 42,
+        seq,
+        ack_below: 1,
+        command: Box::new(put("k", "new", Condition::Version(1))),
+    };
+    let source = make();
+    apply(source.as_ref(), G1, 1, put("k", "old", Condition::Always));
+    assert_eq!(
+        apply(source.as_ref(), G1, 2, cas(1)),
+        Outcome::Written { version: 2 }
+    );
+    let mut stream = Vec::new();
+    source.export_group(G1, &mut stream).unwrap();
+
+    let target = make();
+    target
+        .import_group(G1, &mut stream.as_slice(), b"applied")
+        .unwrap();
+    // A retry reaching the replica restored from the snapshot still gets the first outcome.
+    assert_eq!(
+        apply(target.as_ref(), G1, 3, cas(1)),
+        Outcome::Written { version: 2 }
+    );
+    assert_eq!(get(target.as_ref(), G1, "k"), Some(record(2, "new")));
+    // Dropping the group forgets its sessions.
+    target.drop_group(G1).unwrap();
+    apply(target.as_ref(), G1, 4, put("k", "old", Condition::Always));
+    assert_eq!(
+        apply(
+            target.as_ref(),
+            G1,
+            5,
+            crate::Command::Once {
+                client: 42,
+                seq: 1,
+                ack_below: 1,
+                command: Box::new(put("k", "new", Condition::Version(4))),
+            }
+        ),
+        Outcome::Written { version: 5 }
+    );
+}

@@ -86,6 +86,14 @@ pub const CASES: &[(&str, Case)] = &[
         "groups_lists_groups_with_metadata",
         groups_lists_groups_with_metadata,
     ),
+    (
+        "once_applies_a_client_write_at_most_once",
+        once_applies_a_client_write_at_most_once,
+    ),
+    (
+        "sessions_travel_with_snapshots",
+        sessions_travel_with_snapshots,
+    ),
 ];
 
 /// Run every case against engines from `make`.
@@ -133,6 +141,8 @@ macro_rules! conformance_tests {
             import_of_corrupt_stream_changes_nothing,
             drop_group_removes_only_that_group,
             groups_lists_groups_with_metadata,
+            once_applies_a_client_write_at_most_once,
+            sessions_travel_with_snapshots,
         );
     };
     (@cases $runner:path; $($case:ident),* $(,)?) => {
