@@ -16,6 +16,21 @@ use crate::state::AppState;
 pub async fn status(State(st): State<AppState>) -> Json<ClusterStatus> {
     let layout = st.layout();
     let mut groups = Vec::new();
+    if let Some(g) = st.host.group(crate::metadata::META_GROUP) {
+        let s = g.status().await;
+        groups.push(GroupStatus {
+            partition: None,
+            replicas: s.voters,
+            learners: s.learners,
+            leader: s.leader,
+            term: s.term,
+            role: s.role.to_string(),
+            last_log_index: s.last_log_index,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            replication: s.replication,
+        });
+    }
     for p in 0..layout.partitions() {
         let p = PartitionId(p);
         let replicas = layout.replicas(p);
@@ -24,7 +39,8 @@ pub async fn status(State(st): State<AppState>) -> Json<ClusterStatus> {
                 let s = g.status().await;
                 groups.push(GroupStatus {
                     partition: partition_of_group(s.group).map(|p| p.0),
-                    replicas: s.voters,
+                    // The map's order: preferred leader first.
+                    replicas,
                     learners: s.learners,
                     leader: s.leader,
                     term: s.term,
@@ -73,7 +89,23 @@ pub async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
 
 /// `GET /ready`: every partition this node hosts has a known leader.
 pub async fn ready(State(st): State<AppState>) -> Response {
-    let groups = st.host.groups();
+    if st.epoch().is_none() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({
+                "error": "not_ready",
+                "message": "waiting for the cluster map from the metadata group",
+            })),
+        )
+            .into_response();
+    }
+    let groups: Vec<_> = st
+        .host
+        .groups()
+        .into_iter()
+        .filter(|g| g.id() != crate::metadata::META_GROUP)
+        .collect();
     let waiting: Vec<u64> = groups
         .iter()
         .filter(|g| g.leader().is_none())
@@ -104,11 +136,12 @@ pub async fn ready(State(st): State<AppState>) -> Response {
 pub async fn metrics(State(st): State<AppState>) -> Response {
     let mut leaders = 0u64;
     for g in st.host.groups() {
-        if g.is_leader() {
+        if g.id() != crate::metadata::META_GROUP && g.is_leader() {
             leaders += 1;
         }
     }
-    metrics::gauge!("kv_partitions_hosted").set(st.host.groups().len() as f64);
+    metrics::gauge!("kv_partitions_hosted").set(st.host.groups().len().saturating_sub(1) as f64);
+    metrics::gauge!("kv_cluster_map_epoch").set(st.epoch().unwrap_or(0) as f64);
     metrics::gauge!("kv_partitions_led").set(leaders as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod kv_api;
+pub mod metadata;
 pub mod peer_api;
 pub mod placement;
 pub mod routes;
@@ -18,7 +19,6 @@ pub mod state;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -27,14 +27,13 @@ use anyhow::Context;
 use kv_raft::{RaftHost, Transport};
 use kv_storage::Store;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use openraft::BasicNode;
 use tokio::task::JoinHandle;
 
 pub use config::{Config, Flags, StorageKind};
 pub use routes::app;
 pub use state::AppState;
 
-use crate::placement::{group_of, Layout};
+use crate::placement::Layout;
 
 /// The process-wide Prometheus recorder (metrics macros write to one global recorder).
 fn metrics_handle() -> PrometheusHandle {
@@ -57,6 +56,7 @@ pub struct Node {
     addr: SocketAddr,
     shutdown: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    reconciler: JoinHandle<()>,
 }
 
 impl Node {
@@ -105,12 +105,17 @@ impl Node {
         });
         tracing::info!(node = config.id, %addr, "listening");
 
-        start_groups(&state).await?;
+        metadata::open(&state).await?;
+        let reconciler = tokio::spawn(metadata::reconcile_loop(
+            state.clone(),
+            shutdown.subscribe(),
+        ));
         Ok(Node {
             state,
             addr,
             shutdown,
             server,
+            reconciler,
         })
     }
 
@@ -126,6 +131,7 @@ impl Node {
     /// Stop accepting requests, finish in-flight ones, stop every group, flush storage.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
+        let _ = self.reconciler.await;
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(joined) => joined??,
             Err(_) => tracing::warn!("in-flight requests did not finish within 10s"),
@@ -133,24 +139,6 @@ impl Node {
         self.state.host.shutdown().await;
         Ok(())
     }
-}
-
-/// Open the group of every partition placed on this node and, for a new cluster, give each its
-/// first membership (the partition's replicas).
-async fn start_groups(state: &AppState) -> anyhow::Result<()> {
-    let layout = state.layout();
-    let me = state.config.id;
-    for p in layout.partitions_of(me) {
-        let gid = group_of(p);
-        state.host.open_group(gid).await?;
-        let members: BTreeMap<u64, BasicNode> = layout
-            .replicas(p)
-            .into_iter()
-            .filter_map(|id| layout.addr(id).map(|a| (id, BasicNode::new(a))))
-            .collect();
-        state.host.initialize(gid, members).await?;
-    }
-    Ok(())
 }
 
 /// Run a node until SIGINT or SIGTERM, then shut it down gracefully.

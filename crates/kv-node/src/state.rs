@@ -14,7 +14,7 @@ pub struct AppState {
     pub host: Arc<RaftHost>,
     /// The node's one pooled HTTP client (forwarding, peer queries).
     pub http: reqwest::Client,
-    layout: Arc<RwLock<Arc<Layout>>>,
+    layout: Arc<RwLock<(Arc<Layout>, Option<u64>)>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -30,16 +30,28 @@ impl AppState {
             config,
             host,
             http,
-            layout: Arc::new(RwLock::new(Arc::new(layout))),
+            layout: Arc::new(RwLock::new((Arc::new(layout), None))),
             metrics,
         }
     }
 
-    /// The current cluster layout.
+    /// The current cluster layout: the metadata group's map once adopted, before that the
+    /// layout computed from `--initial-cluster`.
     pub fn layout(&self) -> Arc<Layout> {
         self.layout
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .clone()
+    }
+
+    /// Epoch of the adopted cluster map (`None` until the first one is adopted).
+    pub fn epoch(&self) -> Option<u64> {
+        self.layout.read().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// Route by `layout`, the cluster map of `epoch`, from now on.
+    pub fn set_layout(&self, layout: Layout, epoch: u64) {
+        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(layout), Some(epoch));
     }
 }
