@@ -31,8 +31,8 @@ const FORWARDED_REQUEST_HEADERS: &[&str] = &[
 pub enum Route {
     /// Serve it here with this group.
     Local(Group),
-    /// Relay it to this address.
-    Forward(String),
+    /// Relay it to the first of these addresses that can be reached.
+    Forward(Vec<String>),
 }
 
 /// The request as received, kept so it can be relayed.
@@ -62,36 +62,73 @@ pub fn route(st: &AppState, p: PartitionId, need_leader: bool) -> Result<Route, 
             return Ok(Route::Local(group));
         }
         return match group.leader() {
-            Some((id, addr)) if id != st.config.id => Ok(Route::Forward(addr)),
+            Some((id, addr)) if id != st.config.id => Ok(Route::Forward(vec![addr])),
             _ => Err(ApiError::unavailable(format!(
                 "partition {} has no leader yet",
                 p.0
             ))),
         };
     }
-    // Not a replica here: send it to the partition's preferred leader (or the next replica),
-    // which forwards on if leadership moved.
+    // Not a replica here: send it to the partition's preferred leader, falling back to the
+    // other replicas when one cannot be reached; a replica forwards on if leadership moved.
     let layout = st.layout();
-    layout
+    let candidates: Vec<String> = layout
         .replicas(p)
         .into_iter()
         .filter(|id| *id != st.config.id)
-        .find_map(|id| layout.addr(id).map(str::to_string))
-        .map(Route::Forward)
-        .ok_or_else(|| ApiError::unavailable(format!("partition {} has no replicas", p.0)))
+        .filter_map(|id| layout.addr(id).map(str::to_string))
+        .collect();
+    if candidates.is_empty() {
+        return Err(ApiError::unavailable(format!(
+            "partition {} has no replicas",
+            p.0
+        )));
+    }
+    Ok(Route::Forward(candidates))
+}
+
+/// Relay `req` to the first of `addrs` that accepts a connection.
+pub async fn forward_any(
+    st: &AppState,
+    addrs: &[String],
+    req: &Incoming,
+) -> Result<Response, ApiError> {
+    let mut last = ApiError::unavailable("no replica to forward to");
+    for addr in addrs {
+        match forward(st, addr, req).await {
+            Err(ForwardError::Unreachable(e)) => last = e,
+            Err(ForwardError::Failed(e)) => return Err(e),
+            Ok(resp) => return Ok(resp),
+        }
+    }
+    Err(last)
+}
+
+/// Why relaying failed: the target could not be reached (try another), or anything else.
+pub enum ForwardError {
+    Unreachable(ApiError),
+    Failed(ApiError),
+}
+
+impl From<ForwardError> for ApiError {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::Unreachable(e) | ForwardError::Failed(e) => e,
+        }
+    }
 }
 
 /// Relay `req` to `addr` and return its answer as is.
-pub async fn forward(st: &AppState, addr: &str, req: &Incoming) -> Result<Response, ApiError> {
+pub async fn forward(st: &AppState, addr: &str, req: &Incoming) -> Result<Response, ForwardError> {
     let hops = req.hops();
     if hops >= MAX_HOPS {
-        return Err(ApiError::unavailable(format!(
+        return Err(ForwardError::Failed(ApiError::unavailable(format!(
             "gave up after {hops} forwarding hops; leadership is moving, retry"
-        )));
+        ))));
     }
     let url = format!("http://{addr}{}", req.path_and_query);
     let method = reqwest::Method::from_bytes(req.method.as_str().as_bytes())
-        .map_err(|e| ApiError::Internal(format!("method: {e}")))?;
+        .map_err(|e| ForwardError::Failed(ApiError::Internal(format!("method: {e}"))))?;
     let mut out = st
         .http
         .request(method, &url)
@@ -105,10 +142,17 @@ pub async fn forward(st: &AppState, addr: &str, req: &Incoming) -> Result<Respon
     }
     metrics::counter!("kv_forwarded_requests_total").increment(1);
     let resp = out.send().await.map_err(|e| {
-        ApiError::unavailable(format!("forwarding to {addr} failed: {}", root_cause(&e)))
+        let err = ApiError::unavailable(format!("forwarding to {addr} failed: {}", root_cause(&e)));
+        // Only a refused or timed-out connection means the request never arrived and another
+        // node may take it; past that it may have been applied, so the client decides.
+        if e.is_connect() {
+            ForwardError::Unreachable(err)
+        } else {
+            ForwardError::Failed(err)
+        }
     })?;
     let status = StatusCode::from_u16(resp.status().as_u16())
-        .map_err(|e| ApiError::Internal(format!("status: {e}")))?;
+        .map_err(|e| ForwardError::Failed(ApiError::Internal(format!("status: {e}"))))?;
     let mut headers = HeaderMap::new();
     for (name, value) in resp.headers() {
         let keep = matches!(name.as_str(), "content-type" | "etag" | "retry-after")
@@ -123,10 +167,10 @@ pub async fn forward(st: &AppState, addr: &str, req: &Incoming) -> Result<Respon
         }
     }
     let body = resp.bytes().await.map_err(|e| {
-        ApiError::unavailable(format!(
+        ForwardError::Failed(ApiError::unavailable(format!(
             "reading the answer of {addr} failed: {}",
             root_cause(&e)
-        ))
+        )))
     })?;
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::config::MAX_KEY_BYTES;
 use crate::error::ApiError;
-use crate::forward::{forward, route, Incoming, Route};
+use crate::forward::{forward, forward_any, route, Incoming, Route};
 use crate::state::AppState;
 
 /// Exactly-once writes: a client's id, the sequence number of this write (the same on every
@@ -157,7 +157,7 @@ where
     Fut: Future<Output = Result<Response, GroupError>>,
 {
     match route(st, p, need_leader)? {
-        Route::Forward(addr) => forward(st, &addr, &req).await,
+        Route::Forward(addrs) => forward_any(st, &addrs, &req).await,
         Route::Local(group) => match local(group).await {
             Ok(mut resp) => {
                 let h = resp.headers_mut();
@@ -167,7 +167,7 @@ where
             }
             Err(GroupError::NotLeader {
                 leader: Some((id, addr)),
-            }) if id != st.config.id => forward(st, &addr, &req).await,
+            }) if id != st.config.id => Ok(forward(st, &addr, &req).await?),
             Err(e) => Err(e.into()),
         },
     }

@@ -40,6 +40,9 @@ pub struct GroupStatus {
     pub replication: Option<BTreeMap<u64, Option<u64>>>,
 }
 
+/// Pause between attempts to confirm leadership for a read.
+const READ_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
 fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> GroupError {
     GroupError::NotLeader {
         leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
@@ -76,18 +79,30 @@ impl Group {
     /// Make sure this node is the leader and has applied everything committed before the call
     /// (read-index), so a following local read is linearizable.
     pub async fn read_barrier(&self) -> Result<(), GroupError> {
-        let fut = self.raft.ensure_linearizable();
-        let result = tokio::time::timeout(self.timeout, fut).await.map_err(|_| {
-            GroupError::Unavailable(format!(
-                "leadership not confirmed within {:?}",
-                self.timeout
-            ))
-        })?;
-        match result {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
-            Err(RaftError::APIError(e)) => Err(GroupError::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(f)) => Err(GroupError::Stopped(f.to_string())),
+        // openraft gives followers only one heartbeat interval to confirm leadership, so a busy
+        // follower can make one attempt fail; retry within the request's time budget.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await;
+            let err = match attempt {
+                Err(_) => {
+                    return Err(GroupError::Unavailable(format!(
+                        "leadership not confirmed within {:?}",
+                        self.timeout
+                    )))
+                }
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    return Err(not_leader(f))
+                }
+                Ok(Err(RaftError::APIError(e))) => e.to_string(),
+                Ok(Err(RaftError::Fatal(f))) => return Err(GroupError::Stopped(f.to_string())),
+            };
+            if tokio::time::Instant::now() + READ_RETRY_PAUSE >= deadline {
+                return Err(GroupError::Unavailable(err));
+            }
+            tokio::time::sleep(READ_RETRY_PAUSE).await;
         }
     }
 
