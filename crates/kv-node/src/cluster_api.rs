@@ -11,9 +11,73 @@ use serde_json::json;
 use crate::placement::{group_of, partition_of_group};
 use crate::state::AppState;
 
-/// `GET /v1/cluster`: members, ring parameters, and every partition's replicas with the Raft
-/// state this node sees (leader, term, indexes) for the partitions it hosts.
-pub async fn status(State(st): State<AppState>) -> Json<ClusterStatus> {
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct StatusParams {
+    /// `local`: only what this node sees, without asking peers.
+    scope: Option<String>,
+}
+
+/// `GET /v1/cluster`: members, ring parameters, and every partition's replicas with its Raft
+/// state (leader, term, indexes). Partitions this node does not host are filled in from the
+/// replicas that do (asked with `?scope=local`), so any node gives the whole picture.
+pub async fn status(
+    State(st): State<AppState>,
+    axum::extract::Query(params): axum::extract::Query<StatusParams>,
+) -> Json<ClusterStatus> {
+    let mut status = local_status(&st).await;
+    if params.scope.as_deref() == Some("local") {
+        return Json(status);
+    }
+    let missing: Vec<u32> = status
+        .groups
+        .iter()
+        .filter(|g| g.role == "none")
+        .filter_map(|g| g.partition)
+        .collect();
+    if missing.is_empty() {
+        return Json(status);
+    }
+    let peers: Vec<String> = status
+        .members
+        .iter()
+        .filter(|m| m.id != st.config.id)
+        .map(|m| m.addr.clone())
+        .collect();
+    let answers = futures::future::join_all(peers.iter().map(|addr| {
+        st.http
+            .get(format!("http://{addr}/v1/cluster?scope=local"))
+            .timeout(std::time::Duration::from_secs(1))
+            .send()
+    }))
+    .await;
+    let mut seen: Vec<ClusterStatus> = Vec::new();
+    for answer in answers.into_iter().flatten() {
+        if let Ok(s) = answer.json::<ClusterStatus>().await {
+            seen.push(s);
+        }
+    }
+    for g in status.groups.iter_mut().filter(|g| g.role == "none") {
+        // Prefer the replica that leads the partition; else the one with the highest term.
+        let best = seen
+            .iter()
+            .filter_map(|s| {
+                s.groups
+                    .iter()
+                    .find(|r| r.partition == g.partition && r.role != "none")
+            })
+            .max_by_key(|r| (r.role == "leader", r.term));
+        if let Some(r) = best {
+            let role = std::mem::take(&mut g.role);
+            *g = r.clone();
+            g.role = if role.is_empty() { "none".into() } else { role };
+            // This node does not replicate the partition; the rest is the replicas' view.
+            g.replication = None;
+        }
+    }
+    Json(status)
+}
+
+async fn local_status(st: &AppState) -> ClusterStatus {
     let layout = st.layout();
     let mut groups = Vec::new();
     if let Some(g) = st.host.group(crate::metadata::META_GROUP) {
@@ -66,7 +130,7 @@ pub async fn status(State(st): State<AppState>) -> Json<ClusterStatus> {
         }
     }
     let params = layout.placement.params();
-    Json(ClusterStatus {
+    ClusterStatus {
         node: st.config.id,
         members: layout
             .members
@@ -79,7 +143,7 @@ pub async fn status(State(st): State<AppState>) -> Json<ClusterStatus> {
         partitions: params.partitions,
         replication_factor: params.replication_factor,
         groups,
-    })
+    }
 }
 
 /// `GET /health`: the process is up and serving HTTP.

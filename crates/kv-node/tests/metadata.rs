@@ -54,6 +54,23 @@ async fn every_node_follows_one_stored_map_with_at_most_five_metadata_voters() {
             .collect();
         assert_eq!(map, reference, "node {id} routes by another map");
     }
+    // Any node reports every partition's leader, asking the replicas for the ones it lacks.
+    for id in c.ids() {
+        wait_until(
+            Duration::from_secs(10),
+            "every partition's leader known",
+            || async {
+                let s = c.status(id).await?;
+                Ok(s.groups
+                    .iter()
+                    .filter(|g| g.partition.is_some())
+                    .all(|g| g.leader.is_some_and(|l| g.replicas.contains(&l)))
+                    .then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+    }
     // And the learner serves requests for every key.
     for i in 0..32 {
         let r = c.put(6, &format!("k{i}"), "v").await.unwrap();
