@@ -82,18 +82,8 @@ async fn local_status(st: &AppState) -> ClusterStatus {
     let mut groups = Vec::new();
     if let Some(g) = st.host.group(crate::metadata::META_GROUP) {
         let s = g.status().await;
-        groups.push(GroupStatus {
-            partition: None,
-            replicas: s.voters,
-            learners: s.learners,
-            leader: s.leader,
-            term: s.term,
-            role: s.role.to_string(),
-            last_log_index: s.last_log_index,
-            commit_index: s.commit_index,
-            applied_index: s.applied_index,
-            replication: s.replication,
-        });
+        let voters = s.voters.clone();
+        groups.push(api_status(None, voters, s));
     }
     for p in 0..layout.partitions() {
         let p = PartitionId(p);
@@ -101,19 +91,12 @@ async fn local_status(st: &AppState) -> ClusterStatus {
         match st.host.group(group_of(p)) {
             Some(g) => {
                 let s = g.status().await;
-                groups.push(GroupStatus {
-                    partition: partition_of_group(s.group).map(|p| p.0),
-                    // The map's order: preferred leader first.
+                // The map's order: preferred leader first.
+                groups.push(api_status(
+                    partition_of_group(s.group).map(|p| p.0),
                     replicas,
-                    learners: s.learners,
-                    leader: s.leader,
-                    term: s.term,
-                    role: s.role.to_string(),
-                    last_log_index: s.last_log_index,
-                    commit_index: s.commit_index,
-                    applied_index: s.applied_index,
-                    replication: s.replication,
-                });
+                    s,
+                ));
             }
             None => groups.push(GroupStatus {
                 partition: Some(p.0),
@@ -143,6 +126,21 @@ async fn local_status(st: &AppState) -> ClusterStatus {
         partitions: params.partitions,
         replication_factor: params.replication_factor,
         groups,
+    }
+}
+
+fn api_status(partition: Option<u32>, replicas: Vec<u64>, s: kv_raft::GroupStatus) -> GroupStatus {
+    GroupStatus {
+        partition,
+        replicas,
+        learners: s.learners,
+        leader: s.leader,
+        term: s.term,
+        role: s.role.to_string(),
+        last_log_index: s.last_log_index,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        replication: s.replication,
     }
 }
 

@@ -44,6 +44,49 @@ pub struct Incoming {
     pub body: Bytes,
 }
 
+/// The parts of a request needed to relay it, extracted before the body.
+pub struct RequestParts {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestParts {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // Nested routers strip prefixes from `uri`; the original is what a peer must see.
+        let uri = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| u.0.clone())
+            .unwrap_or_else(|| parts.uri.clone());
+        Ok(RequestParts {
+            method: parts.method.clone(),
+            path_and_query: uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| uri.path().to_string()),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl RequestParts {
+    /// The request, ready to relay, with `body`.
+    pub fn with_body(self, body: Bytes) -> Incoming {
+        Incoming {
+            method: self.method,
+            path_and_query: self.path_and_query,
+            headers: self.headers,
+            body,
+        }
+    }
+}
+
 impl Incoming {
     pub fn hops(&self) -> u32 {
         self.headers

@@ -3,10 +3,11 @@
 use std::future::Future;
 
 use axum::body::Body;
-use axum::extract::{OriginalUri, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use kv_client::api::{
     DeleteResult, ScanItem, ScanResult, WriteResult, HEADER_CONSISTENCY, HEADER_NODE,
     HEADER_PARTITION,
@@ -18,7 +19,7 @@ use serde::Deserialize;
 
 use crate::config::MAX_KEY_BYTES;
 use crate::error::ApiError;
-use crate::forward::{forward, forward_any, route, Incoming, Route};
+use crate::forward::{forward, forward_any, route, Incoming, RequestParts, Route};
 use crate::state::AppState;
 
 /// Exactly-once writes: a client's id, the sequence number of this write (the same on every
@@ -137,12 +138,6 @@ fn condition(headers: &HeaderMap, allow_create_only: bool) -> Result<Condition, 
     }
 }
 
-fn path_and_query(uri: &axum::http::Uri) -> String {
-    uri.path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| uri.path().to_string())
-}
-
 /// Serve a request for partition `p` here, or relay it to the node that can. `local` runs on
 /// this node's replica; if it finds leadership moved, the request follows the new leader.
 async fn serve<F, Fut>(
@@ -176,11 +171,10 @@ where
 pub async fn put_key(
     State(st): State<AppState>,
     Path(key): Path<String>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
+    parts: RequestParts,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let headers = &parts.headers;
     let key_bytes = validate_key(&key)?;
     let cond = condition(&headers, true)?;
     once(
@@ -200,19 +194,14 @@ pub async fn put_key(
     })?;
     let p = st.layout().partition_of(&key_bytes);
     let cmd = once(
-        &headers,
+        headers,
         Command::Put {
             key: key_bytes,
             value: value.to_vec(),
             cond,
         },
     )?;
-    let req = Incoming {
-        method,
-        path_and_query: path_and_query(&uri),
-        headers,
-        body: value,
-    };
+    let req = parts.with_body(value);
     serve(&st, p, true, req, |group| async move {
         let (outcome, _) = group.write(cmd).await?;
         Ok(write_response(key, outcome))
@@ -223,26 +212,21 @@ pub async fn put_key(
 pub async fn delete_key(
     State(st): State<AppState>,
     Path(key): Path<String>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
+    parts: RequestParts,
 ) -> Result<Response, ApiError> {
     let key_bytes = validate_key(&key)?;
-    let cond = condition(&headers, false)?;
+    let cond = condition(&parts.headers, false)?;
     let p = st.layout().partition_of(&key_bytes);
-    let req = Incoming {
-        method,
-        path_and_query: path_and_query(&uri),
-        headers,
-        body: Default::default(),
-    };
+    let cmd = once(
+        &parts.headers,
+        Command::Delete {
+            key: key_bytes,
+            cond,
+        },
+    )?;
+    let req = parts.with_body(Bytes::new());
     serve(&st, p, true, req, |group| async move {
-        let (outcome, _) = group
-            .write(Command::Delete {
-                key: key_bytes,
-                cond,
-            })
-            .await?;
+        let (outcome, _) = group.write(cmd).await?;
         Ok(write_response(key, outcome))
     })
     .await
@@ -283,19 +267,12 @@ pub async fn get_key(
     State(st): State<AppState>,
     Path(key): Path<String>,
     Query(params): Query<ReadParams>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
+    parts: RequestParts,
 ) -> Result<Response, ApiError> {
     let key_bytes = validate_key(&key)?;
     let stale = stale(params.consistency.as_deref())?;
     let p = st.layout().partition_of(&key_bytes);
-    let req = Incoming {
-        method,
-        path_and_query: path_and_query(&uri),
-        headers,
-        body: Default::default(),
-    };
+    let req = parts.with_body(Bytes::new());
     serve(&st, p, !stale, req, |group| async move {
         let record = group.get(key_bytes, stale).await?;
         let consistency = if stale { "stale" } else { "linearizable" };
@@ -382,17 +359,9 @@ pub async fn scan_partition(
     State(st): State<AppState>,
     Path(p): Path<u32>,
     Query(params): Query<ScanParams>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
+    parts: RequestParts,
 ) -> Result<Response, ApiError> {
-    let req = Incoming {
-        method,
-        path_and_query: path_and_query(&uri),
-        headers,
-        body: Default::default(),
-    };
-    scan_one_partition(&st, p, params, req).await
+    scan_one_partition(&st, p, params, parts.with_body(Bytes::new())).await
 }
 
 async fn scan_one_partition(

@@ -37,6 +37,23 @@ async fn read(c: &TestCluster, node: u64, key: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// PUT `value` under `key` through `node` if the key is at `version`.
+async fn cas(
+    c: &TestCluster,
+    node: u64,
+    key: &str,
+    version: u64,
+    value: &str,
+) -> reqwest::Response {
+    c.http()
+        .put(format!("{}/v1/kv/{key}", c.url(node)))
+        .header("If-Match", format!("\"{version}\""))
+        .body(value.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
 fn partition0(s: &kv_client::api::ClusterStatus) -> &kv_client::api::GroupStatus {
     s.groups.iter().find(|g| g.partition == Some(0)).unwrap()
 }
@@ -60,14 +77,7 @@ async fn write_via_follower_is_readable_everywhere_and_stale_cas_changes_nothing
     }
 
     // CAS with the current version succeeds and bumps the version.
-    let r = c
-        .http()
-        .put(format!("{}/v1/kv/greeting", c.url(follower)))
-        .header("If-Match", format!("\"{v1}\""))
-        .body("hi")
-        .send()
-        .await
-        .unwrap();
+    let r = cas(&c, follower, "greeting", v1, "hi").await;
     assert_eq!(r.status(), 200);
     let v2 = r.json::<serde_json::Value>().await.unwrap()["version"]
         .as_u64()
@@ -75,14 +85,7 @@ async fn write_via_follower_is_readable_everywhere_and_stale_cas_changes_nothing
     assert!(v2 > v1);
 
     // A stale If-Match gets 412 with the current version and changes nothing.
-    let r = c
-        .http()
-        .put(format!("{}/v1/kv/greeting", c.url(follower)))
-        .header("If-Match", format!("\"{v1}\""))
-        .body("clobbered")
-        .send()
-        .await
-        .unwrap();
+    let r = cas(&c, follower, "greeting", v1, "clobbered").await;
     assert_eq!(r.status(), 412);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "precondition_failed");
@@ -310,7 +313,7 @@ async fn retried_write_with_the_same_client_seq_applies_once() {
     let leader = c.wait_leader(0).await.unwrap();
     let follower = follower_of(&c, leader);
     let v1 = put_acked(&c, leader, "counter", "1").await;
-    let cas = |node: u64| {
+    let cas_once = |node: u64| {
         c.http()
             .put(format!("{}/v1/kv/counter", c.url(node)))
             .header("If-Match", format!("\"{v1}\""))
@@ -321,10 +324,10 @@ async fn retried_write_with_the_same_client_seq_applies_once() {
             .send()
     };
     // The first attempt commits; its "lost answer" is retried through another node.
-    let first = cas(leader).await.unwrap();
+    let first = cas_once(leader).await.unwrap();
     assert_eq!(first.status(), 200);
     let first: serde_json::Value = first.json().await.unwrap();
-    let retry = cas(follower).await.unwrap();
+    let retry = cas_once(follower).await.unwrap();
     assert_eq!(
         retry.status(),
         200,
@@ -338,15 +341,20 @@ async fn retried_write_with_the_same_client_seq_applies_once() {
         format!("\"{}\"", first["version"]).as_str()
     );
     // Without the session headers the same request is a new write and fails its precondition.
-    let plain = c
-        .http()
-        .put(format!("{}/v1/kv/counter", c.url(leader)))
-        .header("If-Match", format!("\"{v1}\""))
-        .body("2")
-        .send()
-        .await
-        .unwrap();
+    let plain = cas(&c, leader, "counter", v1, "2").await;
     assert_eq!(plain.status(), 412);
+    // A retried delete answers like the first attempt instead of 404.
+    for node in [leader, follower] {
+        let r = c
+            .http()
+            .delete(format!("{}/v1/kv/counter", c.url(node)))
+            .header("x-kv-client-id", "77")
+            .header("x-kv-request-seq", "6")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "delete through node {node}");
+    }
     // Malformed session headers are refused.
     let bad = c
         .http()
