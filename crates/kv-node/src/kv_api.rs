@@ -28,8 +28,11 @@ pub const HEADER_CLIENT_ID: &str = "x-kv-client-id";
 pub const HEADER_REQUEST_SEQ: &str = "x-kv-request-seq";
 pub const HEADER_ACK_BELOW: &str = "x-kv-ack-below";
 
-/// Wrap `cmd` for at-most-once application when the request names a client write.
-fn once(headers: &HeaderMap, cmd: Command) -> Result<Command, ApiError> {
+/// A client write's identity for exactly-once application: (client, seq, ack_below).
+type Session = (u64, u64, u64);
+
+/// The session headers of a request, if it names a client write.
+fn session(headers: &HeaderMap) -> Result<Option<Session>, ApiError> {
     let num = |name: &str| -> Result<Option<u64>, ApiError> {
         headers
             .get(name)
@@ -47,17 +50,27 @@ fn once(headers: &HeaderMap, cmd: Command) -> Result<Command, ApiError> {
             .transpose()
     };
     match (num(HEADER_CLIENT_ID)?, num(HEADER_REQUEST_SEQ)?) {
-        (None, None) => Ok(cmd),
-        (Some(client), Some(seq)) if client != 0 => Ok(Command::Once {
-            client,
-            seq,
-            ack_below: num(HEADER_ACK_BELOW)?.unwrap_or(0),
-            command: Box::new(cmd),
-        }),
+        (None, None) => Ok(None),
+        (Some(client), Some(seq)) if client != 0 => {
+            Ok(Some((client, seq, num(HEADER_ACK_BELOW)?.unwrap_or(0))))
+        }
         _ => Err(ApiError::bad_request(
             "invalid_session",
             format!("{HEADER_CLIENT_ID} (non-zero) and {HEADER_REQUEST_SEQ} go together"),
         )),
+    }
+}
+
+/// `cmd`, applied at most once if it belongs to a client session.
+fn once(session: Option<Session>, cmd: Command) -> Command {
+    match session {
+        None => cmd,
+        Some((client, seq, ack_below)) => Command::Once {
+            client,
+            seq,
+            ack_below,
+            command: Box::new(cmd),
+        },
     }
 }
 
@@ -174,16 +187,9 @@ pub async fn put_key(
     parts: RequestParts,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let headers = &parts.headers;
     let key_bytes = validate_key(&key)?;
-    let cond = condition(&headers, true)?;
-    once(
-        &headers,
-        Command::Delete {
-            key: Vec::new(),
-            cond,
-        },
-    )?;
+    let cond = condition(&parts.headers, true)?;
+    let session = session(&parts.headers)?;
     let limit = st.config.max_value_bytes;
     let value = axum::body::to_bytes(body, limit).await.map_err(|e| {
         if is_length_limit(&e) {
@@ -194,13 +200,13 @@ pub async fn put_key(
     })?;
     let p = st.layout().partition_of(&key_bytes);
     let cmd = once(
-        headers,
+        session,
         Command::Put {
             key: key_bytes,
             value: value.to_vec(),
             cond,
         },
-    )?;
+    );
     let req = parts.with_body(value);
     serve(&st, p, true, req, |group| async move {
         let (outcome, _) = group.write(cmd).await?;
@@ -218,12 +224,12 @@ pub async fn delete_key(
     let cond = condition(&parts.headers, false)?;
     let p = st.layout().partition_of(&key_bytes);
     let cmd = once(
-        &parts.headers,
+        session(&parts.headers)?,
         Command::Delete {
             key: key_bytes,
             cond,
         },
-    )?;
+    );
     let req = parts.with_body(Bytes::new());
     serve(&st, p, true, req, |group| async move {
         let (outcome, _) = group.write(cmd).await?;
