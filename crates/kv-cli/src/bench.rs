@@ -2,7 +2,9 @@
 //!
 //! `concurrency` workers share one HTTP client. Each loops with one request in flight: pick a
 //! random key, then PUT a value or GET it (by `read_ratio`), spreading its requests round-robin
-//! over the endpoints. Each worker keeps its own [`Tally`] (no shared lock per operation); the
+//! over the endpoints (the nodes forward to partition leaders). With `--via-client` the
+//! workers share one `kv_client::Client` instead, which sends each request to its partition's
+//! leader and retries transient failures, so the two paths can be compared. Each worker keeps its own [`Tally`] (no shared lock per operation); the
 //! tallies are merged into one [`Report`] when the run stops: at the duration, after the
 //! request count, or on Ctrl-C, whichever comes first.
 
@@ -68,9 +70,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
     pub consistency: Consistency,
 
-    /// Print one JSON object instead of the human report, and no progress bar.
+    /// Send the load through kv-client (straight to partition leaders, with retries and
+    /// failover) instead of plain HTTP requests spread round-robin over the endpoints.
     #[arg(long)]
-    pub json: bool,
+    pub via_client: bool,
 }
 
 /// When a run stops by itself.
@@ -112,16 +115,38 @@ pub enum Op {
     Write,
 }
 
+/// How the workers send their requests.
+#[derive(Clone)]
+enum Driver {
+    /// Plain HTTP, round-robin over the endpoints.
+    Http(Client),
+    /// Through kv-client.
+    Client(kv_client::Client),
+}
+
 /// Checks that every endpoint is healthy, runs the load until it stops, and reports it.
+/// `timeout` bounds each HTTP request, or with `--via-client` each client call (retries
+/// included); `json` turns the progress line off.
 pub async fn run(
     client: &Client,
     endpoints: &[Endpoint],
+    timeout: Duration,
     args: &BenchArgs,
+    json: bool,
 ) -> Result<Report, CliError> {
     if endpoints.is_empty() {
         return Err(anyhow::anyhow!("no endpoints given").into());
     }
     endpoints::check_health(client, endpoints).await?;
+    let driver = if args.via_client {
+        let kv = kv_client::Client::builder()
+            .endpoints(endpoints.iter().map(|e| e.as_str().to_owned()))
+            .timeout(timeout)
+            .build()?;
+        Driver::Client(kv)
+    } else {
+        Driver::Http(client.clone())
+    };
 
     let stop = args.stop();
     let cancel = CancellationToken::new();
@@ -145,12 +170,12 @@ pub async fn run(
         stoppers.spawn(stop_after(duration, cancel.clone()));
     }
 
-    let progress = Progress::start(stop, Arc::clone(&counters), !args.json);
+    let progress = Progress::start(stop, Arc::clone(&counters), !json);
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for index in 0..args.concurrency {
         let worker = Worker {
-            client: client.clone(),
+            driver: driver.clone(),
             plan: Arc::clone(&plan),
             counters: Arc::clone(&counters),
             next_endpoint: usize::try_from(index).unwrap_or(0) % endpoints.len(),
@@ -179,6 +204,7 @@ pub async fn run(
         value_size: args.value_size,
         read_ratio: args.read_ratio,
         consistency: args.consistency,
+        via_client: args.via_client,
     };
     Ok(Report::new(
         workload,
@@ -201,7 +227,7 @@ struct Plan {
 }
 
 struct Worker {
-    client: Client,
+    driver: Driver,
     plan: Arc<Plan>,
     counters: Arc<Counters>,
     next_endpoint: usize,
@@ -215,13 +241,13 @@ impl Worker {
             if cancel.is_cancelled() || !self.claim() {
                 break;
             }
-            let (op, url) = self.next_request();
+            let (op, key) = self.next_request();
             let started = Instant::now();
             // A request still in flight when the run stops is dropped, not waited for.
             let outcome = tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                outcome = self.send(op, url) => outcome,
+                outcome = self.send(op, &key) => outcome,
             };
             let latency = started.elapsed();
             match outcome {
@@ -244,6 +270,7 @@ impl Worker {
         }
     }
 
+    /// The next operation and its key.
     fn next_request(&mut self) -> (Op, String) {
         let args = &self.plan.args;
         let op = if self.rng.random::<f64>() < args.read_ratio {
@@ -252,40 +279,59 @@ impl Worker {
             Op::Write
         };
         let key = format!("{}{}", args.key_prefix, self.rng.random_range(0..args.keys));
-        let endpoint = &self.plan.endpoints[self.next_endpoint];
-        self.next_endpoint = (self.next_endpoint + 1) % self.plan.endpoints.len();
-        let mut url = endpoint.key_url(&key);
-        if let (Op::Read, Some(query)) = (op, args.consistency.query()) {
-            url.push('?');
-            url.push_str(query);
-        }
-        (op, url)
+        (op, key)
     }
 
-    /// Sends one request and reads its whole answer; `Err` names the kind of failure.
-    async fn send(&self, op: Op, url: String) -> Result<(), String> {
-        let request = match op {
-            Op::Read => self.client.get(url),
-            Op::Write => self
-                .client
-                .put(url)
-                .header(header::CONTENT_TYPE, "application/octet-stream")
-                .body(self.plan.value.clone()),
-        };
-        let response = request.send().await.map_err(|e| transport_kind(&e))?;
-        let status = response.status();
-        // Reading the body to its end lets the connection go back to the pool.
-        let body = response.bytes().await.map_err(|e| transport_kind(&e))?;
-        match (op, status) {
-            (Op::Write, StatusCode::OK) => {
-                serde_json::from_slice::<kv_client::api::WriteResult>(&body)
-                    .map(drop)
-                    .map_err(|_| "bad_response".to_owned())
+    /// Sends one operation and reads its whole answer; `Err` names the kind of failure.
+    async fn send(&mut self, op: Op, key: &str) -> Result<(), String> {
+        match &self.driver {
+            Driver::Http(client) => {
+                let endpoint = &self.plan.endpoints[self.next_endpoint];
+                self.next_endpoint = (self.next_endpoint + 1) % self.plan.endpoints.len();
+                let mut url = endpoint.key_url(key);
+                if let (Op::Read, Some(query)) = (op, self.plan.args.consistency.query()) {
+                    url.push('?');
+                    url.push_str(query);
+                }
+                send_http(client, op, url, &self.plan.value).await
             }
-            // A read of a key no write has reached yet is a correct answer.
-            (Op::Read, StatusCode::OK | StatusCode::NOT_FOUND) => Ok(()),
-            (_, status) => Err(format!("http_{}", status.as_u16())),
+            Driver::Client(kv) => {
+                let outcome = match op {
+                    Op::Read => {
+                        let consistency = match self.plan.args.consistency {
+                            Consistency::Linearizable => kv_client::Consistency::Linearizable,
+                            Consistency::Stale => kv_client::Consistency::Stale,
+                        };
+                        kv.get_with(key, consistency).await.map(drop)
+                    }
+                    Op::Write => kv.put(key, self.plan.value.clone()).await.map(drop),
+                };
+                outcome.map_err(|e| e.kind().to_owned())
+            }
         }
+    }
+}
+
+/// Sends one plain HTTP operation and reads its whole answer.
+async fn send_http(client: &Client, op: Op, url: String, value: &Bytes) -> Result<(), String> {
+    let request = match op {
+        Op::Read => client.get(url),
+        Op::Write => client
+            .put(url)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(value.clone()),
+    };
+    let response = request.send().await.map_err(|e| transport_kind(&e))?;
+    let status = response.status();
+    // Reading the body to its end lets the connection go back to the pool.
+    let body = response.bytes().await.map_err(|e| transport_kind(&e))?;
+    match (op, status) {
+        (Op::Write, StatusCode::OK) => serde_json::from_slice::<kv_client::api::WriteResult>(&body)
+            .map(drop)
+            .map_err(|_| "bad_response".to_owned()),
+        // A read of a key no write has reached yet is a correct answer.
+        (Op::Read, StatusCode::OK | StatusCode::NOT_FOUND) => Ok(()),
+        (_, status) => Err(format!("http_{}", status.as_u16())),
     }
 }
 

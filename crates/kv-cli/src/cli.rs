@@ -1,17 +1,38 @@
 //! The command grammar: global flags, then one [`Command`] variant per subcommand.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::bench::BenchArgs;
 use crate::duration;
 use crate::endpoints::Endpoint;
 
+/// The exit codes, as `kv --help` lists them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  not found (the key, or the node of `cluster leave`)
+  2  usage error
+  3  precondition failed (cas, create, delete --if-version)
+  4  cluster unavailable or unreachable (no leader or quorum, connection refused, timeout)
+  5  any other error (invalid input such as a value too large, server error, local I/O)
+
+Errors are one line on stderr starting with `error: `; with --json, also one JSON object
+{\"error\": kind, \"message\": text} on stdout.";
+
 /// Command-line client for the kv store.
 #[derive(Debug, Parser)]
-#[command(name = "kv", version, about, propagate_version = true)]
+#[command(
+    name = "kv",
+    version,
+    about,
+    propagate_version = true,
+    after_help = EXIT_CODES
+)]
 pub struct Cli {
     /// Nodes to talk to: comma-separated base URLs (`http://` is assumed when omitted).
     #[arg(
@@ -24,7 +45,8 @@ pub struct Cli {
     )]
     pub endpoints: Vec<Endpoint>,
 
-    /// Timeout of each HTTP request, e.g. 5s or 500ms.
+    /// How long a command may wait for the cluster, retries included, e.g. 5s or 500ms (for
+    /// `bench` without --via-client: the timeout of each HTTP request).
     #[arg(
         long,
         global = true,
@@ -34,6 +56,10 @@ pub struct Cli {
     )]
     pub timeout: Duration,
 
+    /// Print JSON for scripts instead of human output (one object on stdout, errors included).
+    #[arg(long, global = true)]
+    pub json: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -41,8 +67,131 @@ pub struct Cli {
 /// The subcommands of `kv`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print a key's value to stdout, as raw bytes.
+    Get(GetArgs),
+    /// Write a value; prints the key's new version.
+    #[command(override_usage = "kv put [OPTIONS] <KEY> <VALUE | - | --file PATH>")]
+    Put(WriteArgs),
+    /// Write a value only if the key does not exist yet; prints the new version.
+    #[command(override_usage = "kv create [OPTIONS] <KEY> <VALUE | - | --file PATH>")]
+    Create(WriteArgs),
+    /// Compare-and-set: write a value only if the key is at --version; prints the new version.
+    #[command(
+        disable_version_flag = true,
+        override_usage = "kv cas [OPTIONS] --version <N> <KEY> <VALUE | - | --file PATH>"
+    )]
+    Cas(CasArgs),
+    /// Delete a key; prints the version it had.
+    Delete(DeleteArgs),
+    /// List the keys starting with a prefix, in key order, with versions and values.
+    Scan(ScanArgs),
+    /// Inspect and change cluster membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Drive load against the cluster and report throughput and latency.
     Bench(BenchArgs),
+}
+
+/// Flags of `kv get`.
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// The key (any text; `/` is an ordinary character).
+    pub key: String,
+    /// Read from any replica (may miss the latest writes) instead of the partition's leader.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+/// Where a written value comes from: the argument, a file, or stdin (`-`).
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct ValueSource {
+    /// The value; `-` reads it from stdin.
+    #[arg(value_name = "VALUE")]
+    pub value: Option<OsString>,
+    /// Read the value from this file.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+}
+
+/// Flags of `kv put` and `kv create`.
+#[derive(Debug, Clone, Args)]
+pub struct WriteArgs {
+    /// The key (any text; `/` is an ordinary character).
+    pub key: String,
+    #[command(flatten)]
+    pub value: ValueSource,
+}
+
+/// Flags of `kv cas`.
+#[derive(Debug, Clone, Args)]
+pub struct CasArgs {
+    /// The key.
+    pub key: String,
+    /// The version the key must be at (as printed by `kv put` or `kv get --json`).
+    #[arg(long, value_name = "N")]
+    pub version: u64,
+    #[command(flatten)]
+    pub value: ValueSource,
+}
+
+/// Flags of `kv delete`.
+#[derive(Debug, Clone, Args)]
+pub struct DeleteArgs {
+    /// The key.
+    pub key: String,
+    /// Delete only if the key is at this version.
+    #[arg(long, value_name = "N")]
+    pub if_version: Option<u64>,
+}
+
+/// Flags of `kv scan`.
+#[derive(Debug, Clone, Args)]
+pub struct ScanArgs {
+    /// Key prefix; empty lists every key.
+    #[arg(default_value = "")]
+    pub prefix: String,
+    /// Most keys listed.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub limit: u64,
+    /// Only keys after this one (the last key of the previous page).
+    #[arg(long, value_name = "KEY")]
+    pub after: Option<String>,
+    /// Read from any replica instead of each partition's leader.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+/// `kv cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, and per partition: replicas, leader, term and applied index.
+    Status,
+    /// Add a node to the cluster.
+    Join(JoinArgs),
+    /// Remove a node from the cluster (its partitions are moved first).
+    Leave(LeaveArgs),
+}
+
+/// Flags of `kv cluster join`.
+#[derive(Debug, Clone, Args)]
+pub struct JoinArgs {
+    /// The new node's id.
+    #[arg(long)]
+    pub id: u64,
+    /// The address the new node listens on, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: String,
+}
+
+/// Flags of `kv cluster leave`.
+#[derive(Debug, Clone, Args)]
+pub struct LeaveArgs {
+    /// The id of the node to remove.
+    pub id: u64,
+    /// Remove it without draining its partitions first.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Consistency asked of reads.
@@ -83,7 +232,9 @@ mod tests {
     #[test]
     fn bench_defaults() {
         let cli = parse(&["--endpoints", "http://127.0.0.1:7001", "bench"]).unwrap();
-        let Command::Bench(args) = cli.command;
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench: {:?}", cli.command)
+        };
         assert_eq!(args.concurrency, 64);
         assert_eq!(args.stop(), Stop::After(Duration::from_secs(10)));
         assert_eq!(args.keys, 10_000);
@@ -91,7 +242,8 @@ mod tests {
         assert_eq!(args.read_ratio, 0.0);
         assert_eq!(args.key_prefix, "bench/");
         assert_eq!(args.consistency, Consistency::Linearizable);
-        assert!(!args.json);
+        assert!(!args.via_client);
+        assert!(!cli.json);
         assert_eq!(cli.timeout, Duration::from_secs(5));
     }
 
@@ -112,7 +264,9 @@ mod tests {
             endpoints,
             ["http://127.0.0.1:7001", "http://127.0.0.1:7002"]
         );
-        let Command::Bench(args) = cli.command;
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench: {:?}", cli.command)
+        };
         assert_eq!(args.stop(), Stop::Requests(5));
         assert_eq!(args.consistency, Consistency::Stale);
     }
@@ -132,6 +286,62 @@ mod tests {
             &["--endpoints", "ftp://x", "bench"],
             &["bench", "--nope"],
             &[],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn key_commands_parse_values_from_argument_file_or_stdin() {
+        let cli = parse(&["put", "k", "v", "--json"]).unwrap();
+        assert!(cli.json);
+        let Command::Put(args) = cli.command else {
+            panic!("not put")
+        };
+        assert_eq!(args.key, "k");
+        assert_eq!(args.value.value.as_deref(), Some("v".as_ref()));
+
+        let cli = parse(&["cas", "k", "--version", "7", "--file", "/tmp/x"]).unwrap();
+        let Command::Cas(args) = cli.command else {
+            panic!("not cas")
+        };
+        assert_eq!(args.version, 7);
+        assert_eq!(args.value.file, Some(PathBuf::from("/tmp/x")));
+
+        let cli = parse(&["create", "k", "-"]).unwrap();
+        let Command::Create(args) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(args.value.value.as_deref(), Some("-".as_ref()));
+
+        let cli = parse(&["delete", "k", "--if-version", "3"]).unwrap();
+        let Command::Delete(args) = cli.command else {
+            panic!("not delete")
+        };
+        assert_eq!(args.if_version, Some(3));
+
+        let cli = parse(&["cluster", "leave", "4", "--force"]).unwrap();
+        let Command::Cluster(ClusterCommand::Leave(args)) = cli.command else {
+            panic!("not leave")
+        };
+        assert_eq!((args.id, args.force), (4, true));
+    }
+
+    #[test]
+    fn bad_key_command_lines_are_usage_errors() {
+        for bad in [
+            &["put", "k"][..],
+            &["put", "k", "v", "--file", "f"],
+            &["cas", "k", "v"],
+            &["cas", "k", "--version", "x", "v"],
+            &["get"],
+            &["get", "k", "extra"],
+            &["delete", "k", "--if-version", "-1"],
+            &["scan", "p", "--limit", "0"],
+            &["cluster"],
+            &["cluster", "join", "--id", "4"],
+            &["cluster", "leave"],
         ] {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");

@@ -1,56 +1,104 @@
 //! The `kv` command-line client. It owns the command grammar ([`cli::Cli`], one
-//! [`cli::Command`] variant per subcommand), talking to the cluster's HTTP API over one pooled
-//! client ([`endpoints`]) and presenting results; it does not own the wire types, which come
-//! from `kv_client::api`. Start from [`run`].
+//! [`cli::Command`] variant per subcommand), running each command through `kv_client` (key
+//! commands in [`keys`], membership in [`cluster`]) and presenting the results ([`output`]:
+//! human text by default, one JSON object with `--json`). It does not own the wire types or the
+//! talking to the cluster (routing, retries): both come from `kv_client`. Start from [`run`].
 //!
-//! Today the only subcommand is `bench` ([`bench`] drives the load, [`report`] holds the
-//! figures, [`progress`] the live line on stderr).
+//! `bench` drives load ([`mod@bench`]; [`report`] holds the figures, [`progress`] the live line on
+//! stderr), through plain HTTP over the [`endpoints`] or, with `--via-client`, through
+//! `kv_client`.
 //!
-//! Exit codes: 0 success, 1 any other failure, 2 bad usage (clap), 4 an endpoint is
-//! unreachable or unhealthy at start.
+//! Exit codes (also in `kv --help`, see [`cli::EXIT_CODES`]): 0 success, 1 not found, 2 bad
+//! usage (clap), 3 precondition failed, 4 the cluster is unavailable or unreachable, 5 any other
+//! failure. Failures are one `error: ...` line on stderr.
 
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod duration;
 pub mod endpoints;
 pub mod error;
+pub mod keys;
+pub mod output;
 pub mod progress;
 pub mod report;
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 
 use crate::cli::{Cli, Command};
 use crate::error::CliError;
+use crate::output::Outcome;
 
 /// Runs one parsed command line to completion. Failures are printed as one `error: ...` line
-/// on stderr and turned into the exit code documented at the top of this crate.
+/// on stderr (and with `--json` as one JSON object on stdout) and turned into the exit code
+/// documented at the top of this crate.
 pub async fn run(cli: Cli) -> ExitCode {
-    match dispatch(cli).await {
+    match dispatch(&cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if cli.json {
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "{}", err.json());
+                let _ = stdout.flush();
+            }
             eprintln!("error: {}", err.to_string().replace('\n', " "));
             ExitCode::from(err.exit_code())
         }
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<(), CliError> {
-    let client = endpoints::http_client(cli.timeout)?;
-    match cli.command {
+async fn dispatch(cli: &Cli) -> Result<(), CliError> {
+    let outcome = match &cli.command {
         Command::Bench(args) => {
-            let report = bench::run(&client, &cli.endpoints, &args).await?;
-            let text = if args.json {
+            let http = endpoints::http_client(cli.timeout)?;
+            let report = bench::run(&http, &cli.endpoints, cli.timeout, args, cli.json).await?;
+            let text = if cli.json {
                 report.json()?
             } else {
                 report.human()
             };
-            let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "{text}").context("writing the report to stdout")?;
-            stdout.flush().context("writing the report to stdout")?;
+            return print(format!("{text}\n").as_bytes());
         }
+        Command::Get(args) => keys::get(&client(cli)?, args).await?,
+        Command::Put(args) => keys::put(&client(cli)?, args).await?,
+        Command::Create(args) => keys::create(&client(cli)?, args).await?,
+        Command::Cas(args) => keys::cas(&client(cli)?, args).await?,
+        Command::Delete(args) => keys::delete(&client(cli)?, args).await?,
+        Command::Scan(args) => keys::scan(&client(cli)?, args).await?,
+        Command::Cluster(command) => cluster::run(&client(cli)?, command).await?,
+    };
+    if cli.json {
+        return print(format!("{}\n", outcome.json()).as_bytes());
     }
+    let mut text = outcome.human();
+    match &outcome {
+        // A raw value is printed as is, so `kv get k > file` copies it exactly; on a terminal
+        // the prompt goes on its own line.
+        Outcome::Value { .. } if std::io::stdout().is_terminal() && !text.ends_with(b"\n") => {
+            text.push(b'\n');
+        }
+        Outcome::Scan(scan) if scan.truncated => {
+            eprintln!("(more keys match: raise --limit, or continue with --after)");
+        }
+        _ => {}
+    }
+    print(&text)
+}
+
+/// The kv-client for the global flags: `--endpoints`, and `--timeout` as each call's deadline.
+fn client(cli: &Cli) -> Result<kv_client::Client, CliError> {
+    Ok(kv_client::Client::builder()
+        .endpoints(cli.endpoints.iter().map(|e| e.as_str().to_owned()))
+        .timeout(cli.timeout)
+        .build()?)
+}
+
+fn print(bytes: &[u8]) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(bytes).context("writing to stdout")?;
+    stdout.flush().context("writing to stdout")?;
     Ok(())
 }

@@ -90,6 +90,9 @@ pub struct Workload {
     pub value_size: u64,
     pub read_ratio: f64,
     pub consistency: Consistency,
+    /// True when the load went through kv-client (leader routing, retries) rather than plain
+    /// HTTP requests spread over the endpoints.
+    pub via_client: bool,
 }
 
 /// Latency percentiles of successful operations, in milliseconds (to the microsecond).
@@ -125,7 +128,7 @@ pub struct Report {
     pub ok: u64,
     pub errors: u64,
     /// Failures by kind: `http_<status>`, `timeout`, `connect`, `body`, `transport`,
-    /// `bad_response`.
+    /// `bad_response`; through kv-client, its error kinds (`unavailable`, `timeout`, ...).
     pub error_kinds: BTreeMap<String, u64>,
     pub reads: u64,
     pub writes: u64,
@@ -186,7 +189,7 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "workload    {} workers, {endpoints}, {} keys, {} B values, {:.0}% reads ({})",
+            "workload    {} workers, {endpoints}, {} keys, {} B values, {:.0}% reads ({}){}",
             w.concurrency,
             w.keys,
             w.value_size,
@@ -195,6 +198,7 @@ impl Report {
                 Consistency::Linearizable => "linearizable",
                 Consistency::Stale => "stale",
             },
+            if w.via_client { ", via kv-client" } else { "" },
         );
         let stopped = if self.interrupted {
             "  (interrupted)"
@@ -323,6 +327,7 @@ mod tests {
             value_size: 128,
             read_ratio: 0.25,
             consistency: Consistency::Linearizable,
+            via_client: false,
         }
     }
 

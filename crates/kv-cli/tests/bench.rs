@@ -262,3 +262,52 @@ async fn bad_flags_are_usage_errors_with_exit_2() {
         assert!(stderr.contains("--help"), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_client_sends_the_load_through_kv_client() {
+    let node = FakeNode::start(Behaviour::Healthy).await;
+    let output = kv(&[
+        "--endpoints",
+        &node.endpoint,
+        "bench",
+        "--via-client",
+        "--requests",
+        "100",
+        "--concurrency",
+        "4",
+        "--read-ratio",
+        "0.5",
+        "--json",
+    ])
+    .await;
+    assert_success(&output);
+    let report = json_report(&output);
+    assert_eq!(report["count"], 100);
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["workload"]["via_client"], true);
+    assert_eq!(node.puts() + node.gets(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_client_counts_failures_by_client_error_kind() {
+    let node = FakeNode::start(Behaviour::Fail(StatusCode::SERVICE_UNAVAILABLE)).await;
+    let output = kv(&[
+        "--endpoints",
+        &node.endpoint,
+        "--timeout",
+        "200ms",
+        "bench",
+        "--via-client",
+        "--requests",
+        "4",
+        "--concurrency",
+        "2",
+        "--json",
+    ])
+    .await;
+    assert_success(&output);
+    let report = json_report(&output);
+    assert_eq!(report["errors"], 4);
+    assert_eq!(report["error_kinds"], serde_json::json!({"unavailable": 4}));
+    assert!(node.puts() > 4, "503s are retried: {} puts", node.puts());
+}

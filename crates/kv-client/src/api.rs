@@ -11,17 +11,42 @@ pub const HEADER_CONSISTENCY: &str = "x-kv-consistency";
 /// Header a forwarding node adds; it counts hops to stop forwarding loops.
 pub const HEADER_FORWARDED: &str = "x-kv-forwarded";
 
+/// Write request header: the writing client's id, a random non-zero decimal `u64` chosen once
+/// per client. With [`HEADER_REQUEST_SEQ`] it names one logical write, so a retried write can
+/// be answered with its first outcome instead of being applied twice.
+pub const HEADER_CLIENT_ID: &str = "x-kv-client-id";
+/// Write request header: the decimal sequence number of this write within its client. A retry
+/// of the same write carries the same number.
+pub const HEADER_REQUEST_SEQ: &str = "x-kv-request-seq";
+/// Write request header: the lowest sequence number of the client's writes still in flight
+/// (decimal). The client will never retry a write numbered below it, so the server may forget
+/// their outcomes.
+pub const HEADER_ACK_BELOW: &str = "x-kv-ack-below";
+
 /// Body of every error answer: a stable machine-readable `error` code and a human `message`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
     /// On `412 precondition_failed`: the key's current version (`null` if absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub current_version: Option<Option<u64>>,
     /// On `503`: the leader this node believes in, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<u64>,
+}
+
+/// A field that is present (even as `null`) is `Some`; only a missing one is `None` (serde's
+/// plain `Option` reads `null` as missing).
+fn present<'de, D>(deserializer: D) -> Result<Option<Option<u64>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<u64>::deserialize(deserializer).map(Some)
 }
 
 /// Answer to a successful `PUT /v1/kv/{key}`.
@@ -48,6 +73,26 @@ pub struct ScanItem {
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_hex: Option<String>,
+}
+
+impl ScanItem {
+    /// The value's bytes, from `value` or by decoding `value_hex`; `None` if neither is present
+    /// or the hex is malformed.
+    pub fn value_bytes(&self) -> Option<Vec<u8>> {
+        if let Some(text) = &self.value {
+            return Some(text.as_bytes().to_vec());
+        }
+        let hex = self.value_hex.as_deref()?.as_bytes();
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        hex.chunks(2)
+            .map(|pair| {
+                let text = std::str::from_utf8(pair).ok()?;
+                u8::from_str_radix(text, 16).ok()
+            })
+            .collect()
+    }
 }
 
 /// Answer to `GET /v1/kv?prefix=p&limit=n`: keys in ascending order.
@@ -103,4 +148,47 @@ pub struct ClusterStatus {
     pub partitions: u32,
     pub replication_factor: u32,
     pub groups: Vec<GroupStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(value: Option<&str>, value_hex: Option<&str>) -> ScanItem {
+        ScanItem {
+            key: "k".into(),
+            version: 1,
+            value: value.map(str::to_owned),
+            value_hex: value_hex.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn scan_item_value_bytes_decode_text_and_hex() {
+        assert_eq!(item(Some("hi"), None).value_bytes(), Some(b"hi".to_vec()));
+        assert_eq!(
+            item(None, Some("ff00a1")).value_bytes(),
+            Some(vec![0xff, 0x00, 0xa1])
+        );
+        assert_eq!(item(None, Some("f")).value_bytes(), None);
+        assert_eq!(item(None, Some("zz")).value_bytes(), None);
+        assert_eq!(item(None, None).value_bytes(), None);
+    }
+
+    #[test]
+    fn precondition_body_keeps_an_absent_current_version() {
+        let body: ErrorBody = serde_json::from_str(
+            r#"{"error":"precondition_failed","message":"m","current_version":null}"#,
+        )
+        .unwrap();
+        assert_eq!(body.current_version, Some(None));
+        let body: ErrorBody = serde_json::from_str(
+            r#"{"error":"precondition_failed","message":"m","current_version":7}"#,
+        )
+        .unwrap();
+        assert_eq!(body.current_version, Some(Some(7)));
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error":"unavailable","message":"m"}"#).unwrap();
+        assert_eq!(body.current_version, None);
+    }
 }

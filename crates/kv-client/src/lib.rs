@@ -1,5 +1,46 @@
-//! The client side of the store's HTTP/JSON API. Today it owns the API's wire types
-//! ([`api`]), shared by the server (`kv-node`) and every client so both ends agree on one
-//! definition; the pooled, routing `Client` builds on them.
+//! The Rust client of the kv store, and the HTTP API's wire types.
+//!
+//! It owns the client side of the HTTP/JSON API: one pooled HTTP client, the partition map
+//! learned from `GET /v1/cluster` so each key request goes straight to its partition's leader
+//! (`routing`), retries with exponential backoff and jitter under one deadline per call,
+//! failing over between nodes (`retry`), and exactly-once writes (a random client id and a
+//! sequence number per write, `session`). It also owns the wire types ([`api`]), shared with
+//! the server (`kv-node`) so both ends agree on one definition. It knows nothing of the
+//! server's internals: Raft, storage and placement are seen only through the API.
+//!
+//! Start from [`Client::builder`]; every call returns [`Result`] with one [`Error`] enum.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kv_client::Error> {
+//! use std::time::Duration;
+//!
+//! let client = kv_client::Client::builder()
+//!     .endpoints(["http://127.0.0.1:7001", "http://127.0.0.1:7002"])
+//!     .timeout(Duration::from_secs(5))
+//!     .build()?;
+//! let version = client.put("greeting", "hello").await?;
+//! let value = client.get("greeting").await?.expect("just written");
+//! assert_eq!(value.version, version);
+//! match client.compare_and_set("greeting", version, "hi").await {
+//!     Ok(new_version) => println!("now at {new_version}"),
+//!     Err(kv_client::Error::PreconditionFailed { current }) => println!("lost a race: {current:?}"),
+//!     Err(other) => return Err(other),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Exactly-once writes need the server's per-client deduplication (headers
+//! [`api::HEADER_CLIENT_ID`], [`api::HEADER_REQUEST_SEQ`], [`api::HEADER_ACK_BELOW`]); without
+//! it, a write whose answer was lost and that is retried may be applied twice.
 
 pub mod api;
+mod client;
+mod error;
+mod retry;
+mod routing;
+mod session;
+mod transport;
+
+pub use client::{Client, ClientBuilder, Consistency, ScanOptions, Value, DEFAULT_TIMEOUT};
+pub use error::{Error, Result};

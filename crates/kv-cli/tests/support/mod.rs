@@ -1,5 +1,6 @@
-//! Test support for `kv` integration tests: a fake node speaking the client API on a free
-//! loopback port, a runner for the built `kv` binary, and `wait_until`.
+//! Test support for `kv` integration tests: a real cluster (through `kv_node::testing`), a
+//! fake node speaking the client API on a free loopback port, runners for the built `kv`
+//! binary, and `wait_until`.
 
 #![allow(dead_code)] // each test file uses a different part
 #![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
@@ -11,11 +12,12 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use kv_client::api::{ErrorBody, WriteResult};
+use kv_node::testing::{kv_node_bin, ClusterOptions, TestCluster};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -25,7 +27,7 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// How the fake node answers key requests.
 #[derive(Debug, Clone, Copy)]
 pub enum Behaviour {
-    /// PUT: `200 {"key":..,"version":1}`; GET: `200` with 200 bytes.
+    /// PUT: `200 {"key":..,"version":1}`; GET: `200` with 200 bytes and `ETag: "1"`.
     Healthy,
     /// Every PUT and GET is answered with this status and a JSON error body.
     Fail(StatusCode),
@@ -107,7 +109,7 @@ async fn read(State(state): State<Arc<NodeState>>, RawQuery(query): RawQuery) ->
         state.seen.stale_gets.fetch_add(1, Ordering::SeqCst);
     }
     match state.behaviour {
-        Behaviour::Healthy => vec![b'v'; 200].into_response(),
+        Behaviour::Healthy => ([(header::ETAG, "\"1\"")], vec![b'v'; 200]).into_response(),
         Behaviour::Fail(status) => failure(status),
     }
 }
@@ -173,4 +175,97 @@ pub fn json_report(output: &Output) -> serde_json::Value {
     let stdout = String::from_utf8(output.stdout.clone()).unwrap();
     assert_eq!(stdout.lines().count(), 1, "stdout: {stdout}");
     serde_json::from_str(&stdout).unwrap()
+}
+
+/// A real 3-node cluster with 4 partitions, and the runtime its harness runs on, so tests can
+/// run `kv` synchronously (with assert_cmd) on the test thread.
+pub struct RealCluster {
+    pub cluster: TestCluster,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl RealCluster {
+    /// Starts the cluster and waits until every node is ready. Fails with a clear message when
+    /// the `kv-node` binary has not been built into this target directory.
+    pub fn start() -> RealCluster {
+        let bin = kv_node_bin();
+        assert!(
+            bin.exists(),
+            "the kv-node binary is missing at {}: build it into the same target directory \
+             first (`cargo build -p kv-node`, which `cargo test --workspace` does), or set \
+             KV_NODE_BIN",
+            bin.display()
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cluster = runtime
+            .block_on(TestCluster::start(ClusterOptions {
+                nodes: 3,
+                partitions: 4,
+                ..Default::default()
+            }))
+            .unwrap();
+        RealCluster { cluster, runtime }
+    }
+
+    /// Every node's URL, comma-separated, as `--endpoints` takes them.
+    pub fn endpoints(&self) -> String {
+        self.cluster
+            .ids()
+            .into_iter()
+            .map(|id| self.cluster.url(id))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `kv --endpoints <all nodes> <args>`, ready to run.
+    pub fn kv(&self, args: &[&str]) -> assert_cmd::Command {
+        let mut command = kv_sync(&["--endpoints", &self.endpoints()]);
+        command.args(args);
+        command
+    }
+}
+
+/// The built `kv` binary as an assert_cmd command, with a clean environment for its `KV_*`
+/// variables and [`RUN_LIMIT`] as its timeout.
+pub fn kv_sync(args: &[&str]) -> assert_cmd::Command {
+    let mut command = assert_cmd::Command::new(env!("CARGO_BIN_EXE_kv"));
+    command
+        .args(args)
+        .env_remove("KV_ENDPOINTS")
+        .env_remove("KV_TIMEOUT")
+        .timeout(RUN_LIMIT);
+    command
+}
+
+/// Stdout of a successful run, as text (failing the test with both streams otherwise).
+pub fn success(command: &mut assert_cmd::Command) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "kv failed: {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs a command expected to fail: its exit code, stdout, and its one-line stderr (checked to
+/// be one `error: ` line).
+pub fn fails(command: &mut assert_cmd::Command) -> (i32, String, String) {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: ") && stderr.lines().count() == 1,
+        "not a one-line error: {stderr:?}"
+    );
+    (
+        output.status.code().unwrap(),
+        String::from_utf8(output.stdout).unwrap(),
+        stderr,
+    )
 }

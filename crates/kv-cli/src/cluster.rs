@@ -1,0 +1,30 @@
+//! The cluster commands (`cluster status`, `join`, `leave`), through kv-client.
+
+use crate::cli::{ClusterCommand, JoinArgs, LeaveArgs};
+use crate::error::CliError;
+use crate::output::Outcome;
+
+/// Runs one `kv cluster` subcommand.
+pub async fn run(
+    client: &kv_client::Client,
+    command: &ClusterCommand,
+) -> Result<Outcome, CliError> {
+    match command {
+        ClusterCommand::Status => Ok(Outcome::Status(client.cluster_status().await?)),
+        ClusterCommand::Join(args) => join(client, args).await,
+        ClusterCommand::Leave(args) => leave(client, args).await,
+    }
+}
+
+async fn join(client: &kv_client::Client, args: &JoinArgs) -> Result<Outcome, CliError> {
+    client.join(args.id, &args.addr).await?;
+    Ok(Outcome::Done(format!(
+        "node {} at {} joined the cluster",
+        args.id, args.addr
+    )))
+}
+
+async fn leave(client: &kv_client::Client, args: &LeaveArgs) -> Result<Outcome, CliError> {
+    client.leave(args.id, args.force).await?;
+    Ok(Outcome::Done(format!("node {} left the cluster", args.id)))
+}

@@ -1,0 +1,345 @@
+//! What a command prints: one [`Outcome`] per successful command, rendered for people
+//! ([`Outcome::human`]) or as one JSON object ([`Outcome::json`]).
+
+use std::fmt::Write as _;
+
+use kv_client::api::{ClusterStatus, DeleteResult, ScanItem, ScanResult, WriteResult};
+use serde_json::json;
+
+/// The result of a successful command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// `get`: the value and its version.
+    Value {
+        key: String,
+        value: kv_client::Value,
+    },
+    /// `put`, `create`, `cas`: the key's new version.
+    Written { key: String, version: u64 },
+    /// `delete`: the version the key had when deleted.
+    Deleted { key: String, version: u64 },
+    /// `scan`.
+    Scan(ScanResult),
+    /// `cluster status`.
+    Status(ClusterStatus),
+    /// `cluster join` / `leave`: what was done.
+    Done(String),
+}
+
+impl Outcome {
+    /// The output for people. `get` prints the raw value; the others print text lines.
+    pub fn human(&self) -> Vec<u8> {
+        match self {
+            Outcome::Value { value, .. } => value.data.to_vec(),
+            Outcome::Written { version, .. } => format!("{version}\n").into_bytes(),
+            Outcome::Deleted { version, .. } => format!("deleted version {version}\n").into_bytes(),
+            Outcome::Scan(scan) => scan_table(scan).into_bytes(),
+            Outcome::Status(status) => status_tables(status).into_bytes(),
+            Outcome::Done(message) => format!("{message}\n").into_bytes(),
+        }
+    }
+
+    /// The output for scripts: one JSON object. `get` gives `{"key","version","value"}` (or
+    /// `value_hex` when the value is not UTF-8), writes the server's answer
+    /// (`{"key","version"}`, deletes with `"deleted":true`), `scan` and `cluster status` the
+    /// server's JSON.
+    pub fn json(&self) -> serde_json::Value {
+        let encoded = match self {
+            Outcome::Value { key, value } => serde_json::to_value(item(key, value)),
+            Outcome::Written { key, version } => serde_json::to_value(WriteResult {
+                key: key.clone(),
+                version: *version,
+            }),
+            Outcome::Deleted { key, version } => serde_json::to_value(DeleteResult {
+                key: key.clone(),
+                deleted: true,
+                version: *version,
+            }),
+            Outcome::Scan(scan) => serde_json::to_value(scan),
+            Outcome::Status(status) => serde_json::to_value(status),
+            Outcome::Done(message) => Ok(json!({ "ok": true, "message": message })),
+        };
+        encoded.expect("API types always encode as JSON")
+    }
+}
+
+/// A value in the shape of a scan item: text when it is UTF-8, hex otherwise.
+fn item(key: &str, value: &kv_client::Value) -> ScanItem {
+    let (text, hex) = match std::str::from_utf8(&value.data) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (None, Some(hex(&value.data))),
+    };
+    ScanItem {
+        key: key.to_owned(),
+        version: value.version,
+        value: text,
+        value_hex: hex,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// A value on one table cell: as is when it is printable text on one line, quoted with
+/// escapes when it holds control characters, `0x...` when it is not text.
+fn cell(item: &ScanItem) -> String {
+    match (&item.value, &item.value_hex) {
+        (Some(text), _) if !text.chars().any(char::is_control) => text.clone(),
+        (Some(text), _) => format!("{text:?}"),
+        (None, Some(hex)) => format!("0x{hex}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// Rows aligned in columns, two spaces apart; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, text) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(text);
+            } else {
+                let _ = write!(line, "{text:<width$}  ", width = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn scan_table(scan: &ScanResult) -> String {
+    if scan.items.is_empty() {
+        return String::new();
+    }
+    let mut rows = vec![vec![
+        "KEY".to_owned(),
+        "VERSION".to_owned(),
+        "VALUE".to_owned(),
+    ]];
+    rows.extend(
+        scan.items
+            .iter()
+            .map(|i| vec![i.key.clone(), i.version.to_string(), cell(i)]),
+    );
+    table(&rows)
+}
+
+fn optional(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn ids(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn status_tables(status: &ClusterStatus) -> String {
+    let mut out = format!(
+        "{} members, {} partitions, replication factor {} (as seen by node {})\n\n",
+        status.members.len(),
+        status.partitions,
+        status.replication_factor,
+        status.node
+    );
+    let mut members = vec![vec!["MEMBER".to_owned(), "ADDRESS".to_owned()]];
+    members.extend(
+        status
+            .members
+            .iter()
+            .map(|m| vec![m.id.to_string(), m.addr.clone()]),
+    );
+    out.push_str(&table(&members));
+    out.push('\n');
+    let mut partitions = vec![[
+        "PARTITION",
+        "REPLICAS",
+        "LEARNERS",
+        "LEADER",
+        "TERM",
+        "APPLIED",
+    ]
+    .map(str::to_owned)
+    .to_vec()];
+    let mut groups: Vec<_> = status.groups.iter().collect();
+    groups.sort_by_key(|g| g.partition.map_or(-1, i64::from));
+    partitions.extend(groups.into_iter().map(|g| {
+        vec![
+            g.partition
+                .map_or_else(|| "meta".to_owned(), |p| p.to_string()),
+            ids(&g.replicas),
+            if g.learners.is_empty() {
+                "-".to_owned()
+            } else {
+                ids(&g.learners)
+            },
+            optional(g.leader),
+            g.term.to_string(),
+            optional(g.applied_index),
+        ]
+    }));
+    out.push_str(&table(&partitions));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_client::api::{GroupStatus, Member};
+
+    fn status() -> ClusterStatus {
+        ClusterStatus {
+            node: 2,
+            members: vec![
+                Member {
+                    id: 1,
+                    addr: "127.0.0.1:7001".into(),
+                },
+                Member {
+                    id: 2,
+                    addr: "127.0.0.1:7002".into(),
+                },
+            ],
+            partitions: 2,
+            replication_factor: 2,
+            groups: vec![
+                GroupStatus {
+                    partition: Some(1),
+                    replicas: vec![2, 1],
+                    learners: vec![],
+                    leader: None,
+                    term: 0,
+                    role: "none".into(),
+                    last_log_index: None,
+                    commit_index: None,
+                    applied_index: None,
+                    replication: None,
+                },
+                GroupStatus {
+                    partition: Some(0),
+                    replicas: vec![1, 2],
+                    learners: vec![3],
+                    leader: Some(1),
+                    term: 4,
+                    role: "follower".into(),
+                    last_log_index: Some(12),
+                    commit_index: Some(12),
+                    applied_index: Some(11),
+                    replication: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn status_prints_members_and_partitions_as_tables() {
+        let text = String::from_utf8(Outcome::Status(status()).human()).unwrap();
+        let expected = "\
+2 members, 2 partitions, replication factor 2 (as seen by node 2)
+
+MEMBER  ADDRESS
+1       127.0.0.1:7001
+2       127.0.0.1:7002
+
+PARTITION  REPLICAS  LEARNERS  LEADER  TERM  APPLIED
+0          1,2       3         1       4     11
+1          2,1       -         -       0     -
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn scan_table_shows_text_escaped_text_and_hex() {
+        let scan = ScanResult {
+            items: vec![
+                ScanItem {
+                    key: "a".into(),
+                    version: 3,
+                    value: Some("plain".into()),
+                    value_hex: None,
+                },
+                ScanItem {
+                    key: "bb".into(),
+                    version: 12,
+                    value: Some("two\nlines".into()),
+                    value_hex: None,
+                },
+                ScanItem {
+                    key: "c".into(),
+                    version: 4,
+                    value: None,
+                    value_hex: Some("ff00".into()),
+                },
+            ],
+            truncated: false,
+        };
+        let text = String::from_utf8(Outcome::Scan(scan).human()).unwrap();
+        let expected = "\
+KEY  VERSION  VALUE
+a    3        plain
+bb   12       \"two\\nlines\"
+c    4        0xff00
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn get_prints_raw_bytes_or_json_with_text_or_hex() {
+        let value = kv_client::Value {
+            data: vec![0xff, 0x01].into(),
+            version: 9,
+        };
+        let outcome = Outcome::Value {
+            key: "k".into(),
+            value,
+        };
+        assert_eq!(outcome.human(), [0xff, 0x01]);
+        assert_eq!(
+            outcome.json(),
+            json!({"key": "k", "version": 9, "value_hex": "ff01"})
+        );
+        let text = Outcome::Value {
+            key: "k".into(),
+            value: kv_client::Value {
+                data: "hi".into(),
+                version: 2,
+            },
+        };
+        assert_eq!(
+            text.json(),
+            json!({"key": "k", "version": 2, "value": "hi"})
+        );
+    }
+
+    #[test]
+    fn writes_print_the_version() {
+        let written = Outcome::Written {
+            key: "k".into(),
+            version: 7,
+        };
+        assert_eq!(written.human(), b"7\n");
+        assert_eq!(written.json(), json!({"key": "k", "version": 7}));
+        let deleted = Outcome::Deleted {
+            key: "k".into(),
+            version: 8,
+        };
+        assert_eq!(
+            deleted.json(),
+            json!({"key": "k", "deleted": true, "version": 8})
+        );
+    }
+}
