@@ -216,10 +216,13 @@ mod tests {
             ],
             partitions: 2,
             replication_factor: 2,
+            vnodes: 64,
+            epoch: Some(1),
             groups: vec![
                 GroupStatus {
                     partition: Some(1),
                     replicas: vec![2, 1],
+                    voters: vec![],
                     learners: vec![],
                     leader: None,
                     term: 0,
@@ -232,6 +235,7 @@ mod tests {
                 GroupStatus {
                     partition: Some(0),
                     replicas: vec![1, 2],
+                    voters: vec![],
                     learners: vec![3],
                     leader: Some(1),
                     term: 4,

@@ -122,8 +122,13 @@ pub struct Member {
 pub struct GroupStatus {
     /// Partition number (`null` for the metadata group).
     pub partition: Option<u32>,
-    /// Voters of the group.
+    /// The replicas the partition map assigns, preferred leader first (for the metadata group:
+    /// its voters).
     pub replicas: Vec<u64>,
+    /// The group's Raft voters as the answering replica sees them; they differ from `replicas`
+    /// while a membership change is in flight. Empty when no replica answered.
+    #[serde(default)]
+    pub voters: Vec<u64>,
     /// Non-voting members catching up.
     #[serde(default)]
     pub learners: Vec<u64>,
@@ -147,6 +152,13 @@ pub struct ClusterStatus {
     pub members: Vec<Member>,
     pub partitions: u32,
     pub replication_factor: u32,
+    /// Virtual nodes per member on the ring.
+    #[serde(default)]
+    pub vnodes: u32,
+    /// Epoch of the partition map the answering node routes by (the metadata group's version
+    /// of it); `null` before the node has adopted one.
+    #[serde(default)]
+    pub epoch: Option<u64>,
     pub groups: Vec<GroupStatus>,
 }
 

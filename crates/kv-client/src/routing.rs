@@ -349,6 +349,7 @@ mod tests {
         GroupStatus {
             partition: Some(partition),
             replicas: replicas.to_vec(),
+            voters: vec![],
             learners: Vec::new(),
             leader,
             term: 1,
@@ -371,6 +372,8 @@ mod tests {
                 .collect(),
             partitions: 2,
             replication_factor: 3,
+            vnodes: 64,
+            epoch: Some(1),
             groups: vec![
                 group(0, &[1, 2, 3], leaders[0]),
                 group(1, &[2, 3, 1], leaders[1]),

@@ -101,6 +101,7 @@ async fn local_status(st: &AppState) -> ClusterStatus {
             None => groups.push(GroupStatus {
                 partition: Some(p.0),
                 replicas,
+                voters: Vec::new(),
                 learners: Vec::new(),
                 leader: None,
                 term: 0,
@@ -125,6 +126,8 @@ async fn local_status(st: &AppState) -> ClusterStatus {
             .collect(),
         partitions: params.partitions,
         replication_factor: params.replication_factor,
+        vnodes: params.vnodes,
+        epoch: st.epoch(),
         groups,
     }
 }
@@ -133,6 +136,7 @@ fn api_status(partition: Option<u32>, replicas: Vec<u64>, s: kv_raft::GroupStatu
     GroupStatus {
         partition,
         replicas,
+        voters: s.voters,
         learners: s.learners,
         leader: s.leader,
         term: s.term,

@@ -22,11 +22,7 @@ use crate::error::ApiError;
 use crate::forward::{forward, forward_any, route, Incoming, RequestParts, Route};
 use crate::state::AppState;
 
-/// Exactly-once writes: a client's id, the sequence number of this write (the same on every
-/// retry of it), and the lowest sequence number it still waits an answer for.
-pub const HEADER_CLIENT_ID: &str = "x-kv-client-id";
-pub const HEADER_REQUEST_SEQ: &str = "x-kv-request-seq";
-pub const HEADER_ACK_BELOW: &str = "x-kv-ack-below";
+pub use kv_client::api::{HEADER_ACK_BELOW, HEADER_CLIENT_ID, HEADER_REQUEST_SEQ};
 
 /// A client write's identity for exactly-once application: (client, seq, ack_below).
 type Session = (u64, u64, u64);
