@@ -2,6 +2,8 @@
 //! not, relay the request unchanged to the node that can (the leader, or a replica) and relay
 //! its answer back. A hop counter stops loops while views of the leader are stale.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
@@ -175,7 +177,9 @@ pub async fn forward(st: &AppState, addr: &str, req: &Incoming) -> Result<Respon
     let mut out = st
         .http
         .request(method, &url)
-        .timeout(st.config.raft.request_timeout * 2)
+        // The target gives up after request_timeout and answers 503; a little slack lets that
+        // answer through, and bounds the wait on a target that vanished.
+        .timeout(st.config.raft.request_timeout + Duration::from_millis(500))
         .header(HEADER_FORWARDED, (hops + 1).to_string())
         .body(req.body.clone());
     for name in FORWARDED_REQUEST_HEADERS {

@@ -75,6 +75,9 @@ impl Node {
             StorageKind::Memory => Store::memory()?,
         };
         let http = reqwest::Client::builder()
+            // Peer traffic is plain HTTP today: no system CA store is needed (minimal images
+            // have none). Cluster TLS will configure its own CA here.
+            .tls_certs_only(Vec::new())
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)

@@ -3,8 +3,25 @@
 use clap::Parser;
 use kv_node::{Config, Flags};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(node_main());
+    // Blocking tasks still running (a DNS lookup of an unreachable peer, say) must not hold up
+    // the exit once the node has shut down.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+async fn node_main() -> std::process::ExitCode {
     let flags = Flags::parse();
     let config = match Config::from_flags(flags) {
         Ok(c) => c,
