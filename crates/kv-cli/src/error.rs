@@ -77,21 +77,7 @@ impl From<kv_client::Error> for CliError {
     }
 }
 
-/// `err` and its sources on one line, `outer: inner: root`, skipping a source whose text the
-/// outer message already contains (reqwest and hyper repeat themselves).
-pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = inner.source();
-    }
-    line.replace('\n', " ")
-}
+pub use kv_client::one_line;
 
 #[cfg(test)]
 mod tests {

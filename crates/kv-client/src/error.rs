@@ -87,7 +87,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `err` and its sources on one line (`outer: inner: root`), skipping a source whose text the
 /// line already holds (reqwest and hyper repeat themselves).
-pub(crate) fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     let mut line = err.to_string();
     let mut source = err.source();
     while let Some(inner) = source {

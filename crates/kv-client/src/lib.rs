@@ -43,4 +43,4 @@ mod session;
 mod transport;
 
 pub use client::{Client, ClientBuilder, Consistency, ScanOptions, Value, DEFAULT_TIMEOUT};
-pub use error::{Error, Result};
+pub use error::{one_line, Error, Result};
