@@ -149,9 +149,10 @@ async fn answers_that_cannot_change_are_returned_at_once_with_their_kind() {
     let scan = kv.scan("", 0).await;
     assert!(matches!(scan, Err(Error::InvalidInput(_))), "{scan:?}");
 
-    // Membership changes: joining is refused for now (503), leaving is not routed (404).
+    // Membership changes: a join of an address where no node answers is invalid input; leaving
+    // is not routed yet (404).
     let join = kv.join(4, "127.0.0.1:1").await;
-    assert!(matches!(join, Err(Error::Unavailable(_))), "{join:?}");
+    assert!(matches!(join, Err(Error::InvalidInput(_))), "{join:?}");
     let leave = kv.leave(99, false).await;
     assert!(matches!(leave, Err(Error::NotFound(_))), "{leave:?}");
 

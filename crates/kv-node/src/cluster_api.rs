@@ -215,3 +215,35 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     )
         .into_response()
 }
+
+/// `POST /v1/cluster/nodes` `{"id":..,"addr":..}`: add a member. The metadata leader writes a new
+/// partition map; the answer (200, with the new epoch) comes once the map is stored, and
+/// partitions then move in the background (see `/v1/cluster`).
+pub async fn join(
+    State(st): State<AppState>,
+    parts: crate::forward::RequestParts,
+    body: Result<Json<kv_client::api::JoinRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, crate::error::ApiError> {
+    use crate::error::ApiError;
+    use crate::metadata::{add_member, MembershipError, META_GROUP};
+    let Json(req) = body.map_err(|r| ApiError::bad_request("invalid_json", r.body_text()))?;
+    let group = st
+        .host
+        .group(META_GROUP)
+        .ok_or_else(|| ApiError::unavailable("this node has no metadata group yet"))?;
+    if !group.is_leader() {
+        let (_, addr) = group
+            .leader()
+            .ok_or_else(|| ApiError::unavailable("the metadata group has no leader yet"))?;
+        let body = serde_json::to_vec(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
+        return Ok(crate::forward::forward(&st, &addr, &parts.with_body(body.into())).await?);
+    }
+    match add_member(&st, req.id, &req.addr).await {
+        Ok(epoch) => {
+            Ok(Json(json!({"id": req.id, "addr": req.addr, "epoch": epoch})).into_response())
+        }
+        Err(MembershipError::Invalid(m)) => Err(ApiError::bad_request("invalid_member", m)),
+        Err(e @ MembershipError::Conflict { .. }) => Err(ApiError::Conflict(e.to_string())),
+        Err(MembershipError::Unavailable(m)) => Err(ApiError::unavailable(m)),
+    }
+}

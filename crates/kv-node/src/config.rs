@@ -47,6 +47,10 @@ pub struct Flags {
     /// Members of a new cluster: `1=host:port,2=host:port,...` (default: this node alone).
     #[arg(long, env = "KV_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// Join the running cluster that this member (`host:port`) belongs to, instead of forming
+    /// a new one with --initial-cluster.
+    #[arg(long, env = "KV_JOIN", conflicts_with = "initial_cluster")]
+    pub join: Option<String>,
     /// Storage engine.
     #[arg(long, env = "KV_STORAGE", value_enum)]
     pub storage: Option<StorageKind>,
@@ -89,8 +93,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub advertise: String,
     pub data_dir: PathBuf,
-    /// Initial members: id -> address.
+    /// Initial members: id -> address (just this node when joining).
     pub initial_cluster: BTreeMap<u64, String>,
+    /// A member of the running cluster to join through, instead of forming a new cluster.
+    pub join: Option<String>,
     pub storage: StorageKind,
     pub ring: RingParams,
     pub max_value_bytes: usize,
@@ -126,7 +132,11 @@ impl Config {
         }
         let listen: SocketAddr = pick!(listen, SocketAddr::from(([127, 0, 0, 1], 7001)));
         let advertise = pick!(advertise, listen.to_string());
+        let join = flags.join.or(file.join);
         let initial_cluster = match flags.initial_cluster.or(file.initial_cluster) {
+            Some(_) if join.is_some() => {
+                anyhow::bail!("use either --join or --initial-cluster, not both")
+            }
             Some(spec) => parse_members(&spec)?,
             None => BTreeMap::from([(id, advertise.clone())]),
         };
@@ -166,6 +176,7 @@ impl Config {
             advertise,
             data_dir: pick!(data_dir, PathBuf::from("./data")),
             initial_cluster,
+            join,
             storage,
             ring,
             max_value_bytes: pick!(max_value_bytes, 1 << 20),

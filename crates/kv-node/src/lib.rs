@@ -113,6 +113,13 @@ impl Node {
             state.clone(),
             shutdown.subscribe(),
         ));
+        if let Some(via) = config.join.clone() {
+            tokio::spawn(metadata::join_loop(
+                state.clone(),
+                via,
+                shutdown.subscribe(),
+            ));
+        }
         Ok(Node {
             state,
             addr,

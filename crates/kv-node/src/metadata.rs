@@ -33,6 +33,11 @@ pub struct ClusterMap {
     pub members: BTreeMap<u64, String>,
     /// Ring parameters and partition -> replicas.
     pub placement: Placement,
+    /// How many membership changes led to this map; 0 is the map the cluster was created with,
+    /// the only one whose partition groups are initialized (a joining node never initializes a
+    /// group: it is brought in by the group's leader).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// The voters of the metadata group for a member set: the lowest ids.
@@ -48,7 +53,7 @@ pub fn meta_voters(members: &BTreeMap<u64, String>) -> BTreeMap<u64, BasicNode> 
 pub async fn open(st: &AppState) -> anyhow::Result<()> {
     st.host.open_group(META_GROUP).await?;
     let voters = meta_voters(&st.config.initial_cluster);
-    if voters.contains_key(&st.config.id) {
+    if st.config.join.is_none() && voters.contains_key(&st.config.id) {
         st.host.initialize(META_GROUP, voters).await?;
     }
     Ok(())
@@ -99,7 +104,7 @@ async fn reconcile_once(st: &AppState) -> anyhow::Result<()> {
             adopt(st, epoch, map).await?;
         }
     }
-    Ok(())
+    reconcile_partitions(st).await
 }
 
 /// Duties of the metadata leader.
@@ -113,6 +118,7 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
             let map = ClusterMap {
                 members: layout.members,
                 placement: layout.placement,
+                generation: 0,
             };
             let value = serde_json::to_vec(&map)?;
             let cmd = Command::Put {
@@ -145,8 +151,8 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
 /// Route by `map` from now on and start the partition groups it gives this node.
 async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()> {
     let layout = Layout {
-        members: map.members,
-        placement: map.placement,
+        members: map.members.clone(),
+        placement: map.placement.clone(),
     };
     if layout.placement.params() != st.config.ring {
         tracing::warn!(
@@ -159,6 +165,9 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
     for p in layout.partitions_of(me) {
         let gid = group_of(p);
         st.host.open_group(gid).await?;
+        if map.generation > 0 {
+            continue;
+        }
         let members: BTreeMap<u64, BasicNode> = layout
             .replicas(p)
             .into_iter()
@@ -173,5 +182,260 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
         "adopted cluster map"
     );
     st.set_layout(layout, epoch);
+    Ok(())
+}
+
+/// Why a membership change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("node {id} is already a member at {addr}")]
+    Conflict { id: u64, addr: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// On the metadata leader: add member `id` at `addr` by writing a new map (epoch + 1) with a
+/// placement recomputed over the new member set. Idempotent for the same id and address.
+pub async fn add_member(st: &AppState, id: u64, addr: &str) -> Result<u64, MembershipError> {
+    if id == 0 || !addr.contains(':') {
+        return Err(MembershipError::Invalid(format!(
+            "a member needs a positive id and a host:port address, got {id} at {addr:?}"
+        )));
+    }
+    let group = st
+        .host
+        .group(META_GROUP)
+        .ok_or_else(|| MembershipError::Unavailable("no metadata group here".into()))?;
+    for _ in 0..5 {
+        group
+            .read_barrier()
+            .await
+            .map_err(|e| MembershipError::Unavailable(e.to_string()))?;
+        let (epoch, map) = local_map(st)
+            .await
+            .map_err(|e| MembershipError::Unavailable(format!("{e:#}")))?
+            .ok_or_else(|| MembershipError::Unavailable("no cluster map yet".into()))?;
+        match map.members.get(&id) {
+            Some(a) if a == addr => return Ok(epoch),
+            Some(a) => {
+                return Err(MembershipError::Conflict {
+                    id,
+                    addr: a.clone(),
+                })
+            }
+            None => {}
+        }
+        // Refuse an address nobody answers on: a typo would otherwise become a member that
+        // partitions are moved to and never arrive at.
+        let probe = st
+            .http
+            .get(format!("http://{addr}/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if !probe.is_ok_and(|r| r.status().is_success()) {
+            return Err(MembershipError::Invalid(format!(
+                "no kv node answers at {addr}; start it (with --join) before adding it"
+            )));
+        }
+        let mut members = map.members.clone();
+        members.insert(id, addr.to_string());
+        let layout = Layout::compute(members, map.placement.params())
+            .map_err(|e| MembershipError::Invalid(format!("{e:#}")))?;
+        let next = ClusterMap {
+            members: layout.members,
+            placement: layout.placement,
+            generation: map.generation + 1,
+        };
+        let value =
+            serde_json::to_vec(&next).map_err(|e| MembershipError::Invalid(e.to_string()))?;
+        let cmd = Command::Put {
+            key: MAP_KEY.to_vec(),
+            value,
+            cond: Condition::Version(epoch),
+        };
+        match group.write(cmd).await {
+            Ok((Outcome::Written { version }, _)) => {
+                tracing::info!(
+                    id,
+                    addr,
+                    epoch = version,
+                    "member added; partitions will move"
+                );
+                return Ok(version);
+            }
+            // Someone else changed the map first: recompute on the new one.
+            Ok((Outcome::PreconditionFailed { .. }, _)) => continue,
+            Ok((other, _)) => {
+                return Err(MembershipError::Unavailable(format!(
+                    "unexpected outcome {other:?}"
+                )))
+            }
+            Err(e) => return Err(MembershipError::Unavailable(e.to_string())),
+        }
+    }
+    Err(MembershipError::Unavailable(
+        "the cluster map kept changing; retry".into(),
+    ))
+}
+
+/// For a node started with `--join`: ask the cluster to add it, until it has.
+pub async fn join_loop(st: AppState, via: String, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let body = kv_client::api::JoinRequest {
+        id: st.config.id,
+        addr: st.config.advertise.clone(),
+    };
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let attempt = st
+            .http
+            .post(format!("http://{via}/v1/cluster/nodes"))
+            .timeout(st.config.raft.request_timeout * 2)
+            .json(&body)
+            .send()
+            .await;
+        match attempt {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(via, "joined the cluster");
+                return;
+            }
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                tracing::warn!(via, %status, answer = %text, "join refused; retrying");
+            }
+            Err(e) => tracing::warn!(via, error = %e, "join request failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Bring the partitions this node leads to the replica sets of the map, and drop the copies of
+/// partitions the map took away from it once their group no longer counts it as a member.
+pub async fn reconcile_partitions(st: &AppState) -> anyhow::Result<()> {
+    let layout = st.layout();
+    let me = st.config.id;
+    for group in st.host.groups() {
+        let Some(p) = crate::placement::partition_of_group(group.id()) else {
+            continue;
+        };
+        let desired: std::collections::BTreeSet<u64> = layout.replicas(p).into_iter().collect();
+        if group.is_leader() {
+            let s = group.status().await;
+            let voters: std::collections::BTreeSet<u64> = s.voters.iter().copied().collect();
+            if voters != desired || !s.learners.is_empty() {
+                st.start_move(p, group.clone(), desired, layout.clone());
+            }
+        } else if !desired.contains(&me) && st.epoch().is_some() {
+            if let Err(e) = maybe_drop(st, p, &group).await {
+                tracing::debug!(partition = p.0, error = %format!("{e:#}"), "dropping a moved-away copy");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drop this node's copy of partition `p` once the group no longer counts it in: its own view
+/// says so (a removed leader learns the final membership), or the group's current leader, found
+/// among the replicas the map assigns, does (a removed follower never hears of the change).
+async fn maybe_drop(
+    st: &AppState,
+    p: kv_ring::PartitionId,
+    group: &kv_raft::Group,
+) -> anyhow::Result<()> {
+    let me = st.config.id;
+    let own = group.status().await;
+    let mut removed = !own.voters.is_empty() && !own.nodes.contains_key(&me);
+    if !removed {
+        let layout = st.layout();
+        for id in layout.replicas(p) {
+            let Some(addr) = layout.addr(id) else {
+                continue;
+            };
+            let answer = st
+                .http
+                .get(format!("http://{addr}/v1/cluster?scope=local"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            let Ok(answer) = answer else { continue };
+            let Ok(status) = answer.json::<kv_client::api::ClusterStatus>().await else {
+                continue;
+            };
+            let leader_view = status
+                .groups
+                .iter()
+                .find(|g| g.partition == Some(p.0) && g.role == "leader");
+            if let Some(g) = leader_view {
+                removed =
+                    !g.voters.is_empty() && !g.voters.contains(&me) && !g.learners.contains(&me);
+                break;
+            }
+        }
+    }
+    if removed {
+        tracing::info!(
+            partition = p.0,
+            "this node is no longer a replica; dropping its copy"
+        );
+        st.host.close_group(group.id()).await?;
+    }
+    Ok(())
+}
+
+/// One partition move, run by the partition's leader: add the map's new replicas as learners,
+/// wait until they caught up, switch the voters with joint consensus, remove leftover learners.
+pub async fn run_move(
+    p: kv_ring::PartitionId,
+    group: kv_raft::Group,
+    desired: std::collections::BTreeSet<u64>,
+    layout: std::sync::Arc<Layout>,
+) -> anyhow::Result<()> {
+    use openraft::ChangeMembers;
+    let s = group.status().await;
+    for id in desired.iter().filter(|id| !s.voters.contains(id)) {
+        let addr = layout
+            .addr(*id)
+            .ok_or_else(|| anyhow::anyhow!("node {id} has no address"))?;
+        tracing::info!(partition = p.0, node = id, "adding replica as learner");
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            group.raft().add_learner(*id, BasicNode::new(addr), true),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("learner {id} did not catch up in time"))??;
+    }
+    if s.voters
+        .iter()
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+        != desired
+    {
+        tracing::info!(partition = p.0, voters = ?desired, "changing voters");
+        group
+            .raft()
+            .change_membership(ChangeMembers::ReplaceAllVoters(desired.clone()), false)
+            .await?;
+    }
+    let s = group.status().await;
+    let stray: std::collections::BTreeSet<u64> = s
+        .learners
+        .iter()
+        .copied()
+        .filter(|id| !desired.contains(id))
+        .collect();
+    if !stray.is_empty() {
+        group
+            .raft()
+            .change_membership(ChangeMembers::RemoveNodes(stray), false)
+            .await?;
+    }
+    tracing::info!(partition = p.0, "move done");
     Ok(())
 }

@@ -2,12 +2,11 @@
 
 use std::time::Instant;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -36,7 +35,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/kv", get(kv_api::scan))
         .route("/v1/partitions/{p}/scan", get(kv_api::scan_partition))
         .route("/v1/cluster", get(cluster_api::status))
-        .route("/v1/cluster/nodes", post(join_not_supported))
+        .route("/v1/cluster/nodes", post(cluster_api::join))
         .route("/health", get(cluster_api::health))
         .route("/ready", get(cluster_api::ready))
         .route("/metrics", get(cluster_api::metrics))
@@ -59,23 +58,6 @@ async fn no_route(req: Request) -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-/// `POST /v1/cluster/nodes`: validates the body; runtime membership changes arrive with the
-/// dynamic-membership work, until then the answer says so.
-async fn join_not_supported(
-    body: Result<Json<kv_client::api::JoinRequest>, JsonRejection>,
-) -> ApiError {
-    match body {
-        Err(rejection) => ApiError::bad_request("invalid_json", rejection.body_text()),
-        Ok(Json(req)) => ApiError::Unavailable {
-            message: format!(
-                "cannot add node {} at {}: this version forms clusters from --initial-cluster only",
-                req.id, req.addr
-            ),
-            leader: None,
-        },
-    }
 }
 
 /// Count requests and their latency per route and status.

@@ -53,6 +53,8 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// For nodes added after the start: the member they join through.
+    join: Option<String>,
 }
 
 impl TestNode {
@@ -127,6 +129,7 @@ impl TestCluster {
                     data_dir: dir.path().join(format!("n{i}")),
                     log: dir.path().join(format!("n{i}.log")),
                     child: None,
+                    join: None,
                 },
             );
         }
@@ -153,6 +156,7 @@ impl TestCluster {
     fn initial_cluster(&self) -> String {
         self.nodes
             .values()
+            .filter(|n| n.join.is_none())
             .map(|n| format!("{}={}", n.id, n.addr))
             .collect::<Vec<_>>()
             .join(",")
@@ -172,6 +176,10 @@ impl TestCluster {
             .create(true)
             .append(true)
             .open(&node.log)?;
+        let (membership_flag, membership) = match &node.join {
+            Some(via) => ("--join", via.clone()),
+            None => ("--initial-cluster", initial),
+        };
         let child = Command::new(&self.bin)
             .arg("--id")
             .arg(id.to_string())
@@ -179,8 +187,8 @@ impl TestCluster {
             .arg(&node.addr)
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .arg("--initial-cluster")
-            .arg(&initial)
+            .arg(membership_flag)
+            .arg(membership)
             .arg("--storage")
             .arg(o.storage)
             .arg("--partitions")
@@ -209,6 +217,27 @@ impl TestCluster {
             .with_context(|| format!("cannot start {}", self.bin.display()))?;
         node.child = Some(child);
         Ok(())
+    }
+
+    /// Start a new node that joins the running cluster through node `via`; returns its id once
+    /// it is ready (it has the cluster map and a leader for every partition it hosts).
+    pub async fn add_node(&mut self, via: u64) -> Result<u64> {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        let via_addr = self.nodes[&via].addr.clone();
+        self.nodes.insert(
+            id,
+            TestNode {
+                id,
+                addr: format!("127.0.0.1:{}", free_port()),
+                data_dir: self.dir.path().join(format!("n{id}")),
+                log: self.dir.path().join(format!("n{id}.log")),
+                child: None,
+                join: Some(via_addr),
+            },
+        );
+        self.spawn(id)?;
+        self.wait_ready(id).await?;
+        Ok(id)
     }
 
     pub fn ids(&self) -> Vec<u64> {

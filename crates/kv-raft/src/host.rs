@@ -209,6 +209,31 @@ impl RaftHost {
         }
     }
 
+    /// Stop group `id` and delete everything it stored on this node (log, state, snapshots):
+    /// for a replica the group has removed.
+    pub async fn close_group(&self, id: GroupId) -> Result<(), GroupError> {
+        let _guard = self.opening.lock().await;
+        let group = self
+            .groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(g) = group {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(group = %id, error = %e, "raft shutdown failed");
+            }
+        }
+        self.store.read(move |e| e.drop_group(id)).await?;
+        let dir = self.snapshot_root.join(id.to_string());
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(kv_storage::StorageError::from(e).into());
+            }
+        }
+        tracing::info!(node = self.node_id, group = %id, "group closed and its data dropped");
+        Ok(())
+    }
+
     /// Stop every group's Raft instance.
     pub async fn shutdown(&self) {
         let groups: Vec<Group> = self
