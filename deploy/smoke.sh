@@ -10,7 +10,9 @@
 #   5. `docker network disconnect` the node leading the most partitions: the other two keep
 #      serving every partition, a write sent to the cut-off node fails with 503 (not a hang);
 #      `docker network connect` it again: it catches up;
-#   6. tear everything down (`down -v --remove-orphans`, also on failure or Ctrl-C) and check
+#   6. start node4 and node5 (profile grow): they join, partitions move onto them, and they
+#      read every earlier write;
+#   7. tear everything down (`down -v --remove-orphans`, also on failure or Ctrl-C) and check
 #      that no container, network or volume of the project is left.
 #
 # Every wait has a deadline. Prints `smoke: PASS` last on success; exits non-zero otherwise.
@@ -53,7 +55,9 @@ run_tag=$project
 work=$(mktemp -d "${TMPDIR:-/tmp}/kv-smoke.XXXXXX")
 up=0
 
-dc() { "${compose[@]}" --project-name "$project" --file deploy/docker-compose.yml "$@"; }
+# --profile grow makes node4/node5 known to every command (so `down` removes them too); `up`
+# names the services it starts.
+dc() { "${compose[@]}" --project-name "$project" --file deploy/docker-compose.yml --profile grow "$@"; }
 
 cleanup() {
     local rc=$?
@@ -68,7 +72,7 @@ cleanup() {
         local t0 codes="" n cid
         t0=$(date +%s%3N)
         dc stop --timeout 10 >"$work/down.log" 2>&1 || cat "$work/down.log"
-        for n in 1 2 3; do
+        for n in 1 2 3 4 5; do
             cid=$(cid_of "$n" 2>/dev/null)
             [[ -n "$cid" ]] && codes+=" node$n=$(docker inspect -f '{{.State.ExitCode}}' "$cid")"
         done
@@ -226,17 +230,17 @@ else
 fi
 log "image: $(docker images --format '{{.Repository}}:{{.Tag}} {{.ID}} {{.Size}}' kv-node:local)"
 
-# Three free ports on 127.0.0.1, chosen by the kernel.
-read -r KV_PORT_1 KV_PORT_2 KV_PORT_3 < <(python3 -c '
+# Five free ports on 127.0.0.1, chosen by the kernel (node4/node5 join at the end).
+read -r KV_PORT_1 KV_PORT_2 KV_PORT_3 KV_PORT_4 KV_PORT_5 < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
-export KV_PORT_1 KV_PORT_2 KV_PORT_3
+export KV_PORT_1 KV_PORT_2 KV_PORT_3 KV_PORT_4 KV_PORT_5
 log "starting project $project with ${compose[*]}: node1..3 on 127.0.0.1:$KV_PORT_1,$KV_PORT_2,$KV_PORT_3"
 up=1
-dc up -d >"$work/up.log" 2>&1 || {
+dc up -d node1 node2 node3 >"$work/up.log" 2>&1 || {
     cat "$work/up.log"
     fail "${compose[*]} up failed"
 }
@@ -375,3 +379,36 @@ log "final check: linearizable reads via every node agree on all $partitions key
 wait_until 30 "GET /v1/cluster on node$cut showing a leader for every partition" cluster_view "$cut"
 read -r _ _ _ _ counts <"$work/view"
 log "leaders at the end: $counts"
+
+# --- grow: node4 and node5 join the running cluster (profile grow, KV_JOIN=node1:7001) --------
+grow_ms=$(date +%s%3N)
+log "grow: starting node4 and node5, which join through node1"
+dc up -d node4 node5 >"$work/grow.log" 2>&1 || {
+    cat "$work/grow.log"
+    fail "starting node4/node5 failed"
+}
+wait_until 90 "node4 ready after joining" is_ready 4
+wait_until 90 "node5 ready after joining" is_ready 5
+# settled: 5 members, and every partition's Raft voters are the replicas the new map assigns.
+settled() {
+    req GET "$KV_PORT_1" /v1/cluster
+    [[ $CODE == 200 ]] || return 1
+    python3 -c '
+import json, sys
+s = json.loads(sys.argv[1])
+ok = len(s["members"]) == 5 and all(
+    sorted(g["replicas"]) == sorted(g["voters"]) for g in s["groups"] if g["partition"] is not None)
+moved = sum(1 for g in s["groups"] if g["partition"] is not None and ({4, 5} & set(g["replicas"])))
+print(moved)
+sys.exit(0 if ok and moved > 0 else 1)' "$BODY" >"$work/moved"
+}
+wait_until 120 "partitions moved onto node4/node5" settled
+log "grow: 5 members; $(cat "$work/moved") partitions gained node4 or node5 and settled within $((($(date +%s%3N) - grow_ms))) ms"
+for n in 4 5; do
+    for p in "${!pkey[@]}"; do
+        req GET "$(port_of "$n")" "/v1/kv/${pkey[$p]}"
+        [[ $CODE == 200 && $BODY == "while-cut-$p-$run_tag" ]] ||
+            fail "GET ${pkey[$p]} via joined node$n: $CODE '$BODY'"
+    done
+done
+log "grow: the joined nodes read every earlier write"
