@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use kv_raft::Node as BasicNode;
 use kv_ring::{Placement, RingParams};
 use kv_storage::{Command, Condition, GroupId, Outcome};
-use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
 use crate::placement::{group_of, Layout};
@@ -136,11 +136,10 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
         }
     };
     // Every member follows group 0: the first ones as voters, the rest as learners.
-    let status = group.status().await;
+    let (voters, learners) = group.members();
     for (id, addr) in &map.members {
-        if !status.nodes.contains_key(id) {
-            let node = BasicNode::new(addr);
-            if let Err(e) = group.raft().add_learner(*id, node, false).await {
+        if !voters.contains(id) && !learners.contains(id) {
+            if let Err(e) = group.add_learner(*id, addr, false).await {
                 tracing::debug!(id, error = %e, "adding metadata learner");
             }
         }
@@ -327,9 +326,8 @@ pub async fn reconcile_partitions(st: &AppState) -> anyhow::Result<()> {
         };
         let desired: std::collections::BTreeSet<u64> = layout.replicas(p).into_iter().collect();
         if group.is_leader() {
-            let s = group.status().await;
-            let voters: std::collections::BTreeSet<u64> = s.voters.iter().copied().collect();
-            if voters != desired || !s.learners.is_empty() {
+            let (voters, learners) = group.members();
+            if voters != desired || !learners.is_empty() {
                 st.start_move(p, group.clone(), desired, layout.clone());
             }
         } else if !desired.contains(&me) && st.epoch().is_some() {
@@ -397,44 +395,27 @@ pub async fn run_move(
     desired: std::collections::BTreeSet<u64>,
     layout: std::sync::Arc<Layout>,
 ) -> anyhow::Result<()> {
-    use openraft::ChangeMembers;
-    let s = group.status().await;
-    for id in desired.iter().filter(|id| !s.voters.contains(id)) {
+    let (voters, _) = group.members();
+    for id in desired.iter().filter(|id| !voters.contains(id)) {
         let addr = layout
             .addr(*id)
             .ok_or_else(|| anyhow::anyhow!("node {id} has no address"))?;
         tracing::info!(partition = p.0, node = id, "adding replica as learner");
-        tokio::time::timeout(
-            Duration::from_secs(120),
-            group.raft().add_learner(*id, BasicNode::new(addr), true),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("learner {id} did not catch up in time"))??;
+        tokio::time::timeout(Duration::from_secs(120), group.add_learner(*id, addr, true))
+            .await
+            .map_err(|_| anyhow::anyhow!("learner {id} did not catch up in time"))??;
     }
-    if s.voters
-        .iter()
-        .copied()
-        .collect::<std::collections::BTreeSet<_>>()
-        != desired
-    {
+    if voters != desired {
         tracing::info!(partition = p.0, voters = ?desired, "changing voters");
-        group
-            .raft()
-            .change_membership(ChangeMembers::ReplaceAllVoters(desired.clone()), false)
-            .await?;
+        group.set_voters(desired.clone()).await?;
     }
-    let s = group.status().await;
-    let stray: std::collections::BTreeSet<u64> = s
-        .learners
-        .iter()
-        .copied()
+    let (_, learners) = group.members();
+    let stray: std::collections::BTreeSet<u64> = learners
+        .into_iter()
         .filter(|id| !desired.contains(id))
         .collect();
     if !stray.is_empty() {
-        group
-            .raft()
-            .change_membership(ChangeMembers::RemoveNodes(stray), false)
-            .await?;
+        group.remove_learners(stray).await?;
     }
     tracing::info!(partition = p.0, "move done");
     Ok(())

@@ -1,12 +1,12 @@
 //! A handle on one hosted Raft group: writes through the log, reads at the consistency asked,
 //! and the group's state for status pages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kv_storage::{Command, GroupId, Outcome, Record, Store};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
+use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 
 use crate::types::{Request, Response, TypeConfig};
 use crate::GroupError;
@@ -43,6 +43,14 @@ pub struct GroupStatus {
 /// Pause between attempts to confirm leadership for a read.
 const READ_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
+fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> GroupError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f),
+        RaftError::APIError(e) => GroupError::Unavailable(e.to_string()),
+        RaftError::Fatal(f) => GroupError::Stopped(f.to_string()),
+    }
+}
+
 fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> GroupError {
     GroupError::NotLeader {
         leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
@@ -70,10 +78,47 @@ impl Group {
                 Response::Kv(outcome) => Ok((outcome, resp.log_id.index)),
                 Response::None => Err(GroupError::Stopped("write produced no outcome".into())),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f)),
-            Err(RaftError::APIError(e)) => Err(GroupError::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(f)) => Err(GroupError::Stopped(f.to_string())),
+            Err(e) => Err(write_error(e)),
         }
+    }
+
+    /// Voters and learners of the membership this node currently sees. Reads the metrics
+    /// snapshot: no round trip to the Raft core, cheap enough for a reconcile loop.
+    pub fn members(&self) -> (BTreeSet<u64>, BTreeSet<u64>) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        (
+            membership.voter_ids().collect(),
+            membership.learner_ids().collect(),
+        )
+    }
+
+    /// Add node `id` at `addr` as a learner; with `wait`, return only once it has caught up.
+    pub async fn add_learner(&self, id: u64, addr: &str, wait: bool) -> Result<(), GroupError> {
+        self.raft
+            .add_learner(id, BasicNode::new(addr), wait)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
+    }
+
+    /// Make `voters` the voter set, through joint consensus.
+    pub async fn set_voters(&self, voters: BTreeSet<u64>) -> Result<(), GroupError> {
+        self.raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
+    }
+
+    /// Remove non-voting members.
+    pub async fn remove_learners(&self, ids: BTreeSet<u64>) -> Result<(), GroupError> {
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(ids), false)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
     }
 
     /// Make sure this node is the leader and has applied everything committed before the call
