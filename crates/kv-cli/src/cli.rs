@@ -189,7 +189,8 @@ pub struct JoinArgs {
 pub struct LeaveArgs {
     /// The id of the node to remove.
     pub id: u64,
-    /// Remove it without draining its partitions first.
+    /// The node is down: re-replicate its partitions from the other replicas instead of
+    /// draining it.
     #[arg(long)]
     pub force: bool,
 }

@@ -25,6 +25,18 @@ async fn join(client: &kv_client::Client, args: &JoinArgs) -> Result<Outcome, Cl
 }
 
 async fn leave(client: &kv_client::Client, args: &LeaveArgs) -> Result<Outcome, CliError> {
-    client.leave(args.id, args.force).await?;
-    Ok(Outcome::Done(format!("node {} left the cluster", args.id)))
+    let result = client.leave(args.id, args.force).await?;
+    Ok(Outcome::Done(if result.status == "removed" {
+        format!(
+            "node {} left the cluster (map epoch {}); it holds no partition and may be stopped",
+            args.id, result.epoch
+        )
+    } else {
+        format!(
+            "node {} is draining (map epoch {}): {} partitions still count it; run the command again to keep waiting",
+            args.id,
+            result.epoch,
+            result.remaining.len()
+        )
+    }))
 }

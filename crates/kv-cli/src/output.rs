@@ -193,6 +193,32 @@ fn status_tables(status: &ClusterStatus) -> String {
         ]
     }));
     out.push_str(&table(&partitions));
+    if !status.moves.is_empty() {
+        out.push('\n');
+        let mut moves = vec![["MOVE", "FROM", "TO", "PHASE", "LEARNERS", "SECONDS"]
+            .map(str::to_owned)
+            .to_vec()];
+        moves.extend(status.moves.iter().map(|m| {
+            let learners: Vec<String> = m
+                .learners
+                .iter()
+                .map(|l| format!("{}@{}/{}", l.node, optional(l.matched), l.target))
+                .collect();
+            vec![
+                m.partition.to_string(),
+                ids(&m.from),
+                ids(&m.to),
+                m.phase.clone(),
+                if learners.is_empty() {
+                    "-".to_owned()
+                } else {
+                    learners.join(",")
+                },
+                format!("{:.1}", m.elapsed_ms as f64 / 1000.0),
+            ]
+        }));
+        out.push_str(&table(&moves));
+    }
     out
 }
 
@@ -218,6 +244,7 @@ mod tests {
             replication_factor: 2,
             vnodes: 64,
             epoch: Some(1),
+            moves: Vec::new(),
             groups: vec![
                 GroupStatus {
                     partition: Some(1),

@@ -110,6 +110,52 @@ pub struct JoinRequest {
     pub addr: String,
 }
 
+/// Answer to `DELETE /v1/cluster/nodes/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaveResult {
+    pub id: u64,
+    /// Epoch of the first partition map without the node.
+    pub epoch: u64,
+    /// `removed` once no Raft group counts the node any more (the node may be stopped);
+    /// `draining` while partitions are still being re-replicated off it (answered `202`).
+    pub status: String,
+    /// Partitions whose group still counts the node (empty once `removed`).
+    #[serde(default)]
+    pub remaining: Vec<u32>,
+}
+
+/// A partition move in flight: its leader is bringing the Raft voters from `from` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveStatus {
+    pub partition: u32,
+    /// The partition leader running the move.
+    pub node: u64,
+    /// Epoch of the partition map the move works towards.
+    pub epoch: u64,
+    /// Voters when the move started.
+    pub from: Vec<u64>,
+    /// Voters the map asks for.
+    pub to: Vec<u64>,
+    /// `queued` (waiting for a move slot), `catching_up` (new replicas receive the log or a
+    /// snapshot), `changing_voters` (joint consensus), `removing_learners`.
+    pub phase: String,
+    /// New replicas still catching up: the log index each holds, and the index it must reach.
+    #[serde(default)]
+    pub learners: Vec<LearnerProgress>,
+    /// Milliseconds since the move started.
+    pub elapsed_ms: u64,
+}
+
+/// How far a new replica has caught up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnerProgress {
+    pub node: u64,
+    /// Highest log index the leader knows the learner holds (`null`: nothing yet).
+    pub matched: Option<u64>,
+    /// Log index it must hold before the voters change.
+    pub target: u64,
+}
+
 /// One cluster member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -160,6 +206,9 @@ pub struct ClusterStatus {
     #[serde(default)]
     pub epoch: Option<u64>,
     pub groups: Vec<GroupStatus>,
+    /// Partition moves in flight (from every member unless `?scope=local`).
+    #[serde(default)]
+    pub moves: Vec<MoveStatus>,
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, IF_MATCH, IF_NONE_MATCH};
 use reqwest::{Method, StatusCode, Url};
 
-use crate::api::{ClusterStatus, DeleteResult, JoinRequest, ScanResult, WriteResult};
+use crate::api::{ClusterStatus, DeleteResult, JoinRequest, LeaveResult, ScanResult, WriteResult};
 use crate::error::{Error, Result};
 use crate::retry::{self, Backoff, Deadline};
 use crate::routing::Router;
@@ -368,13 +368,30 @@ impl Client {
         self.membership_change(call).await
     }
 
-    /// Asks the cluster to remove node `id` (draining it first, unless `force`). A `503` is
-    /// returned at once as [`Error::Unavailable`], not retried.
-    pub async fn leave(&self, id: u64, force: bool) -> Result<()> {
-        let query = if force { "?force=true" } else { "" };
-        let mut call = Call::new(Method::DELETE, format!("/v1/cluster/nodes/{id}{query}"));
+    /// Asks the cluster to remove node `id`: its partitions are re-replicated onto the other
+    /// members, then it leaves every group. Without `force` the node must be up (it drains);
+    /// `force` removes a dead node. Waits for the drain within this client's timeout: the
+    /// answer's `status` is `removed` when done, `draining` (with the partitions left) when the
+    /// time ran out first; call again to keep waiting. A `503` is returned at once as
+    /// [`Error::Unavailable`], not retried.
+    pub async fn leave(&self, id: u64, force: bool) -> Result<LeaveResult> {
+        // Leave a second of the deadline for the answer to travel back.
+        let wait = self
+            .inner
+            .timeout
+            .saturating_sub(Duration::from_secs(1))
+            .as_millis();
+        let mut call = Call::new(
+            Method::DELETE,
+            format!("/v1/cluster/nodes/{id}?force={force}&wait={wait}ms"),
+        );
         call.retry_unavailable = false;
-        self.membership_change(call).await
+        let reply = self.execute(call).await?;
+        if reply.status.is_success() {
+            reply.json()
+        } else {
+            Err(reply.into_error())
+        }
     }
 
     async fn membership_change(&self, call: Call<'_>) -> Result<()> {

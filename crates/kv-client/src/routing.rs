@@ -374,6 +374,7 @@ mod tests {
             replication_factor: 3,
             vnodes: 64,
             epoch: Some(1),
+            moves: Vec::new(),
             groups: vec![
                 group(0, &[1, 2, 3], leaders[0]),
                 group(1, &[2, 3, 1], leaders[1]),

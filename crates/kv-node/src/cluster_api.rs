@@ -1,13 +1,19 @@
 //! Cluster routes: `GET /v1/cluster`, `/health`, `/ready`, `/metrics`.
 
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kv_client::api::{ClusterStatus, GroupStatus, Member};
+use kv_client::api::{ClusterStatus, GroupStatus, LeaveResult, Member, MoveStatus};
 use kv_ring::PartitionId;
 use serde_json::json;
 
+use crate::error::ApiError;
+use crate::forward::RequestParts;
+use crate::metadata;
 use crate::placement::{group_of, partition_of_group};
 use crate::state::AppState;
 
@@ -17,26 +23,24 @@ pub struct StatusParams {
     scope: Option<String>,
 }
 
-/// `GET /v1/cluster`: members, ring parameters, and every partition's replicas with its Raft
-/// state (leader, term, indexes). Partitions this node does not host are filled in from the
-/// replicas that do (asked with `?scope=local`), so any node gives the whole picture.
+/// `GET /v1/cluster`: members, ring parameters, every partition's replicas with its Raft
+/// state (leader, term, indexes), and the partition moves in flight. Partitions this node does
+/// not host are filled in from the replicas that do, and moves are gathered from every member
+/// (each asked with `?scope=local`), so any node gives the whole picture.
 pub async fn status(
     State(st): State<AppState>,
     axum::extract::Query(params): axum::extract::Query<StatusParams>,
 ) -> Json<ClusterStatus> {
-    let mut status = local_status(&st).await;
     if params.scope.as_deref() == Some("local") {
-        return Json(status);
+        return Json(local_status(&st).await);
     }
-    let missing: Vec<u32> = status
-        .groups
-        .iter()
-        .filter(|g| g.role == "none")
-        .filter_map(|g| g.partition)
-        .collect();
-    if missing.is_empty() {
-        return Json(status);
-    }
+    Json(cluster_view(&st).await)
+}
+
+/// The whole cluster as this node can see it: its own groups, the other groups from the
+/// replicas that host them, and every member's moves.
+pub async fn cluster_view(st: &AppState) -> ClusterStatus {
+    let mut status = local_status(st).await;
     let peers: Vec<String> = status
         .members
         .iter()
@@ -68,13 +72,32 @@ pub async fn status(
             .max_by_key(|r| (r.role == "leader", r.term));
         if let Some(r) = best {
             let role = std::mem::take(&mut g.role);
+            let replicas = std::mem::take(&mut g.replicas);
             *g = r.clone();
-            g.role = if role.is_empty() { "none".into() } else { role };
+            g.role = role;
+            // The map as this node routes by, not as the peer does.
+            g.replicas = replicas;
             // This node does not replicate the partition; the rest is the replicas' view.
             g.replication = None;
         }
     }
-    Json(status)
+    // A move is reported by the leader running it; after a leader change two nodes may both
+    // list one for a moment: keep the newer map's.
+    let mut moves: std::collections::BTreeMap<u32, MoveStatus> = std::collections::BTreeMap::new();
+    for m in seen
+        .into_iter()
+        .flat_map(|s| s.moves)
+        .chain(std::mem::take(&mut status.moves))
+    {
+        match moves.get(&m.partition) {
+            Some(have) if have.epoch >= m.epoch => {}
+            _ => {
+                moves.insert(m.partition, m);
+            }
+        }
+    }
+    status.moves = moves.into_values().collect();
+    status
 }
 
 async fn local_status(st: &AppState) -> ClusterStatus {
@@ -129,6 +152,7 @@ async fn local_status(st: &AppState) -> ClusterStatus {
         vnodes: params.vnodes,
         epoch: st.epoch(),
         groups,
+        moves: st.moves.status(st.config.id),
     }
 }
 
@@ -162,6 +186,16 @@ pub async fn ready(State(st): State<AppState>) -> Response {
             Json(json!({
                 "error": "not_ready",
                 "message": "waiting for the cluster map from the metadata group",
+            })),
+        )
+            .into_response();
+    }
+    if !st.layout().members.contains_key(&st.config.id) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "error": "removed",
+                "message": format!("node {} was removed from the cluster; it serves no partition", st.config.id),
             })),
         )
             .into_response();
@@ -218,32 +252,167 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
 
 /// `POST /v1/cluster/nodes` `{"id":..,"addr":..}`: add a member. The metadata leader writes a new
 /// partition map; the answer (200, with the new epoch) comes once the map is stored, and
-/// partitions then move in the background (see `/v1/cluster`).
+/// partitions then move in the background (see `moves` in `/v1/cluster`).
 pub async fn join(
     State(st): State<AppState>,
-    parts: crate::forward::RequestParts,
+    parts: RequestParts,
     body: Result<Json<kv_client::api::JoinRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, crate::error::ApiError> {
-    use crate::error::ApiError;
-    use crate::metadata::{add_member, MembershipError, META_GROUP};
+) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|r| ApiError::bad_request("invalid_json", r.body_text()))?;
-    let group = st
-        .host
-        .group(META_GROUP)
-        .ok_or_else(|| ApiError::unavailable("this node has no metadata group yet"))?;
-    if !group.is_leader() {
-        let (_, addr) = group
-            .leader()
-            .ok_or_else(|| ApiError::unavailable("the metadata group has no leader yet"))?;
+    if let Some(addr) = meta_leader_elsewhere(&st)? {
         let body = serde_json::to_vec(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
         return Ok(crate::forward::forward(&st, &addr, &parts.with_body(body.into())).await?);
     }
-    match add_member(&st, req.id, &req.addr).await {
-        Ok(epoch) => {
-            Ok(Json(json!({"id": req.id, "addr": req.addr, "epoch": epoch})).into_response())
-        }
-        Err(MembershipError::Invalid(m)) => Err(ApiError::bad_request("invalid_member", m)),
-        Err(e @ MembershipError::Conflict { .. }) => Err(ApiError::Conflict(e.to_string())),
-        Err(MembershipError::Unavailable(m)) => Err(ApiError::unavailable(m)),
+    let epoch = metadata::add_member(&st, req.id, &req.addr).await?;
+    Ok(Json(json!({"id": req.id, "addr": req.addr, "epoch": epoch})).into_response())
+}
+
+/// The metadata leader's address when it is another node; `None` when this node leads.
+fn meta_leader_elsewhere(st: &AppState) -> Result<Option<String>, ApiError> {
+    let group = st
+        .host
+        .group(metadata::META_GROUP)
+        .ok_or_else(|| ApiError::unavailable("this node has no metadata group yet"))?;
+    if group.is_leader() {
+        return Ok(None);
     }
+    match group.leader() {
+        Some((id, addr)) if id != st.config.id => Ok(Some(addr)),
+        _ => Err(ApiError::unavailable(
+            "the metadata group has no leader yet",
+        )),
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct LeaveParams {
+    /// Remove a node that is down: its partitions are re-replicated from the survivors.
+    #[serde(default)]
+    force: bool,
+    /// How long to wait for the drain to finish before answering `202`: seconds (`30`,
+    /// `30s`) or milliseconds (`500ms`); `0` answers at once. Default 60 s.
+    wait: Option<String>,
+}
+
+/// How long `DELETE /v1/cluster/nodes/{id}` waits for the drain by default.
+const DEFAULT_LEAVE_WAIT: Duration = Duration::from_secs(60);
+
+fn parse_wait(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    text.strip_suffix('s')
+        .unwrap_or(text)
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// `DELETE /v1/cluster/nodes/{id}[?force=true][&wait=60s]`: remove a member. The metadata leader
+/// writes a map without it; partition leaders re-replicate its partitions elsewhere, then drop
+/// it from their groups. Answers `200` (`status: removed`) once no group counts the node any
+/// more, so it may be stopped, or `202` (`status: draining`, with the partitions left) when
+/// `wait` runs out first; repeat the request to keep waiting.
+pub async fn leave(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<LeaveParams>, QueryRejection>,
+    parts: RequestParts,
+) -> Result<Response, ApiError> {
+    let id: u64 = id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::bad_request("invalid_member", format!("{id:?} is not a node id"))
+    })?;
+    let Query(params) =
+        params.map_err(|r| ApiError::bad_request("invalid_query", r.body_text()))?;
+    let wait = match params.wait.as_deref() {
+        None => DEFAULT_LEAVE_WAIT,
+        Some(text) => parse_wait(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("wait={text:?} is not a duration like 30s or 500ms"),
+            )
+        })?,
+    };
+    let removed = match meta_leader_elsewhere(&st)? {
+        // The metadata leader changes the map; this node waits for the drain, so the relayed
+        // request does not outlive the forwarding timeout.
+        Some(addr) => {
+            let relay = crate::forward::Incoming {
+                method: parts.method,
+                path_and_query: format!("/v1/cluster/nodes/{id}?force={}&wait=0", params.force),
+                headers: parts.headers,
+                body: bytes::Bytes::new(),
+            };
+            let answer = crate::forward::forward(&st, &addr, &relay).await?;
+            if !answer.status().is_success() {
+                return Ok(answer);
+            }
+            let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("metadata leader's answer: {e}")))?;
+            let result: LeaveResult = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::Internal(format!("metadata leader's answer: {e}")))?;
+            Ok(result.epoch)
+        }
+        None => metadata::remove_member(&st, id, params.force).await,
+    };
+    let epoch = match removed {
+        Ok(epoch) => epoch,
+        // Already out of the map: a repeated request keeps waiting while groups still count it.
+        Err(ApiError::NotFound {
+            code: "not_member",
+            message,
+        }) => {
+            if remaining(&st, id).await == (Vec::new(), false) {
+                return Err(ApiError::NotFound {
+                    code: "not_member",
+                    message,
+                });
+            }
+            st.epoch().unwrap_or(0)
+        }
+        Err(e) => return Err(e),
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (left, in_metadata) = remaining(&st, id).await;
+        let done = left.is_empty() && !in_metadata;
+        if done || tokio::time::Instant::now() >= deadline {
+            let body = LeaveResult {
+                id,
+                epoch,
+                status: if done { "removed" } else { "draining" }.into(),
+                remaining: left,
+            };
+            let status = if done {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            return Ok((status, Json(body)).into_response());
+        }
+        tokio::time::sleep(LEAVE_POLL).await;
+    }
+}
+
+/// How often a waiting leave request re-checks the groups.
+const LEAVE_POLL: Duration = Duration::from_millis(200);
+
+/// Where node `id` still is a member (voter or learner), as the replicas see it: the
+/// partitions (a partition nobody reports on counts), and whether the metadata group does.
+async fn remaining(st: &AppState, id: u64) -> (Vec<u32>, bool) {
+    let view = cluster_view(st).await;
+    let mut partitions = Vec::new();
+    let mut metadata = false;
+    for g in &view.groups {
+        let member = g.voters.is_empty() || g.voters.contains(&id) || g.learners.contains(&id);
+        match g.partition {
+            Some(p) if member => partitions.push(p),
+            Some(_) => {}
+            None => metadata = member,
+        }
+    }
+    partitions.sort_unstable();
+    (partitions, metadata)
 }

@@ -81,6 +81,9 @@ pub struct Flags {
     /// How long a request may wait for a quorum before answering 503, in milliseconds.
     #[arg(long, env = "KV_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// Partition moves this node leads at once (adding replicas, changing voters).
+    #[arg(long, env = "KV_MAX_MOVES")]
+    pub max_moves: Option<usize>,
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `kv_node=debug`).
     #[arg(long, env = "KV_LOG")]
     pub log: Option<String>,
@@ -101,6 +104,8 @@ pub struct Config {
     pub ring: RingParams,
     pub max_value_bytes: usize,
     pub raft: RaftTuning,
+    /// Partition moves this node leads at once.
+    pub max_moves: usize,
     pub log: String,
 }
 
@@ -181,6 +186,7 @@ impl Config {
             ring,
             max_value_bytes: pick!(max_value_bytes, 1 << 20),
             raft,
+            max_moves: pick!(max_moves, crate::moves::DEFAULT_MAX_MOVES).max(1),
             log: pick!(log, "info".to_string()),
         })
     }

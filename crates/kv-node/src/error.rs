@@ -25,9 +25,10 @@ pub enum ApiError {
     /// `If-Match` / `If-None-Match` did not hold; nothing changed.
     #[error("precondition failed")]
     PreconditionFailed { current: Option<u64> },
-    /// The request conflicts with the cluster's state (e.g. a member id taken by another address).
-    #[error("{0}")]
-    Conflict(String),
+    /// The request conflicts with the cluster's state (e.g. a member id taken by another
+    /// address); `code` names the conflict.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     /// Key or value over the limit.
     #[error("{0}")]
     TooLarge(String),
@@ -66,7 +67,7 @@ impl ApiError {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed")
             }
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod forward;
 pub mod kv_api;
 pub mod metadata;
+pub mod moves;
 pub mod peer_api;
 pub mod placement;
 pub mod routes;

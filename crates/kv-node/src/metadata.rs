@@ -7,7 +7,7 @@
 //! own replica and starts the partition groups the map assigns it. Voters are the first
 //! [`MAX_META_VOTERS`] members by id; further members follow as learners.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kv_raft::Node as BasicNode;
@@ -15,6 +15,7 @@ use kv_ring::{Placement, RingParams};
 use kv_storage::{Command, Condition, GroupId, Outcome};
 use serde::{Deserialize, Serialize};
 
+use crate::error::ApiError;
 use crate::placement::{group_of, Layout};
 use crate::state::AppState;
 
@@ -104,14 +105,15 @@ async fn reconcile_once(st: &AppState) -> anyhow::Result<()> {
             adopt(st, epoch, map).await?;
         }
     }
-    reconcile_partitions(st).await
+    crate::moves::reconcile(st).await;
+    Ok(())
 }
 
 /// Duties of the metadata leader.
 async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
     let current = local_map(st).await?;
-    let map = match current {
-        Some((_, map)) => map,
+    let (epoch, map) = match current {
+        Some(current) => current,
         None => {
             let params: RingParams = st.config.ring;
             let layout = Layout::compute(st.config.initial_cluster.clone(), params)?;
@@ -132,10 +134,12 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
                 }
                 (other, _) => tracing::debug!(?other, "cluster map already written"),
             }
-            map
+            return Ok(());
         }
     };
-    // Every member follows group 0: the first ones as voters, the rest as learners.
+    // Every member follows group 0: the lowest ids as voters, the rest as learners; former
+    // members leave it. New members come in as learners first, so they never count towards a
+    // quorum before they hold the log.
     let (voters, learners) = group.members();
     for (id, addr) in &map.members {
         if !voters.contains(id) && !learners.contains(id) {
@@ -143,6 +147,48 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
                 tracing::debug!(id, error = %e, "adding metadata learner");
             }
         }
+    }
+    // A former member leaves only once it holds the map that removed it (so it learns it is
+    // out and drops its partitions), unless it is down and never will.
+    let (voters, learners) = group.members();
+    let status = group.status().await;
+    let mut former_pending = false;
+    for id in voters
+        .iter()
+        .chain(&learners)
+        .filter(|id| !map.members.contains_key(id))
+    {
+        let has_map = status
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(id).copied().flatten())
+            .is_some_and(|matched| matched >= epoch);
+        let down = match status.nodes.get(id) {
+            Some(addr) => !answers_health(st, addr).await,
+            None => true,
+        };
+        former_pending |= !has_map && !down;
+    }
+    if former_pending {
+        return Ok(());
+    }
+    let desired: BTreeSet<u64> = meta_voters(&map.members).into_keys().collect();
+    if voters != desired
+        && desired
+            .iter()
+            .all(|id| voters.contains(id) || learners.contains(id))
+    {
+        tracing::info!(from = ?voters, to = ?desired, "changing the metadata group's voters");
+        group.set_voters(desired).await?;
+    }
+    let (_, learners) = group.members();
+    let former: BTreeSet<u64> = learners
+        .into_iter()
+        .filter(|id| !map.members.contains_key(id))
+        .collect();
+    if !former.is_empty() {
+        tracing::info!(ids = ?former, "removing former members from the metadata group");
+        group.remove_learners(former).await?;
     }
     Ok(())
 }
@@ -174,109 +220,173 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
             .collect();
         st.host.initialize(gid, members).await?;
     }
-    tracing::info!(
-        node = me,
-        epoch,
-        partitions = layout.partitions_of(me).len(),
-        "adopted cluster map"
-    );
+    if map.members.contains_key(&me) {
+        tracing::info!(
+            node = me,
+            epoch,
+            partitions = layout.partitions_of(me).len(),
+            "adopted cluster map"
+        );
+    } else {
+        tracing::warn!(
+            node = me,
+            epoch,
+            "this node was removed from the cluster; once its partitions are dropped it may be stopped"
+        );
+    }
     st.set_layout(layout, epoch);
     Ok(())
 }
 
-/// Why a membership change was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum MembershipError {
-    #[error("node {id} is already a member at {addr}")]
-    Conflict { id: u64, addr: String },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Unavailable(String),
-}
-
 /// On the metadata leader: add member `id` at `addr` by writing a new map (epoch + 1) with a
 /// placement recomputed over the new member set. Idempotent for the same id and address.
-pub async fn add_member(st: &AppState, id: u64, addr: &str) -> Result<u64, MembershipError> {
+pub async fn add_member(st: &AppState, id: u64, addr: &str) -> Result<u64, ApiError> {
     if id == 0 || !addr.contains(':') {
-        return Err(MembershipError::Invalid(format!(
-            "a member needs a positive id and a host:port address, got {id} at {addr:?}"
-        )));
+        return Err(ApiError::bad_request(
+            "invalid_member",
+            format!("a member needs a positive id and a host:port address, got {id} at {addr:?}"),
+        ));
     }
+    let taken = |a: &String| ApiError::Conflict {
+        code: "member_exists",
+        message: format!("node {id} is already a member at {a}"),
+    };
+    let current = local_map(st).await.ok().flatten();
+    let known = match current.as_ref().and_then(|(_, map)| map.members.get(&id)) {
+        Some(a) if a != addr => return Err(taken(a)),
+        Some(_) => true,
+        None => false,
+    };
+    // Refuse an address nobody answers on: a typo would otherwise become a member that
+    // partitions are moved to and never arrive at.
+    if !known && !answers_health(st, addr).await {
+        return Err(ApiError::bad_request(
+            "invalid_member",
+            format!("no kv node answers at {addr}; start it (with --join) before adding it"),
+        ));
+    }
+    let epoch = change_members(st, |members| match members.get(&id) {
+        Some(a) if a == addr => Ok(None),
+        Some(a) => Err(taken(a)),
+        None => {
+            let mut next = members.clone();
+            next.insert(id, addr.to_string());
+            Ok(Some(next))
+        }
+    })
+    .await?;
+    tracing::info!(id, addr, epoch, "member added; partitions will move");
+    Ok(epoch)
+}
+
+/// On the metadata leader: remove member `id` by writing a map without it, so its partitions
+/// are re-replicated onto the others before it leaves their groups. Without `force` the node
+/// must be up (it drains); `force` removes a dead node, re-replicating from the survivors.
+/// Refuses to leave fewer members than the replication factor.
+pub async fn remove_member(st: &AppState, id: u64, force: bool) -> Result<u64, ApiError> {
+    if !force {
+        let addr = local_map(st)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|(_, map)| map.members.get(&id).cloned());
+        if let Some(addr) = addr {
+            if !answers_health(st, &addr).await {
+                return Err(ApiError::Conflict {
+                    code: "node_unreachable",
+                    message: format!(
+                        "node {id} does not answer at {addr}, so it cannot drain; remove a dead node with ?force=true"
+                    ),
+                });
+            }
+        }
+    }
+    let epoch = change_members(st, |members| {
+        if !members.contains_key(&id) {
+            return Err(ApiError::NotFound {
+                code: "not_member",
+                message: format!("node {id} is not a member of the cluster"),
+            });
+        }
+        let rf = st.layout().placement.params().replication_factor as usize;
+        if members.len() - 1 < rf {
+            return Err(ApiError::Conflict {
+                code: "too_few_members",
+                message: format!(
+                    "removing node {id} would leave {} members for a replication factor of {rf}; add a replacement first",
+                    members.len() - 1
+                ),
+            });
+        }
+        let mut next = members.clone();
+        next.remove(&id);
+        Ok(Some(next))
+    })
+    .await?;
+    tracing::info!(
+        id,
+        force,
+        epoch,
+        "member removed from the map; its partitions will move"
+    );
+    Ok(epoch)
+}
+
+async fn answers_health(st: &AppState, addr: &str) -> bool {
+    st.http
+        .get(format!("http://{addr}/health"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Compare-and-set the map's member set on the metadata leader: `plan` sees the current
+/// members and returns the next ones (`None`: nothing to change). The placement is recomputed
+/// over the new members. Returns the epoch of the resulting map.
+async fn change_members<F>(st: &AppState, mut plan: F) -> Result<u64, ApiError>
+where
+    F: FnMut(&BTreeMap<u64, String>) -> Result<Option<BTreeMap<u64, String>>, ApiError>,
+{
     let group = st
         .host
         .group(META_GROUP)
-        .ok_or_else(|| MembershipError::Unavailable("no metadata group here".into()))?;
+        .ok_or_else(|| ApiError::unavailable("no metadata group here"))?;
     for _ in 0..5 {
-        group
-            .read_barrier()
-            .await
-            .map_err(|e| MembershipError::Unavailable(e.to_string()))?;
+        group.read_barrier().await?;
         let (epoch, map) = local_map(st)
             .await
-            .map_err(|e| MembershipError::Unavailable(format!("{e:#}")))?
-            .ok_or_else(|| MembershipError::Unavailable("no cluster map yet".into()))?;
-        match map.members.get(&id) {
-            Some(a) if a == addr => return Ok(epoch),
-            Some(a) => {
-                return Err(MembershipError::Conflict {
-                    id,
-                    addr: a.clone(),
-                })
-            }
-            None => {}
-        }
-        // Refuse an address nobody answers on: a typo would otherwise become a member that
-        // partitions are moved to and never arrive at.
-        let probe = st
-            .http
-            .get(format!("http://{addr}/health"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if !probe.is_ok_and(|r| r.status().is_success()) {
-            return Err(MembershipError::Invalid(format!(
-                "no kv node answers at {addr}; start it (with --join) before adding it"
-            )));
-        }
-        let mut members = map.members.clone();
-        members.insert(id, addr.to_string());
+            .map_err(|e| ApiError::unavailable(format!("{e:#}")))?
+            .ok_or_else(|| ApiError::unavailable("no cluster map yet"))?;
+        let Some(members) = plan(&map.members)? else {
+            return Ok(epoch);
+        };
         let layout = Layout::compute(members, map.placement.params())
-            .map_err(|e| MembershipError::Invalid(format!("{e:#}")))?;
+            .map_err(|e| ApiError::bad_request("invalid_member", format!("{e:#}")))?;
         let next = ClusterMap {
             members: layout.members,
             placement: layout.placement,
             generation: map.generation + 1,
         };
-        let value =
-            serde_json::to_vec(&next).map_err(|e| MembershipError::Invalid(e.to_string()))?;
+        let value = serde_json::to_vec(&next).map_err(|e| ApiError::Internal(e.to_string()))?;
         let cmd = Command::Put {
             key: MAP_KEY.to_vec(),
             value,
             cond: Condition::Version(epoch),
         };
-        match group.write(cmd).await {
-            Ok((Outcome::Written { version }, _)) => {
-                tracing::info!(
-                    id,
-                    addr,
-                    epoch = version,
-                    "member added; partitions will move"
-                );
-                return Ok(version);
-            }
-            // Someone else changed the map first: recompute on the new one.
-            Ok((Outcome::PreconditionFailed { .. }, _)) => continue,
-            Ok((other, _)) => {
-                return Err(MembershipError::Unavailable(format!(
-                    "unexpected outcome {other:?}"
+        match group.write(cmd).await? {
+            (Outcome::Written { version }, _) => return Ok(version),
+            // Someone else changed the map first: plan again on the new one.
+            (Outcome::PreconditionFailed { .. }, _) => continue,
+            (other, _) => {
+                return Err(ApiError::Internal(format!(
+                    "unexpected outcome writing the cluster map: {other:?}"
                 )))
             }
-            Err(e) => return Err(MembershipError::Unavailable(e.to_string())),
         }
     }
-    Err(MembershipError::Unavailable(
-        "the cluster map kept changing; retry".into(),
+    Err(ApiError::unavailable(
+        "the cluster map kept changing; retry",
     ))
 }
 
@@ -313,110 +423,4 @@ pub async fn join_loop(st: AppState, via: String, mut stop: tokio::sync::watch::
         }
         pause = (pause * 2).min(Duration::from_secs(2));
     }
-}
-
-/// Bring the partitions this node leads to the replica sets of the map, and drop the copies of
-/// partitions the map took away from it once their group no longer counts it as a member.
-pub async fn reconcile_partitions(st: &AppState) -> anyhow::Result<()> {
-    let layout = st.layout();
-    let me = st.config.id;
-    for group in st.host.groups() {
-        let Some(p) = crate::placement::partition_of_group(group.id()) else {
-            continue;
-        };
-        let desired: std::collections::BTreeSet<u64> = layout.replicas(p).into_iter().collect();
-        if group.is_leader() {
-            let (voters, learners) = group.members();
-            if voters != desired || !learners.is_empty() {
-                st.start_move(p, group.clone(), desired, layout.clone());
-            }
-        } else if !desired.contains(&me) && st.epoch().is_some() {
-            if let Err(e) = maybe_drop(st, p, &group).await {
-                tracing::debug!(partition = p.0, error = %format!("{e:#}"), "dropping a moved-away copy");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Drop this node's copy of partition `p` once the group no longer counts it in: its own view
-/// says so (a removed leader learns the final membership), or the group's current leader, found
-/// among the replicas the map assigns, does (a removed follower never hears of the change).
-async fn maybe_drop(
-    st: &AppState,
-    p: kv_ring::PartitionId,
-    group: &kv_raft::Group,
-) -> anyhow::Result<()> {
-    let me = st.config.id;
-    let own = group.status().await;
-    let mut removed = !own.voters.is_empty() && !own.nodes.contains_key(&me);
-    if !removed {
-        let layout = st.layout();
-        for id in layout.replicas(p) {
-            let Some(addr) = layout.addr(id) else {
-                continue;
-            };
-            let answer = st
-                .http
-                .get(format!("http://{addr}/v1/cluster?scope=local"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            let Ok(answer) = answer else { continue };
-            let Ok(status) = answer.json::<kv_client::api::ClusterStatus>().await else {
-                continue;
-            };
-            let leader_view = status
-                .groups
-                .iter()
-                .find(|g| g.partition == Some(p.0) && g.role == "leader");
-            if let Some(g) = leader_view {
-                removed =
-                    !g.voters.is_empty() && !g.voters.contains(&me) && !g.learners.contains(&me);
-                break;
-            }
-        }
-    }
-    if removed {
-        tracing::info!(
-            partition = p.0,
-            "this node is no longer a replica; dropping its copy"
-        );
-        st.host.close_group(group.id()).await?;
-    }
-    Ok(())
-}
-
-/// One partition move, run by the partition's leader: add the map's new replicas as learners,
-/// wait until they caught up, switch the voters with joint consensus, remove leftover learners.
-pub async fn run_move(
-    p: kv_ring::PartitionId,
-    group: kv_raft::Group,
-    desired: std::collections::BTreeSet<u64>,
-    layout: std::sync::Arc<Layout>,
-) -> anyhow::Result<()> {
-    let (voters, _) = group.members();
-    for id in desired.iter().filter(|id| !voters.contains(id)) {
-        let addr = layout
-            .addr(*id)
-            .ok_or_else(|| anyhow::anyhow!("node {id} has no address"))?;
-        tracing::info!(partition = p.0, node = id, "adding replica as learner");
-        tokio::time::timeout(Duration::from_secs(120), group.add_learner(*id, addr, true))
-            .await
-            .map_err(|_| anyhow::anyhow!("learner {id} did not catch up in time"))??;
-    }
-    if voters != desired {
-        tracing::info!(partition = p.0, voters = ?desired, "changing voters");
-        group.set_voters(desired.clone()).await?;
-    }
-    let (_, learners) = group.members();
-    let stray: std::collections::BTreeSet<u64> = learners
-        .into_iter()
-        .filter(|id| !desired.contains(id))
-        .collect();
-    if !stray.is_empty() {
-        group.remove_learners(stray).await?;
-    }
-    tracing::info!(partition = p.0, "move done");
-    Ok(())
 }

@@ -22,6 +22,15 @@ pub async fn raft_rpc(
         code: "no_route",
         message: format!("unknown raft rpc {rpc:?}"),
     })?;
+    // What replication moves onto this node: log entries (append) and snapshots, per kind of
+    // group. A join's data movement shows up here on the new node.
+    let groups = if group == crate::metadata::META_GROUP.0 {
+        "metadata"
+    } else {
+        "partition"
+    };
+    metrics::counter!("kv_raft_received_bytes_total", "rpc" => kind.as_str(), "groups" => groups)
+        .increment(body.len() as u64);
     match st.host.handle_rpc(group, kind, &body).await {
         Ok(bytes) => Ok((StatusCode::OK, bytes).into_response()),
         Err(GroupError::UnknownGroup(g)) => Err(ApiError::NotFound {

@@ -5,7 +5,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::error::ApiError;
@@ -36,6 +36,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/partitions/{p}/scan", get(kv_api::scan_partition))
         .route("/v1/cluster", get(cluster_api::status))
         .route("/v1/cluster/nodes", post(cluster_api::join))
+        .route("/v1/cluster/nodes/{id}", delete(cluster_api::leave))
         .route("/health", get(cluster_api::health))
         .route("/ready", get(cluster_api::ready))
         .route("/metrics", get(cluster_api::metrics))

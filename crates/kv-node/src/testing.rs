@@ -222,6 +222,13 @@ impl TestCluster {
     /// Start a new node that joins the running cluster through node `via`; returns its id once
     /// it is ready (it has the cluster map and a leader for every partition it hosts).
     pub async fn add_node(&mut self, via: u64) -> Result<u64> {
+        let id = self.add_node_no_wait(via)?;
+        self.wait_ready(id).await?;
+        Ok(id)
+    }
+
+    /// Start a new node that joins through node `via`, without waiting for it.
+    pub fn add_node_no_wait(&mut self, via: u64) -> Result<u64> {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
         let via_addr = self.nodes[&via].addr.clone();
         self.nodes.insert(
@@ -236,7 +243,6 @@ impl TestCluster {
             },
         );
         self.spawn(id)?;
-        self.wait_ready(id).await?;
         Ok(id)
     }
 
@@ -370,6 +376,158 @@ impl TestCluster {
         Ok(r.error_for_status()?.json().await?)
     }
 
+    /// `DELETE /v1/cluster/nodes/{id}` through node `via`, waiting up to a minute for the
+    /// drain; repeated while the answer is 503 (the metadata group is electing a leader).
+    pub async fn remove_node(&self, via: u64, id: u64, force: bool) -> Result<reqwest::Response> {
+        let url = format!(
+            "{}/v1/cluster/nodes/{id}?force={force}&wait=60s",
+            self.url(via)
+        );
+        wait_until(
+            Duration::from_secs(30),
+            "an answer other than 503",
+            || async {
+                let r = self
+                    .http
+                    .delete(&url)
+                    .timeout(Duration::from_secs(70))
+                    .send()
+                    .await?;
+                Ok((r.status() != 503).then_some(r))
+            },
+        )
+        .await
+    }
+
+    /// Wait until, as node `via` sees the cluster, every partition's Raft voters are exactly
+    /// the replicas the map assigns, no learner is left, no move is in flight and every
+    /// partition has a leader; returns that view.
+    pub async fn wait_settled(&self, via: u64, timeout: Duration) -> Result<ClusterStatus> {
+        wait_until(timeout, "partition moves settled", || async {
+            let s = self.status(via).await?;
+            let settled = s.moves.is_empty()
+                && s.groups.iter().filter(|g| g.partition.is_some()).all(|g| {
+                    let mut voters = g.voters.clone();
+                    voters.sort_unstable();
+                    let mut replicas = g.replicas.clone();
+                    replicas.sort_unstable();
+                    voters == replicas
+                        && g.learners.is_empty()
+                        && g.leader.is_some_and(|l| g.voters.contains(&l))
+                });
+            Ok(settled.then_some(s))
+        })
+        .await
+    }
+
+    /// Partitions node `id` hosts a Raft group for, from its own view.
+    pub async fn hosted(&self, id: u64) -> Result<std::collections::BTreeSet<u32>> {
+        let r = self
+            .http
+            .get(format!("{}/v1/cluster?scope=local", self.url(id)))
+            .send()
+            .await?;
+        let s: ClusterStatus = r.error_for_status()?.json().await?;
+        Ok(s.groups
+            .into_iter()
+            .filter(|g| g.role != "none")
+            .filter_map(|g| g.partition)
+            .collect())
+    }
+
+    /// Wait until every running node hosts exactly the partitions the map (as `via` sees it)
+    /// assigns to it: moved-away copies have been dropped.
+    pub async fn wait_hosting_map_share(&self, via: u64, timeout: Duration) -> Result<()> {
+        let status = self.status(via).await?;
+        for id in self.running() {
+            let want: std::collections::BTreeSet<u32> = status
+                .groups
+                .iter()
+                .filter(|g| g.replicas.contains(&id))
+                .filter_map(|g| g.partition)
+                .collect();
+            wait_until(timeout, &format!("node {id} hosts its share"), || async {
+                let have = self.hosted(id).await?;
+                if have == want {
+                    Ok(Some(()))
+                } else {
+                    Err(anyhow!(
+                        "node {id} hosts {have:?}, the map gives it {want:?}"
+                    ))
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sum of the Prometheus samples of `name` on node `id` whose labels contain every
+    /// `key="value"` in `labels`.
+    pub async fn metric(&self, id: u64, name: &str, labels: &[&str]) -> Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url(id)))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let mut sum = 0.0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (metric, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            if metric != name || !labels.iter().all(|l| series_labels.contains(l)) {
+                continue;
+            }
+            sum += value.parse::<f64>().context("metric value")?;
+        }
+        Ok(sum)
+    }
+
+    /// Start a writer that PUTs `w/0`, `w/1`, ... through node `via` until stopped; it keeps
+    /// the writes that were acknowledged.
+    pub fn start_writer(&self, via: u64) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let http = self.http.clone();
+        let url = self.url(via);
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("w/{i}");
+                let answer = http
+                    .put(format!("{url}/v1/kv/{key}"))
+                    .body(format!("v{i}"))
+                    .send()
+                    .await;
+                if answer.is_ok_and(|r| r.status() == 200) {
+                    acked.push((key, format!("v{i}")));
+                }
+                i += 1;
+            }
+            acked
+        });
+        Writer { stop, task }
+    }
+
+    /// Check that every `(key, value)` reads back, linearizably, from every running node.
+    pub async fn assert_readable(&self, pairs: &[(String, String)]) -> Result<()> {
+        for id in self.running() {
+            for (k, v) in pairs {
+                let r = self.get(id, k).await?;
+                let status = r.status();
+                let text = r.text().await?;
+                if status != 200 || &text != v {
+                    bail!("node {id} key {k}: {status} {text:?}, want {v:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The leader of `partition` as seen by any running node that knows one.
     pub async fn leader_of(&self, partition: u32) -> Result<Option<u64>> {
         for id in self.running() {
@@ -392,6 +550,20 @@ impl TestCluster {
             || self.leader_of(partition),
         )
         .await
+    }
+}
+
+/// A background writer started by [`TestCluster::start_writer`].
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(String, String)>>,
+}
+
+impl Writer {
+    /// Stop writing; returns every acknowledged `(key, value)`.
+    pub async fn stop(self) -> Result<Vec<(String, String)>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.task.await?)
     }
 }
 

@@ -1,22 +1,33 @@
-//! Nodes joining a running cluster: only the partitions the ring diff names move, and no
-//! acknowledged write is lost while they do.
+//! Nodes joining and leaving a running cluster: only the partitions the ring diff names move,
+//! the data moved matches the diff, and no acknowledged write is lost while they do.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
+use kv_client::api::{ClusterStatus, LeaveResult};
 use kv_node::testing::{wait_until, ClusterOptions, TestCluster};
 
-/// Per partition: (assigned replicas, Raft voters) as node `id` reports them.
-async fn partitions(c: &TestCluster, id: u64) -> BTreeMap<u32, (Vec<u64>, BTreeSet<u64>)> {
-    c.status(id)
-        .await
-        .unwrap()
-        .groups
-        .into_iter()
+const SETTLE: Duration = Duration::from_secs(90);
+
+async fn cluster(nodes: usize, extra: ClusterOptions) -> TestCluster {
+    TestCluster::start_with(
+        Path::new(env!("CARGO_BIN_EXE_kv-node")),
+        ClusterOptions {
+            nodes,
+            partitions: 16,
+            ..extra
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Per partition: (assigned replicas, Raft voters).
+fn partitions(s: &ClusterStatus) -> BTreeMap<u32, (Vec<u64>, BTreeSet<u64>)> {
+    s.groups
+        .iter()
         .filter_map(|g| {
             g.partition
                 .map(|p| (p, (g.replicas.clone(), g.voters.iter().copied().collect())))
@@ -24,88 +35,28 @@ async fn partitions(c: &TestCluster, id: u64) -> BTreeMap<u32, (Vec<u64>, BTreeS
         .collect()
 }
 
-/// Partitions node `id` hosts a group for.
-async fn hosted(c: &TestCluster, id: u64) -> BTreeSet<u32> {
-    let r = c
-        .http()
-        .get(format!("{}/v1/cluster?scope=local", c.url(id)))
-        .send()
-        .await
-        .unwrap();
-    let s: kv_client::api::ClusterStatus = r.json().await.unwrap();
-    s.groups
-        .into_iter()
-        .filter(|g| g.role != "none")
-        .filter_map(|g| g.partition)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joining_nodes_take_over_only_the_partitions_the_ring_moves() {
-    let mut c = TestCluster::start_with(
-        Path::new(env!("CARGO_BIN_EXE_kv-node")),
-        ClusterOptions {
-            nodes: 3,
-            partitions: 16,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let before = partitions(&c, 1).await;
+    let mut c = cluster(3, ClusterOptions::default()).await;
+    let before = partitions(&c.status(1).await.unwrap());
 
-    // A writer runs through node 1 for the whole test.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let http = c.http().clone();
-        let url = c.url(1);
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("w/{i}");
-                if let Ok(r) = http
-                    .put(format!("{url}/v1/kv/{key}"))
-                    .body(format!("v{i}"))
-                    .send()
-                    .await
-                {
-                    if r.status() == 200 {
-                        acked.push((key, format!("v{i}")));
-                    }
-                }
-                i += 1;
-            }
-            acked
-        })
-    };
-
+    let writer = c.start_writer(1);
     let n4 = c.add_node(1).await.unwrap();
     let n5 = c.add_node(2).await.unwrap();
-
-    // The moves settle: every partition's voters equal its assigned replicas.
-    let after = wait_until(Duration::from_secs(90), "moves settled", || async {
-        let now = partitions(&c, 1).await;
-        Ok(now
-            .values()
-            .all(|(replicas, voters)| replicas.iter().copied().collect::<BTreeSet<_>>() == *voters)
-            .then_some(now))
-    })
-    .await
-    .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    let acked = writer.await.unwrap();
+    let after = partitions(&c.wait_settled(1, SETTLE).await.unwrap());
+    let acked = writer.stop().await.unwrap();
     assert!(
         acked.len() > 10,
         "the writer made progress: {}",
         acked.len()
     );
 
-    // Partitions outside the diff kept their replicas; the others gained a new node.
-    for (p, (replicas, _)) in &after {
-        let (old, _) = &before[p];
+    // Partitions outside the diff kept their replicas and their Raft voters; the others
+    // gained a new node.
+    for (p, (replicas, voters)) in &after {
+        let (old, old_voters) = &before[p];
         if old == replicas {
+            assert_eq!(voters, old_voters, "partition {p} outside the diff changed");
             continue;
         }
         assert!(
@@ -113,47 +64,164 @@ async fn joining_nodes_take_over_only_the_partitions_the_ring_moves() {
             "partition {p} moved without gaining a new node: {old:?} -> {replicas:?}"
         );
     }
-    assert!(
-        after.values().any(|(r, _)| r.contains(&n4)),
-        "node 4 got partitions"
-    );
-    assert!(
-        after.values().any(|(r, _)| r.contains(&n5)),
-        "node 5 got partitions"
-    );
+    assert!(after.values().any(|(r, _)| r.contains(&n4)));
+    assert!(after.values().any(|(r, _)| r.contains(&n5)));
 
     // Each node ends up hosting exactly the partitions the map assigns it.
-    for id in c.ids() {
-        let want: BTreeSet<u32> = after
-            .iter()
-            .filter(|(_, (r, _))| r.contains(&id))
-            .map(|(p, _)| *p)
-            .collect();
-        wait_until(Duration::from_secs(30), "old replicas dropped", || async {
-            Ok((hosted(&c, id).await == want).then_some(()))
-        })
+    c.wait_hosting_map_share(1, Duration::from_secs(30))
         .await
         .unwrap();
-    }
 
     // No acknowledged write was lost, and every node reads them linearizably.
-    for id in c.ids() {
-        for (k, v) in acked.iter().step_by(7) {
-            let r = c.get(id, k).await.unwrap();
-            assert_eq!(r.status(), 200, "node {id} key {k}");
-            assert_eq!(&r.text().await.unwrap(), v);
-        }
-    }
+    let sample: Vec<_> = acked.iter().step_by(7).cloned().collect();
+    c.assert_readable(&sample).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_join_request_is_validated_and_idempotent() {
-    let c = TestCluster::start_with(
-        Path::new(env!("CARGO_BIN_EXE_kv-node")),
-        ClusterOptions::default(),
+async fn a_join_moves_about_the_new_nodes_share_of_the_data() {
+    // Small snapshot threshold: the new replicas get a snapshot plus a log tail.
+    let mut c = cluster(
+        3,
+        ClusterOptions {
+            snapshot_logs: 64,
+            logs_kept: 16,
+            ..Default::default()
+        },
     )
+    .await;
+    // 1600 keys of 1 KiB, each written once; remember the partition each landed in.
+    let value = "x".repeat(1024);
+    let mut bytes_per_partition: BTreeMap<u32, u64> = BTreeMap::new();
+    let keys: Vec<String> = (0..1600).map(|i| format!("data/{i:05}")).collect();
+    for chunk in keys.chunks(32) {
+        let puts = chunk.iter().map(|k| c.put(1, k, value.clone()));
+        for (k, r) in chunk.iter().zip(futures::future::join_all(puts).await) {
+            let r = r.unwrap();
+            assert_eq!(r.status(), 200, "{k}");
+            let p: u32 = r.headers()["x-kv-partition"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            *bytes_per_partition.entry(p).or_default() += (k.len() + value.len()) as u64;
+        }
+    }
+
+    let n4 = c.add_node(1).await.unwrap();
+    let settled = c.wait_settled(1, SETTLE).await.unwrap();
+    c.wait_hosting_map_share(1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let share: u64 = settled
+        .groups
+        .iter()
+        .filter(|g| g.replicas.contains(&n4))
+        .filter_map(|g| g.partition)
+        .map(|p| bytes_per_partition.get(&p).copied().unwrap_or(0))
+        .sum();
+    let received = c
+        .metric(
+            n4,
+            "kv_raft_received_bytes_total",
+            &["groups=\"partition\""],
+        )
+        .await
+        .unwrap() as u64;
+    // Every byte of its partitions had to arrive, and little more: the new replicas get one
+    // snapshot of the live data (record framing ~5%) plus the log tail and heartbeats.
+    assert!(share > 0, "node {n4} got no partition");
+    assert!(
+        received >= share && received <= share + share / 4 + 256 * 1024,
+        "node {n4} received {received} bytes for a share of {share}"
+    );
+    eprintln!("join moved {received} bytes for a share of {share} data bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_drains_before_it_goes() {
+    let c = cluster(5, ClusterOptions::default()).await;
+    let writer = c.start_writer(1);
+    // Leave through a node that is not the one leaving; it may not be the metadata leader.
+    let r = c.remove_node(2, 5, false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let result: LeaveResult = r.json().await.unwrap();
+    assert_eq!(result.status, "removed");
+    assert!(result.remaining.is_empty());
+    let acked = writer.stop().await.unwrap();
+    assert!(acked.len() > 10, "the writer made progress");
+
+    let s = c.wait_settled(1, SETTLE).await.unwrap();
+    assert!(s.members.iter().all(|m| m.id != 5));
+    for g in &s.groups {
+        if g.partition.is_some() {
+            assert_eq!(g.voters.len(), 3, "{g:?}");
+        }
+        assert!(!g.voters.contains(&5) && !g.learners.contains(&5), "{g:?}");
+    }
+    // The leaving node dropped every copy, knows it is out, and says so on /ready.
+    wait_until(Duration::from_secs(30), "node 5 empty", || async {
+        Ok(c.hosted(5).await?.is_empty().then_some(()))
+    })
     .await
     .unwrap();
+    let ready = c
+        .http()
+        .get(format!("{}/ready", c.url(5)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    // Nothing acknowledged was lost; the remaining nodes serve it all.
+    let sample: Vec<_> = acked.iter().step_by(5).cloned().collect();
+    for id in 1..=4 {
+        for (k, v) in &sample {
+            let r = c.get(id, k).await.unwrap();
+            let status = r.status();
+            assert_eq!(&r.text().await.unwrap(), v, "node {id} key {k}: {status}");
+        }
+    }
+    // Leaving again is a 404: it is no longer a member.
+    let again = c.remove_node(1, 5, false).await.unwrap();
+    assert_eq!(again.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_removed_by_force_and_its_partitions_re_replicated() {
+    let mut c = cluster(4, ClusterOptions::default()).await;
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        assert_eq!(c.put(1, &k, v.clone()).await.unwrap().status(), 200);
+        acked.push((k, v));
+    }
+    let had: Vec<u32> = c.hosted(4).await.unwrap().into_iter().collect();
+    assert!(!had.is_empty());
+    c.kill(4).unwrap();
+
+    // A dead node cannot drain: plain removal is refused, and changes nothing.
+    let epoch = c.status(1).await.unwrap().epoch;
+    let refused = c.remove_node(1, 4, false).await.unwrap();
+    assert_eq!(refused.status(), 409);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "node_unreachable");
+    assert_eq!(c.status(1).await.unwrap().epoch, epoch);
+
+    let r = c.remove_node(3, 4, true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let s = c.wait_settled(1, SETTLE).await.unwrap();
+    for g in s.groups.iter().filter(|g| g.partition.is_some()) {
+        assert_eq!(g.voters.len(), 3, "{g:?}");
+        assert!(!g.voters.contains(&4), "{g:?}");
+    }
+    c.wait_hosting_map_share(1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    c.assert_readable(&acked).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_requests_are_validated_and_idempotent() {
+    let c = cluster(3, ClusterOptions::default()).await;
     let url = format!("{}/v1/cluster/nodes", c.url(2));
     let taken = c.node(1).addr.clone();
     // The id is taken by another address: 409.
@@ -185,4 +253,22 @@ async fn a_join_request_is_validated_and_idempotent() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+
+    // Removals: unknown id 404, bad id or parameters 400, below the replication factor 409.
+    let r = c.remove_node(2, 9, false).await.unwrap();
+    assert_eq!(r.status(), 404);
+    for bad in ["/v1/cluster/nodes/x", "/v1/cluster/nodes/3?wait=soon"] {
+        let r = c
+            .http()
+            .delete(format!("{}{bad}", c.url(1)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r = c.remove_node(1, 3, false).await.unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "too_few_members", "{body}");
+    assert_eq!(body["error"], "too_few_members");
+    assert_eq!(c.status(1).await.unwrap().epoch, epoch);
 }

@@ -10,6 +10,7 @@
 //! Every peer RPC is addressed to a group (`POST /raft/{group}/{rpc}`), so a node can host many
 //! groups behind one listener and one connection pool.
 
+mod compaction;
 mod encoding;
 mod error;
 mod group;

@@ -93,6 +93,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
+        let stored = self.read_range(from, to).await?;
+        self.decode_entries(stored, usize::MAX)
+    }
+
+    /// At most [`APPEND_BATCH_BYTES`] of entries (at least one) from `[start, end)`: openraft
+    /// sends what this returns as one AppendEntries and gives it only a heartbeat interval to
+    /// be answered, so a batch must stay small in bytes, not just in entries (a batch that
+    /// times out is sent again in full).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageIoError> {
+        let stored = self.read_range(start, end).await?;
+        self.decode_entries(stored, APPEND_BATCH_BYTES)
+    }
+}
+
+/// Byte budget of one replication batch (see `limited_get_log_entries`).
+pub const APPEND_BATCH_BYTES: usize = 256 * 1024;
+
+impl LogStore {
+    /// Encoded entries `[from, to)`, unflushed ones included.
+    async fn read_range(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageIoError> {
         // Take pending entries first: one flushed between the two reads is then found on disk.
         let pending: Vec<(u64, Vec<u8>)> = self
             .pending()
@@ -110,8 +134,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
             merged.extend(pending);
             stored = merged.into_iter().collect();
         }
+        Ok(stored)
+    }
+
+    /// Decode entries in order, stopping before the one that would take the total encoded
+    /// size over `budget` (the first is always taken).
+    #[allow(
+        clippy::result_large_err,
+        reason = "openraft's StorageError, which every RaftLogStorage method returns by value"
+    )]
+    fn decode_entries(
+        &self,
+        stored: Vec<(u64, Vec<u8>)>,
+        budget: usize,
+    ) -> Result<Vec<Entry>, StorageIoError> {
         let mut entries = Vec::with_capacity(stored.len());
+        let mut bytes_taken = 0usize;
         for (index, bytes) in stored {
+            if !entries.is_empty() && bytes_taken.saturating_add(bytes.len()) > budget {
+                break;
+            }
+            bytes_taken = bytes_taken.saturating_add(bytes.len());
             let entry: Entry = decode(&bytes).map_err(|e| {
                 sto_err(
                     ErrorSubject::LogIndex(index),
