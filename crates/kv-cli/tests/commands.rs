@@ -149,7 +149,7 @@ fn key_commands_print_values_and_versions_and_exit_with_their_codes() {
 
 #[test]
 fn cluster_commands_show_the_cluster_and_report_refused_changes() {
-    let c = RealCluster::start();
+    let mut c = RealCluster::start();
 
     let status = success(&mut c.kv(&["cluster", "status"]));
     assert!(status.contains("3 members, 4 partitions"), "{status}");
@@ -181,10 +181,25 @@ fn cluster_commands_show_the_cluster_and_report_refused_changes() {
         fails(&mut c.kv(&["cluster", "join", "--id", "1", "--addr", "127.0.0.1:1"]));
     assert_ne!(code, 0);
     assert!(stderr.contains("already a member"), "{stderr}");
-    // Leaving is not routed yet (404): exit 1 with the server's message.
+    // Removing a node that is not a member: exit 1 with the server's message.
     let (code, _, stderr) = fails(&mut c.kv(&["cluster", "leave", "9"]));
     assert_eq!(code, 1);
-    assert!(stderr.contains("not found"), "{stderr}");
+    assert!(stderr.contains("not a member"), "{stderr}");
+    // Going below the replication factor is refused, and says what to do instead.
+    let (code, _, stderr) = fails(&mut c.kv(&["cluster", "leave", "3"]));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("add a replacement first"), "{stderr}");
+    // A fourth node joins (started with --join) and leaves again; the command waits for its
+    // partitions to move off it.
+    let n4 = c
+        .runtime
+        .block_on(c.cluster.add_node(1))
+        .unwrap()
+        .to_string();
+    let out = success(&mut c.kv(&["--timeout", "60s", "cluster", "leave", &n4]));
+    assert!(out.contains("left the cluster"), "{out}");
+    let status = json(&success(&mut c.kv(&["cluster", "status", "--json"])));
+    assert_eq!(status["members"].as_array().unwrap().len(), 3, "{status}");
 
     // The load generator runs through kv-client too.
     let report = json(&success(&mut c.kv(&[

@@ -149,8 +149,8 @@ async fn answers_that_cannot_change_are_returned_at_once_with_their_kind() {
     let scan = kv.scan("", 0).await;
     assert!(matches!(scan, Err(Error::InvalidInput(_))), "{scan:?}");
 
-    // Membership changes: a join of an address where no node answers is invalid input; leaving
-    // is not routed yet (404).
+    // Membership changes: a join of an address where no node answers is invalid input; removing
+    // a node that is not a member is a 404.
     let join = kv.join(4, "127.0.0.1:1").await;
     assert!(matches!(join, Err(Error::InvalidInput(_))), "{join:?}");
     let leave = kv.leave(99, false).await;
