@@ -2,22 +2,32 @@
 //! and the group's state for status pages.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kv_storage::{Command, GroupId, Outcome, Record, Store};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
+use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState};
+use tokio::sync::RwLock;
 
+use crate::network::Transport;
 use crate::types::{Request, Response, TypeConfig};
 use crate::GroupError;
 
-/// One group hosted on this node. Cheap to clone.
+/// One group hosted on this node. Cheap to clone; clones share the Raft instance and the gate.
 #[derive(Clone)]
 pub struct Group {
     pub(crate) id: GroupId,
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) store: Store,
+    pub(crate) transport: Transport,
     pub(crate) timeout: Duration,
+    /// The gate for everything that makes the leader talk to followers on a caller's behalf
+    /// (proposals, membership changes, read barriers): they hold it shared, a leadership
+    /// transfer holds it exclusively. While a transfer runs the log does not grow and nothing
+    /// renews the followers' leader lease, which the transfer waits out. tokio's lock is fair,
+    /// so a waiting transfer holds back new requests instead of starving behind them.
+    pub(crate) gate: Arc<RwLock<()>>,
 }
 
 /// A group's Raft state as this node sees it.
@@ -51,6 +61,20 @@ fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> GroupErro
     }
 }
 
+/// `NotLeader` from a non-leader's metrics, naming the leader it knows of.
+pub(crate) fn not_leading(m: &RaftMetrics<u64, BasicNode>) -> GroupError {
+    let membership = m.membership_config.membership();
+    let leader = m
+        .current_leader
+        .filter(|l| *l != m.id)
+        .and_then(|l| membership.get_node(&l).map(|n| (l, n.addr.clone())));
+    GroupError::NotLeader { leader }
+}
+
+pub(crate) fn shutting_down() -> GroupError {
+    GroupError::Stopped("raft is shutting down".into())
+}
+
 fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> GroupError {
     GroupError::NotLeader {
         leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
@@ -58,6 +82,7 @@ fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> GroupError {
 }
 
 impl Group {
+    /// The group's id.
     pub fn id(&self) -> GroupId {
         self.id
     }
@@ -67,12 +92,19 @@ impl Group {
         &self.raft
     }
 
-    /// Commit `cmd` through the log and return its outcome and log index.
+    /// Commit `cmd` through the log and return its outcome and log index. Waits while a
+    /// leadership transfer runs (then fails with [`GroupError::NotLeader`] if it moved), all
+    /// within the group's request timeout.
     pub async fn write(&self, cmd: Command) -> Result<(Outcome, u64), GroupError> {
-        let fut = self.raft.client_write(Request::Kv(cmd));
-        let result = tokio::time::timeout(self.timeout, fut).await.map_err(|_| {
-            GroupError::Unavailable(format!("write not committed within {:?}", self.timeout))
-        })?;
+        let attempt = async {
+            let _open = self.gate.read().await;
+            self.raft.client_write(Request::Kv(cmd)).await
+        };
+        let result = tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| {
+                GroupError::Unavailable(format!("write not committed within {:?}", self.timeout))
+            })?;
         match result {
             Ok(resp) => match resp.data {
                 Response::Kv(outcome) => Ok((outcome, resp.log_id.index)),
@@ -94,17 +126,46 @@ impl Group {
         )
     }
 
-    /// Add node `id` at `addr` as a learner; with `wait`, return only once it has caught up.
+    /// Add node `id` at `addr` as a learner; with `wait`, return only once it holds the log up
+    /// to the membership entry that added it (or fail with [`GroupError::NotLeader`] if this
+    /// node stops leading first).
     pub async fn add_learner(&self, id: u64, addr: &str, wait: bool) -> Result<(), GroupError> {
-        self.raft
-            .add_learner(id, BasicNode::new(addr), wait)
+        let added = {
+            let _open = self.gate.read().await;
+            self.raft
+                .add_learner(id, BasicNode::new(addr), false)
+                .await
+                .map_err(write_error)?
+        };
+        if !wait {
+            return Ok(());
+        }
+        // Catching up can take long (a snapshot), so not under the gate: a transfer waiting
+        // for the gate would hold every write back meanwhile.
+        let added_at = Some(added.log_id.index);
+        let done = self
+            .raft
+            .wait(None)
+            .metrics(
+                |m| {
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&id));
+                    m.state != ServerState::Leader
+                        || id == m.id
+                        || matched.is_some_and(|l| l.map(|l| l.index) >= added_at)
+                },
+                format!("learner {id} catches up"),
+            )
             .await
-            .map(|_| ())
-            .map_err(write_error)
+            .map_err(|_| shutting_down())?;
+        if done.state != ServerState::Leader {
+            return Err(not_leading(&done));
+        }
+        Ok(())
     }
 
     /// Make `voters` the voter set, through joint consensus.
     pub async fn set_voters(&self, voters: BTreeSet<u64>) -> Result<(), GroupError> {
+        let _open = self.gate.read().await;
         self.raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
             .await
@@ -114,6 +175,7 @@ impl Group {
 
     /// Remove non-voting members.
     pub async fn remove_learners(&self, ids: BTreeSet<u64>) -> Result<(), GroupError> {
+        let _open = self.gate.read().await;
         self.raft
             .change_membership(ChangeMembers::RemoveNodes(ids), false)
             .await
@@ -122,21 +184,27 @@ impl Group {
     }
 
     /// Make sure this node is the leader and has applied everything committed before the call
-    /// (read-index), so a following local read is linearizable.
+    /// (read-index), so a following local read is linearizable. Waits while a leadership
+    /// transfer runs, within the group's request timeout.
     pub async fn read_barrier(&self) -> Result<(), GroupError> {
+        let unconfirmed = || {
+            GroupError::Unavailable(format!(
+                "leadership not confirmed within {:?}",
+                self.timeout
+            ))
+        };
         // openraft gives followers only one heartbeat interval to confirm leadership, so a busy
         // follower can make one attempt fail; retry within the request's time budget.
         let deadline = tokio::time::Instant::now() + self.timeout;
+        // Confirming leadership sends heartbeats, which a transfer must not have sent.
+        let _open = tokio::time::timeout_at(deadline, self.gate.read())
+            .await
+            .map_err(|_| unconfirmed())?;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let attempt = tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await;
             let err = match attempt {
-                Err(_) => {
-                    return Err(GroupError::Unavailable(format!(
-                        "leadership not confirmed within {:?}",
-                        self.timeout
-                    )))
-                }
+                Err(_) => return Err(unconfirmed()),
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                     return Err(not_leader(f))
@@ -194,6 +262,7 @@ impl Group {
         m.current_leader == Some(m.id) && m.state == ServerState::Leader
     }
 
+    /// This node's view of the group, for status pages.
     pub async fn status(&self) -> GroupStatus {
         let commit_index = self
             .raft

@@ -16,8 +16,12 @@ use crate::{Group, GroupError, LogStore, StateMachine};
 /// Raft timing and log-compaction settings shared by every group of a node.
 #[derive(Debug, Clone)]
 pub struct RaftTuning {
+    /// How often an idle leader sends heartbeats.
     pub heartbeat: Duration,
+    /// Lower bound of a follower's randomized election timeout.
     pub election_min: Duration,
+    /// Upper bound of the election timeout; openraft also uses it as the leader lease during
+    /// which followers refuse to vote for anyone else.
     pub election_max: Duration,
     /// Build a snapshot (and purge the log) after this many applied entries.
     pub snapshot_after_logs: u64,
@@ -79,6 +83,7 @@ pub struct RaftHost {
 }
 
 impl RaftHost {
+    /// A host for node `node_id` with no groups yet; snapshots go under `snapshot_root`.
     pub fn new(
         node_id: u64,
         store: Store,
@@ -98,10 +103,12 @@ impl RaftHost {
         })
     }
 
+    /// This node's Raft id.
     pub fn node_id(&self) -> u64 {
         self.node_id
     }
 
+    /// The store every hosted group keeps its log and state in.
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -153,7 +160,9 @@ impl RaftHost {
             id,
             raft,
             store: self.store.clone(),
+            transport: self.transport.clone(),
             timeout: self.timeout,
+            gate: Arc::default(),
         };
         self.groups
             .write()
@@ -205,6 +214,24 @@ impl RaftHost {
             RpcKind::Snapshot => {
                 let req = decode(body).map_err(bad)?;
                 enc(encode(&g.raft.install_snapshot(req).await))
+            }
+            RpcKind::TimeoutNow => {
+                let leader_term: u64 = decode(body).map_err(bad)?;
+                let term = g.raft.metrics().borrow().current_term;
+                // A late request (its transfer timed out, someone else was elected since)
+                // must not disrupt a newer term.
+                if term != leader_term {
+                    return Err(GroupError::Unavailable(format!(
+                        "timeout-now for term {leader_term}, but this replica is at term {term}"
+                    )));
+                }
+                tracing::info!(node = self.node_id, group = %g.id, term, "timeout-now: campaigning");
+                g.raft
+                    .trigger()
+                    .elect()
+                    .await
+                    .map_err(|f| GroupError::Stopped(f.to_string()))?;
+                enc(encode(&()))
             }
         }
     }

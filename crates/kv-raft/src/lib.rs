@@ -4,8 +4,9 @@
 //! This crate owns the Raft library's type configuration ([`TypeConfig`]), the storage adapters
 //! that put a group's log ([`LogStore`]) and state machine ([`StateMachine`]) into kv-storage,
 //! snapshot files, the HTTP transport ([`Transport`]) and the registry of the groups a node hosts
-//! ([`RaftHost`]). It does not know HTTP routes or the ring: `kv-node` routes peer requests to
-//! [`RaftHost::handle_rpc`] and decides which groups to open.
+//! ([`RaftHost`]), and leadership transfer ([`Group::transfer_leader`], which openraft 0.9
+//! lacks). It does not know HTTP routes or the ring: `kv-node` routes peer requests to
+//! [`RaftHost::handle_rpc`] and decides which groups to open and where their leaders should be.
 //!
 //! Every peer RPC is addressed to a group (`POST /raft/{group}/{rpc}`), so a node can host many
 //! groups behind one listener and one connection pool.
@@ -18,6 +19,7 @@ mod host;
 mod log_store;
 mod network;
 mod state_machine;
+mod transfer;
 mod types;
 
 pub use error::GroupError;

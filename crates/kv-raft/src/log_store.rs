@@ -97,7 +97,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         self.decode_entries(stored, usize::MAX)
     }
 
-    /// At most [`APPEND_BATCH_BYTES`] of entries (at least one) from `[start, end)`: openraft
+    /// At most `APPEND_BATCH_BYTES` of entries (at least one) from `[start, end)`: openraft
     /// sends what this returns as one AppendEntries and gives it only a heartbeat interval to
     /// be answered, so a batch must stay small in bytes, not just in entries (a batch that
     /// times out is sent again in full).

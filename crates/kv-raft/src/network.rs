@@ -4,6 +4,7 @@
 //! request as body; the answer is `200` with the postcard-encoded
 //! `Result<response, RaftError>`. Any other status means the peer could not handle it (for
 //! example it does not host the group yet) and counts as a network error, so openraft retries.
+//! `timeout-now` is this crate's own, for leadership transfer (see [`RpcKind::TimeoutNow`]).
 
 use std::time::Duration;
 
@@ -21,29 +22,41 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::encoding::{decode, encode};
 use crate::types::TypeConfig;
+use crate::GroupError;
 
-/// The three Raft RPCs, as named in the URL.
+/// The peer RPCs, as named in the URL: openraft's three, plus `timeout-now` for leadership
+/// transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RpcKind {
+    /// openraft `AppendEntries` (replication and heartbeats).
     Append,
+    /// openraft `RequestVote`.
     Vote,
+    /// openraft `InstallSnapshot`.
     Snapshot,
+    /// Leadership transfer: the leader, having let followers' leases lapse, asks the target to
+    /// campaign at once. Body: the leader's term (postcard `u64`); answer: postcard `()`.
+    TimeoutNow,
 }
 
 impl RpcKind {
+    /// The name used in the URL.
     pub fn as_str(self) -> &'static str {
         match self {
             RpcKind::Append => "append",
             RpcKind::Vote => "vote",
             RpcKind::Snapshot => "snapshot",
+            RpcKind::TimeoutNow => "timeout-now",
         }
     }
 
+    /// The kind named `s` in a URL, if any.
     pub fn parse(s: &str) -> Option<RpcKind> {
         match s {
             "append" => Some(RpcKind::Append),
             "vote" => Some(RpcKind::Vote),
             "snapshot" => Some(RpcKind::Snapshot),
+            "timeout-now" => Some(RpcKind::TimeoutNow),
             _ => None,
         }
     }
@@ -56,8 +69,46 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// Wrap the node's HTTP client.
     pub fn new(http: reqwest::Client) -> Self {
         Transport { http }
+    }
+
+    /// Ask the replica of `group` at `addr` to start an election at once (leadership transfer).
+    /// `term` is the sender's term: a replica that has moved on ignores a late request.
+    pub(crate) async fn timeout_now(
+        &self,
+        group: GroupId,
+        addr: &str,
+        term: u64,
+        timeout: Duration,
+    ) -> Result<(), GroupError> {
+        let body = encode(&term).map_err(|e| GroupError::BadRequest(e.to_string()))?;
+        let url = format!(
+            "http://{addr}/raft/{}/{}",
+            group.0,
+            RpcKind::TimeoutNow.as_str()
+        );
+        let unavailable =
+            |what: String| GroupError::Unavailable(format!("timeout-now to {addr}: {what}"));
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(timeout)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+        if !status.is_success() {
+            return Err(unavailable(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        decode::<()>(&bytes).map_err(|e| unavailable(format!("bad answer: {e}")))
     }
 
     /// A network factory for one group.

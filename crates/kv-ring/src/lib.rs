@@ -5,7 +5,8 @@
 //! nodes, built on `hashring` with a stable xxh3 hasher), the key ->
 //! partition hash ([`partition_of`]), the partition -> ordered replica list
 //! walk (first `RF` distinct nodes clockwise; the first is the preferred
-//! leader), and the [`diff`] of two placements. It is pure logic: it does no
+//! leader), the target leaders that spread leadership over the members
+//! ([`Placement::leaders`]), and the [`diff`] of two placements. It is pure logic: it does no
 //! I/O, is not async, and knows nothing of Raft, of how a placement is
 //! stored or agreed on, or of how replicas are moved.
 //!

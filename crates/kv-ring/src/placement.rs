@@ -1,6 +1,8 @@
 //! Placement: the partition -> replica-list map for one member set, and the
 //! diff between two such maps that a placement controller turns into moves.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::RingError;
@@ -121,6 +123,38 @@ impl Placement {
         (0u32..)
             .zip(&self.replicas)
             .map(|(p, list)| (PartitionId(p), list.as_slice()))
+    }
+
+    /// A target leader for every partition, chosen among its replicas so that leadership
+    /// spreads over the members (the preferred leaders alone pile up wherever the ring does).
+    ///
+    /// Greedy, in partition order: each partition goes to the replica that leads the fewest
+    /// partitions so far, a tie to the earlier replica (so the preferred leader wins ties).
+    /// Pure and deterministic: every node computes the same targets from the same placement.
+    ///
+    /// What the greedy guarantees, for any placement: with one replica per partition the
+    /// targets are the preferred leaders; and when a node `v` is given its last partition `p`,
+    /// it led the fewest among `p`'s replicas, so in the end every other replica of `p` leads
+    /// at least `led(v) - 1` partitions, and at least `led(v)` if it comes before `v` in `p`'s
+    /// list. Hence no node leads more than `ceil(P / min(RF, N))`. It does not guarantee that
+    /// the spread is minimal or that every replica-holding node leads something (a node that
+    /// holds a single replica, behind a node that leads as few, leads nothing); on ring
+    /// placements the spread is small in practice (see `tests/placement_properties.rs`).
+    pub fn leaders(&self) -> BTreeMap<PartitionId, NodeId> {
+        let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
+        let mut targets = BTreeMap::new();
+        for (partition, replicas) in self.iter() {
+            // `min_by_key` keeps the first of equal minima: replica order breaks ties.
+            let target = replicas
+                .iter()
+                .copied()
+                .min_by_key(|n| led.get(n).copied().unwrap_or(0));
+            if let Some(target) = target {
+                *led.entry(target).or_default() += 1;
+                targets.insert(partition, target);
+            }
+        }
+        targets
     }
 }
 
@@ -272,6 +306,37 @@ mod tests {
             vec![2, 3],
         ];
         assert_eq!(got, want);
+    }
+
+    /// Targets over `leaders()` as plain ids, in partition order.
+    fn leader_ids(placement: &Placement) -> Vec<u64> {
+        let leaders = placement.leaders();
+        assert_eq!(leaders.len(), placement.iter().count());
+        leaders.values().map(|n| n.0).collect()
+    }
+
+    // Replicas as in `compute_golden_vector`: [3,2] [3,2] [3,2] [2,3] [3,1] [1,2] [1,3] [2,3].
+    #[test]
+    fn leaders_golden_vector() {
+        let placement = Placement::compute(&ids(&[2, 3, 1]), params(8, 2, 8)).unwrap();
+        // p0: tie at 0, preferred 3. p1: 2 leads none yet. p2: tie 1-1, preferred 3. p3: 2
+        // (1 < 2). p4, p5: 1 (0, then 1 < 2). p6: tie 2-2, preferred 1. p7: tie, preferred 2.
+        assert_eq!(leader_ids(&placement), vec![3, 2, 3, 2, 1, 1, 1, 2]);
+    }
+
+    #[test]
+    fn leaders_rotate_over_identical_replica_lists() {
+        let mut placement = Placement::compute(&ids(&[1, 2, 3]), params(7, 3, 4)).unwrap();
+        placement.replicas = vec![ids(&[2, 3, 1]); 7];
+        assert_eq!(leader_ids(&placement), vec![2, 3, 1, 2, 3, 1, 2]);
+    }
+
+    #[test]
+    fn leaders_with_one_replica_are_the_preferred_leaders() {
+        let placement = Placement::compute(&ids(&[1, 2, 3, 4]), params(32, 1, 8)).unwrap();
+        for (partition, leader) in placement.leaders() {
+            assert_eq!(Some(&[leader][..]), placement.replicas(partition));
+        }
     }
 
     #[test]

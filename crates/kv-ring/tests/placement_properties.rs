@@ -1,9 +1,10 @@
 //! Properties of placement that must hold for every member set: replica list
-//! shape, balance, minimal movement on join and leave, determinism.
+//! shape, balance, minimal movement on join and leave, determinism, and how
+//! evenly the target leaders spread.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use kv_ring::{diff, NodeId, Placement, RingParams};
+use kv_ring::{diff, NodeId, PartitionId, Placement, RingParams};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 
@@ -57,6 +58,18 @@ fn with(members: &[NodeId], extra: NodeId) -> Vec<NodeId> {
     let mut all = members.to_vec();
     all.push(extra);
     all
+}
+
+/// How many partitions each member is the target leader of (0 for none).
+fn leader_counts(
+    placement: &Placement,
+    leaders: &BTreeMap<PartitionId, NodeId>,
+) -> BTreeMap<NodeId, usize> {
+    let mut led: BTreeMap<NodeId, usize> = placement.members().iter().map(|m| (*m, 0)).collect();
+    for leader in leaders.values() {
+        *led.entry(*leader).or_default() += 1;
+    }
+    led
 }
 
 proptest! {
@@ -140,7 +153,98 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(structural())]
+
+    #[test]
+    fn leader_targets_are_replicas_and_independent_of_member_order(
+        members in members(1..=12),
+        params in any_params(),
+        seed in any::<u64>(),
+    ) {
+        let placement = Placement::compute(&members, params).unwrap();
+        let leaders = placement.leaders();
+        prop_assert_eq!(leaders.len(), params.partitions as usize);
+        for (partition, list) in placement.iter() {
+            let leader = leaders[&partition];
+            prop_assert!(list.contains(&leader), "{:?} leads {:?}", leader, partition);
+            if list.len() == 1 {
+                prop_assert_eq!(leader, list[0]);
+            }
+        }
+        let mut reordered = members.clone();
+        reordered.sort_by_key(|n| n.0.wrapping_mul(seed | 1).rotate_left(17));
+        let again = Placement::compute(&reordered, params).unwrap();
+        prop_assert_eq!(again.leaders(), leaders);
+    }
+
+    /// What the greedy guarantees on any placement: a node was given its last
+    /// partition `p` while it led the fewest of `p`'s replicas (strictly
+    /// fewer than those listed before it), and counts only grow after that.
+    /// Summing over `p`'s replicas bounds the busiest node by
+    /// `ceil(P / min(RF, N))`, however skewed the ring.
+    #[test]
+    fn every_leader_took_its_last_partition_while_leading_the_fewest_replicas(
+        members in members(1..=12),
+        params in any_params(),
+    ) {
+        let placement = Placement::compute(&members, params).unwrap();
+        let leaders = placement.leaders();
+        let led = leader_counts(&placement, &leaders);
+        // Later partitions overwrite earlier ones: each leader's last partition.
+        let last: BTreeMap<NodeId, PartitionId> =
+            leaders.iter().map(|(p, n)| (*n, *p)).collect();
+        for (node, partition) in last {
+            let list = placement.replicas(partition).unwrap();
+            let at = list.iter().position(|n| *n == node).unwrap();
+            for (i, other) in list.iter().enumerate().filter(|(i, _)| *i != at) {
+                let floor = if i < at { led[&node] } else { led[&node] - 1 };
+                prop_assert!(
+                    led[other] >= floor,
+                    "{:?} (leads {}) took {:?} over {:?} (leads {})",
+                    node, led[&node], partition, other, led[other]
+                );
+            }
+        }
+        let rf = (params.replication_factor as usize).min(members.len());
+        let busiest = led.values().copied().max().unwrap_or(0);
+        prop_assert!(busiest <= (params.partitions as usize).div_ceil(rf));
+    }
+}
+
+proptest! {
     #![proptest_config(statistical())]
+
+    /// On ring placements with a few partitions per node the greedy comes
+    /// close to even. Over 120 000 random configurations in these ranges no
+    /// node led more than `ceil(P/N) + 2` partitions, and with three or more
+    /// replicas per partition every node led at least one. With two replicas
+    /// a node can be left leading nothing (2 in 60 000 here, e.g. 11 nodes,
+    /// P = 44; and about a quarter of configurations with `N <= P < 2N`),
+    /// which is not asserted; nor is the spread, whose low end follows the
+    /// ring's skew (max - min was at most 5 with three or more replicas, 10
+    /// with two).
+    #[test]
+    fn leader_targets_spread_within_two_of_even(
+        members in members(2..=12),
+        replication_factor in 2u32..=5,
+        vnodes in 32u32..=256,
+        extra in any::<prop::sample::Index>(),
+    ) {
+        let n = members.len();
+        let partitions = 4 * n + extra.index(257 - 4 * n);
+        let params = RingParams {
+            partitions: partitions as u32,
+            replication_factor,
+            vnodes,
+        };
+        let placement = Placement::compute(&members, params).unwrap();
+        let led = leader_counts(&placement, &placement.leaders());
+        let busiest = led.values().copied().max().unwrap();
+        prop_assert!(busiest <= partitions.div_ceil(n) + 2, "{:?}", led);
+        if (replication_factor as usize).min(n) >= 3 {
+            prop_assert!(led.values().all(|c| *c >= 1), "{:?}", led);
+        }
+    }
 
     /// A newcomer takes about its fair share `RF*P/(N+1)`; 2x that is the
     /// bound. Over 20 000 random configurations in these ranges the worst
