@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod kv_api;
+pub mod leadership;
 pub mod metadata;
 pub mod moves;
 pub mod peer_api;
@@ -58,6 +59,7 @@ pub struct Node {
     shutdown: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     reconciler: JoinHandle<()>,
+    balancer: JoinHandle<()>,
 }
 
 impl Node {
@@ -114,6 +116,10 @@ impl Node {
             state.clone(),
             shutdown.subscribe(),
         ));
+        let balancer = tokio::spawn(leadership::balance_loop(
+            state.clone(),
+            shutdown.subscribe(),
+        ));
         if let Some(via) = config.join.clone() {
             tokio::spawn(metadata::join_loop(
                 state.clone(),
@@ -127,6 +133,7 @@ impl Node {
             shutdown,
             server,
             reconciler,
+            balancer,
         })
     }
 
@@ -143,6 +150,7 @@ impl Node {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         let _ = self.reconciler.await;
+        let _ = self.balancer.await;
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(joined) => joined??,
             Err(_) => tracing::warn!("in-flight requests did not finish within 10s"),

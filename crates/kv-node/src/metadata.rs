@@ -173,6 +173,20 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
         return Ok(());
     }
     let desired: BTreeSet<u64> = meta_voters(&map.members).into_keys().collect();
+    if !desired.contains(&st.config.id) {
+        // This node is leaving the voters: hand leadership to one that stays, so the group
+        // does not wait out an election after the change.
+        let status = group.status().await;
+        let staying = desired
+            .iter()
+            .find(|id| voters.contains(id) && crate::leadership::keeps_up(&status, **id));
+        if let Some(to) = staying {
+            match group.transfer_leader(*to).await {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!(to, error = %e, "metadata leadership handover failed"),
+            }
+        }
+    }
     if voters != desired
         && desired
             .iter()
@@ -218,7 +232,16 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
             .into_iter()
             .filter_map(|id| layout.addr(id).map(|a| (id, BasicNode::new(a))))
             .collect();
-        st.host.initialize(gid, members).await?;
+        let created = st.host.initialize(gid, members).await?;
+        // A new partition's target leader campaigns at once, so it usually wins the first
+        // election and the balancer has nothing to hand over. (Not on a restart: a campaign
+        // against a live leader only disrupts it.)
+        let target = layout.placement.leaders().get(&p).map(|n| n.0);
+        if created && target == Some(me) {
+            if let Some(group) = st.host.group(gid) {
+                group.campaign().await?;
+            }
+        }
     }
     if map.members.contains_key(&me) {
         tracing::info!(

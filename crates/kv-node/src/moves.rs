@@ -235,6 +235,30 @@ async fn run(
             tokio::time::sleep(CATCH_UP_POLL).await;
         }
     }
+    if voters != *desired && !desired.contains(&st.config.id) {
+        // This leader is leaving the partition: hand leadership to a voter that stays (the
+        // map's target leader if it can), which then finishes the move, instead of leaving
+        // the group leaderless for an election after the change.
+        let target = layout.placement.leaders().get(&p).map(|n| n.0);
+        let status = group.status().await;
+        let staying = target
+            .into_iter()
+            .chain(desired.iter().copied())
+            .find(|id| voters.contains(id) && crate::leadership::keeps_up(&status, *id));
+        if let Some(to) = staying {
+            still_current()?;
+            tracing::info!(
+                partition = p.0,
+                to,
+                "handing leadership over before leaving"
+            );
+            match group.transfer_leader(to).await {
+                Ok(()) => return Ok(()),
+                // Change the voters from here then; the group elects a leader afterwards.
+                Err(e) => tracing::warn!(partition = p.0, to, error = %e, "handover failed"),
+            }
+        }
+    }
     if voters != *desired {
         still_current()?;
         st.moves.update(p, |m| {

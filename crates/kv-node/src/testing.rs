@@ -420,6 +420,40 @@ impl TestCluster {
         .await
     }
 
+    /// Wait until every partition is led by its target leader (`Placement::leaders` of the
+    /// map as node `via` sees it); returns the number of partitions each node leads.
+    pub async fn wait_leaders_balanced(
+        &self,
+        via: u64,
+        timeout: Duration,
+    ) -> Result<BTreeMap<u64, usize>> {
+        wait_until(timeout, "leaders on their targets", || async {
+            let s = self.status(via).await?;
+            let ids: Vec<kv_ring::NodeId> =
+                s.members.iter().map(|m| kv_ring::NodeId(m.id)).collect();
+            let params = kv_ring::RingParams {
+                partitions: s.partitions,
+                replication_factor: s.replication_factor,
+                vnodes: s.vnodes,
+            };
+            let targets = kv_ring::Placement::compute(&ids, params)?.leaders();
+            let mut led = BTreeMap::new();
+            for g in &s.groups {
+                let Some(p) = g.partition else { continue };
+                let target = targets.get(&kv_ring::PartitionId(p)).map(|n| n.0);
+                if g.leader.is_none() || g.leader != target {
+                    return Err(anyhow!(
+                        "partition {p} is led by {:?}, its target is {target:?}",
+                        g.leader
+                    ));
+                }
+                *led.entry(g.leader.unwrap_or_default()).or_default() += 1;
+            }
+            Ok(Some(led))
+        })
+        .await
+    }
+
     /// Partitions node `id` hosts a Raft group for, from its own view.
     pub async fn hosted(&self, id: u64) -> Result<std::collections::BTreeSet<u32>> {
         let r = self

@@ -72,6 +72,13 @@ async fn joining_nodes_take_over_only_the_partitions_the_ring_moves() {
         .await
         .unwrap();
 
+    // Once the moves settled, leaderships spread over all five nodes.
+    let led = c
+        .wait_leaders_balanced(1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(led.len(), 5, "every node leads a partition: {led:?}");
+
     // No acknowledged write was lost, and every node reads them linearizably.
     let sample: Vec<_> = acked.iter().step_by(7).cloned().collect();
     c.assert_readable(&sample).await.unwrap();

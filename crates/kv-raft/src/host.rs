@@ -173,16 +173,17 @@ impl RaftHost {
     }
 
     /// Make `members` the first membership of group `id`. Calling it on every initial member
-    /// with the same members is safe; a group that already has state ignores it.
+    /// with the same members is safe; a group that already has state ignores it. Returns
+    /// whether this call initialized the group.
     pub async fn initialize(
         &self,
         id: GroupId,
         members: BTreeMap<u64, BasicNode>,
-    ) -> Result<(), GroupError> {
+    ) -> Result<bool, GroupError> {
         let group = self.group(id).ok_or(GroupError::UnknownGroup(id.0))?;
         match group.raft.initialize(members).await {
-            Ok(()) => Ok(()),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
             Err(RaftError::APIError(e)) => Err(GroupError::BadRequest(e.to_string())),
             Err(RaftError::Fatal(f)) => Err(GroupError::Stopped(f.to_string())),
         }

@@ -177,3 +177,16 @@ impl Group {
         Ok((m.current_term, addr))
     }
 }
+
+impl Group {
+    /// Start an election on this replica at once instead of waiting for the election timer:
+    /// used right after a group is created so that the replica meant to lead it usually wins
+    /// the first election. A no-op on a leader or a learner.
+    pub async fn campaign(&self) -> Result<(), GroupError> {
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| GroupError::Stopped(e.to_string()))
+    }
+}

@@ -1,0 +1,118 @@
+//! Leadership balance: each partition has a target leader (`Placement::leaders`, spread evenly
+//! over the members), and a node leading a partition whose target is another node hands the
+//! leadership over once the partition has settled (no move in flight, voters as the map says,
+//! the target holding the whole log). A transfer pauses the partition's writes for about one
+//! leader lease, so transfers run one at a time per node, and a partition whose transfer failed
+//! is left alone for a while.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use kv_ring::PartitionId;
+
+use crate::placement::partition_of_group;
+use crate::state::AppState;
+
+/// How often a node looks for leaderships to hand over.
+const BALANCE_EVERY: Duration = Duration::from_secs(1);
+/// How long a partition is left alone after a failed transfer.
+const BACKOFF_AFTER_FAILURE: Duration = Duration::from_secs(10);
+
+/// Hand leaderships to their target leaders until `stop` turns true.
+pub async fn balance_loop(st: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(BALANCE_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed: BTreeMap<u32, Instant> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        balance_once(&st, &mut failed).await;
+    }
+}
+
+/// Hand over at most one leadership.
+async fn balance_once(st: &AppState, failed: &mut BTreeMap<u32, Instant>) {
+    // Moves change voters and may hand leadership over themselves; balance once they are done.
+    if st.epoch().is_none() || !st.moves.is_idle() {
+        return;
+    }
+    failed.retain(|_, at| at.elapsed() < BACKOFF_AFTER_FAILURE);
+    let layout = st.layout();
+    let targets = layout.placement.leaders();
+    let me = st.config.id;
+    for group in st.host.groups() {
+        let Some(p) = partition_of_group(group.id()) else {
+            continue;
+        };
+        if !group.is_leader() || failed.contains_key(&p.0) {
+            continue;
+        }
+        let Some(target) = targets.get(&p).map(|n| n.0) else {
+            continue;
+        };
+        let desired: BTreeSet<u64> = layout.replicas(p).into_iter().collect();
+        let (voters, learners) = group.members();
+        if target == me || voters != desired || !learners.is_empty() {
+            continue;
+        }
+        // A transfer holds the partition's writes while it runs: only try a target that is
+        // keeping up and answering.
+        if !keeps_up(&group.status().await, target) || !answers(st, &layout, target).await {
+            continue;
+        }
+        transfer(st, p, &group, target, failed).await;
+        return;
+    }
+}
+
+/// Entries a replica may lag behind the leader and still count as keeping up.
+const MAX_LAG: u64 = 64;
+
+/// On the leader's status: whether replica `id` holds the log to within [`MAX_LAG`] entries
+/// (a transfer then waits for the rest with writes held, which takes a moment).
+pub fn keeps_up(status: &kv_raft::GroupStatus, id: u64) -> bool {
+    let last = status.last_log_index.unwrap_or(0);
+    let matched = status
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).copied().flatten());
+    matched.is_some_and(|m| last.saturating_sub(m) <= MAX_LAG)
+}
+
+async fn answers(st: &AppState, layout: &crate::placement::Layout, id: u64) -> bool {
+    let Some(addr) = layout.addr(id) else {
+        return false;
+    };
+    st.http
+        .get(format!("http://{addr}/health"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+async fn transfer(
+    st: &AppState,
+    p: PartitionId,
+    group: &kv_raft::Group,
+    target: u64,
+    failed: &mut BTreeMap<u32, Instant>,
+) {
+    tracing::info!(
+        node = st.config.id,
+        partition = p.0,
+        to = target,
+        "handing leadership to the partition's target leader"
+    );
+    match group.transfer_leader(target).await {
+        Ok(()) => metrics::counter!("kv_leader_transfers_total", "result" => "ok").increment(1),
+        Err(e) => {
+            metrics::counter!("kv_leader_transfers_total", "result" => "failed").increment(1);
+            tracing::warn!(partition = p.0, to = target, error = %e, "leadership transfer failed");
+            failed.insert(p.0, Instant::now());
+        }
+    }
+}
