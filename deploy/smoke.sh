@@ -12,7 +12,9 @@
 #      `docker network connect` it again: it catches up;
 #   6. start node4 and node5 (profile grow): they join, partitions move onto them, and they
 #      read every earlier write;
-#   7. tear everything down (`down -v --remove-orphans`, also on failure or Ctrl-C) and check
+#   7. node5 leaves (`DELETE /v1/cluster/nodes/5`): the answer comes once its partitions moved
+#      off it; it is stopped and every earlier write still reads through the other four;
+#   8. tear everything down (`down -v --remove-orphans`, also on failure or Ctrl-C) and check
 #      that no container, network or volume of the project is left.
 #
 # Every wait has a deadline. Prints `smoke: PASS` last on success; exits non-zero otherwise.
@@ -412,3 +414,22 @@ for n in 4 5; do
     done
 done
 log "grow: the joined nodes read every earlier write"
+
+# --- shrink: node5 leaves (drained through node2), then it is stopped ---------------------------
+leave_ms=$(date +%s%3N)
+leave_node5() {
+    REQ_TIMEOUT=100 req DELETE "$KV_PORT_2" "/v1/cluster/nodes/5?wait=90s"
+    [[ $CODE != 503 ]] # 503: the metadata group is electing a leader; ask again
+}
+wait_until 30 "an answer to node5's leave" leave_node5
+[[ $CODE == 200 && $BODY == *'"status":"removed"'* ]] || fail "node5 leave: $CODE '$BODY'"
+log "shrink: node5 drained and removed in $((($(date +%s%3N) - leave_ms))) ms"
+dc stop node5 >/dev/null 2>&1 || fail "stopping node5 failed"
+for n in 1 4; do
+    for p in "${!pkey[@]}"; do
+        req GET "$(port_of "$n")" "/v1/kv/${pkey[$p]}"
+        [[ $CODE == 200 && $BODY == "while-cut-$p-$run_tag" ]] ||
+            fail "GET ${pkey[$p]} via node$n after node5 left: $CODE '$BODY'"
+    done
+done
+log "shrink: four nodes serve every earlier write"
