@@ -18,7 +18,8 @@ Exit codes:
   1  not found (the key, or the node of `cluster leave`)
   2  usage error
   3  precondition failed (cas, create, delete --if-version)
-  4  cluster unavailable or unreachable (no leader or quorum, connection refused, timeout)
+  4  cluster unavailable or unreachable (no leader or quorum, connection refused, timeout),
+     or a `cluster leave` whose drain has not finished within --timeout
   5  any other error (invalid input such as a value too large, server error, local I/O)
 
 Errors are one line on stderr starting with `error: `; with --json, also one JSON object

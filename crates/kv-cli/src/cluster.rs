@@ -26,17 +26,17 @@ async fn join(client: &kv_client::Client, args: &JoinArgs) -> Result<Outcome, Cl
 
 async fn leave(client: &kv_client::Client, args: &LeaveArgs) -> Result<Outcome, CliError> {
     let result = client.leave(args.id, args.force).await?;
-    Ok(Outcome::Done(if result.status == "removed" {
-        format!(
-            "node {} left the cluster (map epoch {}); it holds no partition and may be stopped",
-            args.id, result.epoch
-        )
-    } else {
-        format!(
-            "node {} is draining (map epoch {}): {} partitions still count it; run the command again to keep waiting",
+    if result.status != "removed" {
+        // Not a success: a script that stops the node next must not do so yet.
+        return Err(CliError::Unreachable(format!(
+            "node {} is still draining (map epoch {}): {} partitions still count it; run the command again to keep waiting",
             args.id,
             result.epoch,
             result.remaining.len()
-        )
-    }))
+        )));
+    }
+    Ok(Outcome::Done(format!(
+        "node {} left the cluster (map epoch {}); it holds no partition and may be stopped",
+        args.id, result.epoch
+    )))
 }

@@ -137,7 +137,8 @@ pub struct MoveStatus {
     /// Voters the map asks for.
     pub to: Vec<u64>,
     /// `queued` (waiting for a move slot), `catching_up` (new replicas receive the log or a
-    /// snapshot), `changing_voters` (joint consensus), `removing_learners`.
+    /// snapshot), `changing_voters` (joint consensus), `removing_learners`, or `stalled` (a
+    /// new replica made no progress for 30 s; retried 30 s later, or at once on a new map).
     pub phase: String,
     /// New replicas still catching up: the log index each holds, and the index it must reach.
     #[serde(default)]
@@ -154,6 +155,18 @@ pub struct LearnerProgress {
     pub matched: Option<u64>,
     /// Log index it must hold before the voters change.
     pub target: u64,
+}
+
+/// Answer to `GET /v1/cluster/map`: the partition map the answering node routes by, in short
+/// (the placement follows from the members and the ring parameters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapSummary {
+    /// The map's epoch; `null` before the node has adopted one.
+    pub epoch: Option<u64>,
+    pub members: Vec<Member>,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub vnodes: u32,
 }
 
 /// One cluster member.

@@ -375,11 +375,11 @@ impl Client {
     /// time ran out first; call again to keep waiting. A `503` is returned at once as
     /// [`Error::Unavailable`], not retried.
     pub async fn leave(&self, id: u64, force: bool) -> Result<LeaveResult> {
-        // Leave a second of the deadline for the answer to travel back.
+        // Leave two seconds of the deadline for the last check and the answer's way back.
         let wait = self
             .inner
             .timeout
-            .saturating_sub(Duration::from_secs(1))
+            .saturating_sub(Duration::from_secs(2))
             .as_millis();
         let mut call = Call::new(
             Method::DELETE,

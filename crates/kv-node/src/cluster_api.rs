@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kv_client::api::{ClusterStatus, GroupStatus, LeaveResult, Member, MoveStatus};
+use kv_client::api::{ClusterStatus, GroupStatus, LeaveResult, MapSummary, Member, MoveStatus};
 use kv_ring::PartitionId;
 use serde_json::json;
 
@@ -41,25 +41,7 @@ pub async fn status(
 /// replicas that host them, and every member's moves.
 pub async fn cluster_view(st: &AppState) -> ClusterStatus {
     let mut status = local_status(st).await;
-    let peers: Vec<String> = status
-        .members
-        .iter()
-        .filter(|m| m.id != st.config.id)
-        .map(|m| m.addr.clone())
-        .collect();
-    let answers = futures::future::join_all(peers.iter().map(|addr| {
-        st.http
-            .get(format!("http://{addr}/v1/cluster?scope=local"))
-            .timeout(std::time::Duration::from_secs(1))
-            .send()
-    }))
-    .await;
-    let mut seen: Vec<ClusterStatus> = Vec::new();
-    for answer in answers.into_iter().flatten() {
-        if let Ok(s) = answer.json::<ClusterStatus>().await {
-            seen.push(s);
-        }
-    }
+    let seen = member_views(st).await;
     for g in status.groups.iter_mut().filter(|g| g.role == "none") {
         // Prefer the replica that leads the partition; else the one with the highest term.
         let best = seen
@@ -98,6 +80,56 @@ pub async fn cluster_view(st: &AppState) -> ClusterStatus {
     }
     status.moves = moves.into_values().collect();
     status
+}
+
+/// What every other member of the map sees (`/v1/cluster?scope=local`), asked concurrently;
+/// members that do not answer within a second are left out.
+pub async fn member_views(st: &AppState) -> Vec<ClusterStatus> {
+    let layout = st.layout();
+    let peers: Vec<&String> = layout
+        .members
+        .iter()
+        .filter(|(id, _)| **id != st.config.id)
+        .map(|(_, addr)| addr)
+        .collect();
+    let answers = futures::future::join_all(peers.iter().map(|addr| async move {
+        let answer = st
+            .http
+            .get(format!("http://{addr}/v1/cluster?scope=local"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?;
+        answer.json::<ClusterStatus>().await.ok()
+    }))
+    .await;
+    answers.into_iter().flatten().collect()
+}
+
+/// `GET /v1/cluster/map`: the map this node routes by, in short. Cheap: peers poll it to
+/// compare epochs.
+pub async fn map(State(st): State<AppState>) -> Json<MapSummary> {
+    Json(map_summary(&st))
+}
+
+/// The map this node routes by, in short.
+pub fn map_summary(st: &AppState) -> MapSummary {
+    let layout = st.layout();
+    let params = layout.placement.params();
+    MapSummary {
+        epoch: st.epoch(),
+        members: layout
+            .members
+            .iter()
+            .map(|(id, addr)| Member {
+                id: *id,
+                addr: addr.clone(),
+            })
+            .collect(),
+        partitions: params.partitions,
+        replication_factor: params.replication_factor,
+        vnodes: params.vnodes,
+    }
 }
 
 async fn local_status(st: &AppState) -> ClusterStatus {
@@ -294,8 +326,9 @@ pub struct LeaveParams {
     wait: Option<String>,
 }
 
-/// How long `DELETE /v1/cluster/nodes/{id}` waits for the drain by default.
+/// How long `DELETE /v1/cluster/nodes/{id}` waits for the drain by default, and at most.
 const DEFAULT_LEAVE_WAIT: Duration = Duration::from_secs(60);
+const MAX_LEAVE_WAIT: Duration = Duration::from_secs(600);
 
 fn parse_wait(text: &str) -> Option<Duration> {
     let text = text.trim();
@@ -327,12 +360,17 @@ pub async fn leave(
         params.map_err(|r| ApiError::bad_request("invalid_query", r.body_text()))?;
     let wait = match params.wait.as_deref() {
         None => DEFAULT_LEAVE_WAIT,
-        Some(text) => parse_wait(text).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!("wait={text:?} is not a duration like 30s or 500ms"),
-            )
-        })?,
+        Some(text) => parse_wait(text)
+            .filter(|w| *w <= MAX_LEAVE_WAIT)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!(
+                        "wait={text:?} is not a duration like 30s or 500ms of at most {}s",
+                        MAX_LEAVE_WAIT.as_secs()
+                    ),
+                )
+            })?,
     };
     let removed = match meta_leader_elsewhere(&st)? {
         // The metadata leader changes the map; this node waits for the drain, so the relayed
@@ -364,7 +402,7 @@ pub async fn leave(
             code: "not_member",
             message,
         }) => {
-            if remaining(&st, id).await == (Vec::new(), false) {
+            if !presence(&st, id).await.seen {
                 return Err(ApiError::NotFound {
                     code: "not_member",
                     message,
@@ -376,8 +414,12 @@ pub async fn leave(
     };
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let (left, in_metadata) = remaining(&st, id).await;
-        let done = left.is_empty() && !in_metadata;
+        let Presence {
+            partitions: left,
+            metadata,
+            ..
+        } = presence(&st, id).await;
+        let done = left.is_empty() && !metadata;
         if done || tokio::time::Instant::now() >= deadline {
             let body = LeaveResult {
                 id,
@@ -399,20 +441,40 @@ pub async fn leave(
 /// How often a waiting leave request re-checks the groups.
 const LEAVE_POLL: Duration = Duration::from_millis(200);
 
-/// Where node `id` still is a member (voter or learner), as the replicas see it: the
-/// partitions (a partition nobody reports on counts), and whether the metadata group does.
-async fn remaining(st: &AppState, id: u64) -> (Vec<u32>, bool) {
-    let view = cluster_view(st).await;
-    let mut partitions = Vec::new();
-    let mut metadata = false;
-    for g in &view.groups {
-        let member = g.voters.is_empty() || g.voters.contains(&id) || g.learners.contains(&id);
-        match g.partition {
-            Some(p) if member => partitions.push(p),
-            Some(_) => {}
-            None => metadata = member,
+/// Where node `id` still is a member, as the groups' leaders see it (a removed replica's own
+/// view can stay stale forever: the leader stops replicating to it).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Presence {
+    /// Partitions whose leader counts the node as voter or learner, or that have no leader
+    /// anyone reports (unknown counts as present).
+    partitions: Vec<u32>,
+    /// The metadata group's leader counts it (or no leader is known).
+    metadata: bool,
+    /// Some leader positively counts it.
+    seen: bool,
+}
+
+async fn presence(st: &AppState, id: u64) -> Presence {
+    let mut views = member_views(st).await;
+    views.push(local_status(st).await);
+    let layout = st.layout();
+    let mut out = Presence::default();
+    let groups = std::iter::once(None).chain((0..layout.partitions()).map(Some));
+    for partition in groups {
+        let leader_view = views
+            .iter()
+            .flat_map(|v| v.groups.iter())
+            .filter(|g| g.partition == partition && g.role == "leader")
+            .max_by_key(|g| g.term);
+        let counted =
+            leader_view.is_some_and(|g| g.voters.contains(&id) || g.learners.contains(&id));
+        out.seen |= counted;
+        if counted || leader_view.is_none() {
+            match partition {
+                Some(p) => out.partitions.push(p),
+                None => out.metadata = true,
+            }
         }
     }
-    partitions.sort_unstable();
-    (partitions, metadata)
+    out
 }

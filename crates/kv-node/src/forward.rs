@@ -101,14 +101,17 @@ impl Incoming {
 
 /// Where a request for partition `p` should go. `need_leader` is false for stale reads, which
 /// any replica may serve.
-pub fn route(st: &AppState, p: PartitionId, need_leader: bool) -> Result<Route, ApiError> {
+pub async fn route(st: &AppState, p: PartitionId, need_leader: bool) -> Result<Route, ApiError> {
     if let Some(group) = st.host.group(group_of(p)) {
         if !need_leader || group.is_leader() {
             return Ok(Route::Local(group));
         }
-        return match group.leader() {
-            Some((id, addr)) if id != st.config.id => Ok(Route::Forward(vec![addr])),
-            _ => Err(ApiError::unavailable(format!(
+        // During an election or a leadership transfer there is briefly no leader: wait for
+        // one (within the request timeout) rather than fail at once.
+        return match group.wait_for_leader(st.config.raft.request_timeout).await {
+            Some((id, _)) if id == st.config.id => Ok(Route::Local(group)),
+            Some((_, addr)) => Ok(Route::Forward(vec![addr])),
+            None => Err(ApiError::unavailable(format!(
                 "partition {} has no leader yet",
                 p.0
             ))),

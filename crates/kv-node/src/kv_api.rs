@@ -160,7 +160,7 @@ where
     F: FnOnce(Group) -> Fut,
     Fut: Future<Output = Result<Response, GroupError>>,
 {
-    match route(st, p, need_leader)? {
+    match route(st, p, need_leader).await? {
         Route::Forward(addrs) => forward_any(st, &addrs, &req).await,
         Route::Local(group) => match local(group).await {
             Ok(mut resp) => {

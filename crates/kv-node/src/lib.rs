@@ -151,6 +151,7 @@ impl Node {
         let _ = self.shutdown.send(true);
         let _ = self.reconciler.await;
         let _ = self.balancer.await;
+        self.state.moves.abort_all();
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(joined) => joined??,
             Err(_) => tracing::warn!("in-flight requests did not finish within 10s"),

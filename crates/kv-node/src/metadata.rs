@@ -26,6 +26,8 @@ pub const MAX_META_VOTERS: usize = 5;
 const MAP_KEY: &[u8] = b"cluster/map";
 /// How often a node re-checks the map and the metadata group's members.
 const RECONCILE_EVERY: Duration = Duration::from_millis(100);
+/// How often a node checks whether the cluster removed it while it was away.
+const REMOVAL_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// What the metadata group stores under `cluster/map`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +84,7 @@ pub async fn local_map(st: &AppState) -> anyhow::Result<Option<(u64, ClusterMap)
 pub async fn reconcile_loop(st: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(RECONCILE_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_removal_check = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -90,7 +93,78 @@ pub async fn reconcile_loop(st: AppState, mut stop: tokio::sync::watch::Receiver
         if let Err(e) = reconcile_once(&st).await {
             tracing::debug!(node = st.config.id, error = %format!("{e:#}"), "metadata reconcile");
         }
+        if last_removal_check.elapsed() >= REMOVAL_CHECK_EVERY {
+            last_removal_check = tokio::time::Instant::now();
+            if let Err(e) = notice_removal(&st).await {
+                tracing::debug!(node = st.config.id, error = %format!("{e:#}"), "removal check");
+            }
+        }
     }
+}
+
+/// A node the cluster removed while it was down (or cut off) never hears of it through group 0:
+/// the leader stopped replicating to it. So a node compares its map with the metadata leader's
+/// (or, with no leader known, any member's) now and then; if that map is newer and leaves it
+/// out, it adopts it, stops counting itself a member and drops its partitions.
+async fn notice_removal(st: &AppState) -> anyhow::Result<()> {
+    let me = st.config.id;
+    let Some(mine) = st.epoch() else {
+        return Ok(());
+    };
+    if !st.layout().members.contains_key(&me) {
+        return Ok(());
+    }
+    let leader = st
+        .host
+        .group(META_GROUP)
+        .and_then(|g| g.leader())
+        .filter(|(id, _)| *id != me)
+        .map(|(_, addr)| addr);
+    let layout = st.layout();
+    let peers: Vec<String> = match leader {
+        Some(addr) => vec![addr],
+        None => layout
+            .members
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(_, a)| a.clone())
+            .collect(),
+    };
+    for addr in peers {
+        let answer = st
+            .http
+            .get(format!("http://{addr}/v1/cluster/map"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await;
+        let Ok(answer) = answer else { continue };
+        let Ok(theirs) = answer.json::<kv_client::api::MapSummary>().await else {
+            continue;
+        };
+        let Some(epoch) = theirs.epoch.filter(|e| *e > mine) else {
+            continue;
+        };
+        if theirs.members.iter().any(|m| m.id == me) {
+            // Still a member: group 0 brings the newer map here soon enough.
+            return Ok(());
+        }
+        let members: BTreeMap<u64, String> =
+            theirs.members.into_iter().map(|m| (m.id, m.addr)).collect();
+        let params = RingParams {
+            partitions: theirs.partitions,
+            replication_factor: theirs.replication_factor,
+            vnodes: theirs.vnodes,
+        };
+        let layout = Layout::compute(members, params)?;
+        tracing::warn!(
+            node = me,
+            epoch,
+            "the cluster removed this node while it was away; dropping its partitions"
+        );
+        st.set_layout(layout, epoch);
+        return Ok(());
+    }
+    Ok(())
 }
 
 async fn reconcile_once(st: &AppState) -> anyhow::Result<()> {
@@ -163,11 +237,14 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|r| r.get(id).copied().flatten())
             .is_some_and(|matched| matched >= epoch);
+        if has_map {
+            continue;
+        }
         let down = match status.nodes.get(id) {
             Some(addr) => !answers_health(st, addr).await,
             None => true,
         };
-        former_pending |= !has_map && !down;
+        former_pending |= !down;
     }
     if former_pending {
         return Ok(());
@@ -322,6 +399,23 @@ pub async fn remove_member(st: &AppState, id: u64, force: bool) -> Result<u64, A
                     ),
                 });
             }
+        }
+    }
+    // Partitions move onto the remaining members: they must all be up, or those moves stall.
+    let others: Vec<(u64, String)> = local_map(st)
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, map)| map.members.into_iter().filter(|(m, _)| *m != id).collect())
+        .unwrap_or_default();
+    for (other, addr) in &others {
+        if !answers_health(st, addr).await {
+            return Err(ApiError::Conflict {
+                code: "member_unreachable",
+                message: format!(
+                    "node {other} does not answer at {addr}, and partitions of node {id} would move onto it; bring it back, or remove it first"
+                ),
+            });
         }
     }
     let epoch = change_members(st, |members| {

@@ -32,6 +32,7 @@ enum Phase {
     CatchingUp,
     ChangingVoters,
     RemovingLearners,
+    Stalled,
 }
 
 impl Phase {
@@ -41,6 +42,7 @@ impl Phase {
             Phase::CatchingUp => "catching_up",
             Phase::ChangingVoters => "changing_voters",
             Phase::RemovingLearners => "removing_learners",
+            Phase::Stalled => "stalled",
         }
     }
 }
@@ -59,6 +61,8 @@ struct Progress {
 pub struct Moves {
     running: Mutex<BTreeMap<u32, Progress>>,
     slots: Arc<tokio::sync::Semaphore>,
+    /// The move tasks, so shutdown can stop them.
+    tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Moves {
@@ -66,6 +70,7 @@ impl Moves {
         Moves {
             running: Mutex::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(max_concurrent.max(1))),
+            tasks: Mutex::default(),
         }
     }
 
@@ -103,6 +108,21 @@ impl Moves {
         self.running().is_empty()
     }
 
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap finished moves so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// Stop every move (on shutdown); the next leader of each partition re-plans it.
+    pub fn abort_all(&self) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .abort_all();
+    }
+
     fn update(&self, p: PartitionId, f: impl FnOnce(&mut Progress)) {
         if let Some(m) = self.running().get_mut(&p.0) {
             f(m);
@@ -115,6 +135,7 @@ pub async fn reconcile(st: &AppState) {
     let layout = st.layout();
     let Some(epoch) = st.epoch() else { return };
     let me = st.config.id;
+    let mut moved_away = Vec::new();
     for group in st.host.groups() {
         let Some(p) = partition_of_group(group.id()) else {
             continue;
@@ -126,12 +147,33 @@ pub async fn reconcile(st: &AppState) {
                 start(st, p, group.clone(), desired, epoch);
             }
         } else if !desired.contains(&me) {
-            if let Err(e) = maybe_drop(st, p, &group).await {
-                tracing::debug!(partition = p.0, error = %format!("{e:#}"), "dropping a moved-away copy");
-            }
+            moved_away.push((p, group));
+        }
+    }
+    if !moved_away.is_empty() {
+        if let Err(e) = drop_moved_away(st, epoch, moved_away).await {
+            tracing::debug!(error = %format!("{e:#}"), "dropping moved-away copies");
         }
     }
 }
+
+/// How a move ended.
+enum Finish {
+    /// The voters are the map's replicas.
+    Done,
+    /// This leader was leaving the partition and handed leadership to a staying voter, which
+    /// finishes the move.
+    HandedOver,
+    /// A new replica made no progress for [`STALL_AFTER`]: the move steps aside for a while.
+    Stalled(u64),
+}
+
+/// A catch-up that makes no progress for this long is abandoned for [`STALL_BACKOFF`], so a
+/// dead or unreachable new replica does not hold a move slot forever.
+const STALL_AFTER: Duration = Duration::from_secs(30);
+const STALL_BACKOFF: Duration = Duration::from_secs(30);
+/// Pause before a move that stopped on an error is planned again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Run the move of `p` to `desired` in the background unless one is already running or queued.
 fn start(st: &AppState, p: PartitionId, group: kv_raft::Group, desired: BTreeSet<u64>, epoch: u64) {
@@ -153,18 +195,41 @@ fn start(st: &AppState, p: PartitionId, group: kv_raft::Group, desired: BTreeSet
         );
     }
     metrics::counter!("kv_moves_started_total").increment(1);
-    let st = st.clone();
-    tokio::spawn(async move {
+    let task_state = st.clone();
+    st.moves.spawn(async move {
+        let st = task_state;
         let slots = st.moves.slots.clone();
-        if let Ok(_permit) = slots.acquire_owned().await {
-            match run(&st, p, &group, &desired, epoch).await {
-                Ok(()) => {
-                    metrics::counter!("kv_moves_completed_total").increment(1);
+        let finish = match slots.acquire_owned().await {
+            Ok(_permit) => run(&st, p, &group, &desired, epoch).await,
+            Err(_) => return,
+        };
+        match finish {
+            Ok(Finish::Done) => metrics::counter!("kv_moves_completed_total").increment(1),
+            Ok(Finish::HandedOver) => {
+                metrics::counter!("kv_moves_handed_over_total").increment(1)
+            }
+            Ok(Finish::Stalled(node)) => {
+                metrics::counter!("kv_moves_stalled_total").increment(1);
+                tracing::warn!(
+                    partition = p.0,
+                    node,
+                    "partition move stalled: the new replica makes no progress; retrying later"
+                );
+                // Keep the entry (shown as stalled) so the reconcile does not restart the move
+                // at once, but without the slot; a new map ends the wait early.
+                st.moves.update(p, |m| m.phase = Phase::Stalled);
+                let until = tokio::time::Instant::now() + STALL_BACKOFF;
+                while tokio::time::Instant::now() < until && st.epoch() == Some(epoch) {
+                    tokio::time::sleep(CATCH_UP_POLL * 4).await;
                 }
-                Err(e) => {
-                    metrics::counter!("kv_moves_abandoned_total").increment(1);
-                    tracing::warn!(partition = p.0, error = %format!("{e:#}"), "partition move stopped; the next reconcile re-plans it");
-                }
+            }
+            Err(e) => {
+                metrics::counter!("kv_moves_abandoned_total").increment(1);
+                tracing::warn!(partition = p.0, error = %format!("{e:#}"), "partition move stopped; re-planning shortly");
+                // Not at once: whatever stopped it (no metadata leader, no quorum) rarely
+                // clears within a reconcile tick.
+                st.moves.update(p, |m| m.phase = Phase::Queued);
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
         st.moves.running().remove(&p.0);
@@ -179,7 +244,7 @@ async fn run(
     group: &kv_raft::Group,
     desired: &BTreeSet<u64>,
     epoch: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Finish> {
     let still_current = || -> anyhow::Result<()> {
         if st.epoch() != Some(epoch) {
             anyhow::bail!("the cluster map changed; re-planning");
@@ -190,6 +255,9 @@ async fn run(
         Ok(())
     };
     still_current()?;
+    // A node that was away may route by an old map for a moment: never move a partition for
+    // a map the metadata leader has already replaced.
+    confirm_epoch(st, epoch).await?;
     let layout = st.layout();
     let (voters, learners) = group.members();
     let new: Vec<u64> = desired
@@ -217,6 +285,7 @@ async fn run(
         }
         // Everything up to (at least) the membership entry that added them.
         let target = group.status().await.last_log_index.unwrap_or(0);
+        let mut last_progress = (BTreeMap::new(), Instant::now());
         loop {
             still_current()?;
             let status = group.status().await;
@@ -228,10 +297,24 @@ async fn run(
                 caught_up &= matched.is_some_and(|m| m >= target);
                 progress.insert(*id, (matched, target));
             }
-            st.moves.update(p, |m| m.learners = progress);
             if caught_up {
                 break;
             }
+            if progress != last_progress.0 {
+                last_progress = (progress.clone(), Instant::now());
+            } else if last_progress.1.elapsed() >= STALL_AFTER {
+                let slow = new
+                    .iter()
+                    .copied()
+                    .find(|id| {
+                        progress
+                            .get(id)
+                            .is_some_and(|(m, t)| m.is_none_or(|m| m < *t))
+                    })
+                    .unwrap_or_default();
+                return Ok(Finish::Stalled(slow));
+            }
+            st.moves.update(p, |m| m.learners = progress);
             tokio::time::sleep(CATCH_UP_POLL).await;
         }
     }
@@ -253,7 +336,7 @@ async fn run(
                 "handing leadership over before leaving"
             );
             match group.transfer_leader(to).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Finish::HandedOver),
                 // Change the voters from here then; the group elects a leader afterwards.
                 Err(e) => tracing::warn!(partition = p.0, to, error = %e, "handover failed"),
             }
@@ -278,50 +361,82 @@ async fn run(
         group.remove_learners(stray).await?;
     }
     tracing::info!(partition = p.0, voters = ?desired, "move done");
-    Ok(())
+    Ok(Finish::Done)
 }
 
-/// Drop this node's copy of partition `p` once the group no longer counts it in: its own view
-/// says so (a removed leader learns the final membership), or the group's current leader, found
-/// among the replicas the map assigns, does (a removed follower never hears of the change).
-async fn maybe_drop(st: &AppState, p: PartitionId, group: &kv_raft::Group) -> anyhow::Result<()> {
+/// Fail unless the metadata leader's map is the one of `epoch` (or older): this node must not
+/// act on a map that has been replaced.
+async fn confirm_epoch(st: &AppState, epoch: u64) -> anyhow::Result<()> {
+    let meta = st
+        .host
+        .group(crate::metadata::META_GROUP)
+        .ok_or_else(|| anyhow::anyhow!("no metadata group here"))?;
+    let Some((leader, addr)) = meta.leader() else {
+        anyhow::bail!("the metadata group has no leader to confirm the map with");
+    };
+    if leader == st.config.id {
+        return Ok(());
+    }
+    let theirs: kv_client::api::MapSummary = st
+        .http
+        .get(format!("http://{addr}/v1/cluster/map"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await?
+        .json()
+        .await?;
+    match theirs.epoch {
+        Some(e) if e > epoch => {
+            anyhow::bail!("the metadata leader has a newer map ({e} > {epoch})")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Drop this node's copies of partitions the map took away from it, once the group no longer
+/// counts it in: its own view says so (a removed leader learns the final membership), or the
+/// group's current leader (the highest-term leader any member reports) does (a removed follower
+/// never hears of the change). A leader that routes by a newer map than ours may be about to
+/// add us back: then wait until we have that map too.
+async fn drop_moved_away(
+    st: &AppState,
+    epoch: u64,
+    copies: Vec<(PartitionId, kv_raft::Group)>,
+) -> anyhow::Result<()> {
     let me = st.config.id;
-    let own = group.status().await;
-    let mut removed = !own.voters.is_empty() && !own.nodes.contains_key(&me);
-    if !removed {
-        let layout = st.layout();
-        for id in layout.replicas(p) {
-            let Some(addr) = layout.addr(id) else {
-                continue;
-            };
-            let answer = st
-                .http
-                .get(format!("http://{addr}/v1/cluster?scope=local"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            let Ok(answer) = answer else { continue };
-            let Ok(status) = answer.json::<kv_client::api::ClusterStatus>().await else {
-                continue;
-            };
-            let leader_view = status
-                .groups
+    let mut views = None;
+    for (p, group) in copies {
+        let own = group.status().await;
+        let mut removed = !own.voters.is_empty() && !own.nodes.contains_key(&me);
+        if !removed {
+            if views.is_none() {
+                views = Some(crate::cluster_api::member_views(st).await);
+            }
+            let leader_view = views
                 .iter()
-                .find(|g| g.partition == Some(p.0) && g.role == "leader");
-            if let Some(g) = leader_view {
-                removed =
-                    !g.voters.is_empty() && !g.voters.contains(&me) && !g.learners.contains(&me);
-                break;
+                .flatten()
+                .filter_map(|v| {
+                    v.groups
+                        .iter()
+                        .find(|g| g.partition == Some(p.0) && g.role == "leader")
+                        .map(|g| (v.epoch, g))
+                })
+                .max_by_key(|(_, g)| g.term);
+            if let Some((their_epoch, g)) = leader_view {
+                removed = their_epoch <= Some(epoch)
+                    && !g.voters.is_empty()
+                    && !g.voters.contains(&me)
+                    && !g.learners.contains(&me);
             }
         }
-    }
-    if removed {
-        tracing::info!(
-            partition = p.0,
-            "this node is no longer a replica; dropping its copy"
-        );
-        st.host.close_group(group.id()).await?;
-        metrics::counter!("kv_partition_copies_dropped_total").increment(1);
+        if removed {
+            tracing::info!(
+                partition = p.0,
+                "this node is no longer a replica; dropping its copy"
+            );
+            st.host.close_group(group.id()).await?;
+            metrics::counter!("kv_partition_copies_dropped_total").increment(1);
+        }
     }
     Ok(())
 }

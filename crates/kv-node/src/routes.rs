@@ -35,6 +35,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/kv", get(kv_api::scan))
         .route("/v1/partitions/{p}/scan", get(kv_api::scan_partition))
         .route("/v1/cluster", get(cluster_api::status))
+        .route("/v1/cluster/map", get(cluster_api::map))
         .route("/v1/cluster/nodes", post(cluster_api::join))
         .route("/v1/cluster/nodes/{id}", delete(cluster_api::leave))
         .route("/health", get(cluster_api::health))

@@ -557,7 +557,13 @@ impl TestCluster {
                 let status = r.status();
                 let text = r.text().await?;
                 if status != 200 || &text != v {
-                    bail!("node {id} key {k}: {status} {text:?}, want {v:?}");
+                    let short = |t: &str| t.chars().take(80).collect::<String>();
+                    bail!(
+                        "node {id} key {k}: {status} {:?}, want {:?} ({} bytes)",
+                        short(&text),
+                        short(v),
+                        v.len()
+                    );
                 }
             }
         }

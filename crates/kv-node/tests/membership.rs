@@ -148,10 +148,18 @@ async fn a_join_moves_about_the_new_nodes_share_of_the_data() {
 async fn a_leaving_node_drains_before_it_goes() {
     let c = cluster(5, ClusterOptions::default()).await;
     let writer = c.start_writer(1);
-    // Leave through a node that is not the one leaving; it may not be the metadata leader.
-    let r = c.remove_node(2, 5, false).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let result: LeaveResult = r.json().await.unwrap();
+    // Ask the leaving node itself: it may not lead the metadata group, and its own view of the
+    // groups it is leaving goes stale once they drop it. 202 means "still draining, ask again".
+    let result: LeaveResult = wait_until(SETTLE, "node 5 drained", || async {
+        let r = c.remove_node(5, 5, false).await?;
+        match r.status().as_u16() {
+            200 => Ok(Some(r.json().await?)),
+            202 => Ok(None),
+            other => anyhow::bail!("leave answered {other}: {}", r.text().await?),
+        }
+    })
+    .await
+    .unwrap();
     assert_eq!(result.status, "removed");
     assert!(result.remaining.is_empty());
     let acked = writer.stop().await.unwrap();
@@ -178,6 +186,8 @@ async fn a_leaving_node_drains_before_it_goes() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["error"], "removed");
     // Nothing acknowledged was lost; the remaining nodes serve it all.
     let sample: Vec<_> = acked.iter().step_by(5).cloned().collect();
     for id in 1..=4 {
@@ -224,6 +234,21 @@ async fn a_dead_node_is_removed_by_force_and_its_partitions_re_replicated() {
         .await
         .unwrap();
     c.assert_readable(&acked).await.unwrap();
+
+    // The removed node comes back with its old data: it finds out it was removed, drops its
+    // stale copies and does not claim to be ready.
+    c.restart_no_wait(4).unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "node 4 knows it is out",
+        || async {
+            let r = c.http().get(format!("{}/ready", c.url(4))).send().await?;
+            let body: serde_json::Value = r.json().await?;
+            Ok((body["error"] == "removed" && c.hosted(4).await?.is_empty()).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +289,14 @@ async fn membership_requests_are_validated_and_idempotent() {
     // Removals: unknown id 404, bad id or parameters 400, below the replication factor 409.
     let r = c.remove_node(2, 9, false).await.unwrap();
     assert_eq!(r.status(), 404);
-    for bad in ["/v1/cluster/nodes/x", "/v1/cluster/nodes/3?wait=soon"] {
+    for bad in [
+        "/v1/cluster/nodes/x",
+        "/v1/cluster/nodes/0",
+        "/v1/cluster/nodes/3?wait=soon",
+        "/v1/cluster/nodes/3?wait=18446744073709551615",
+        "/v1/cluster/nodes/3?wait=601s",
+        "/v1/cluster/nodes/3?force=maybe",
+    ] {
         let r = c
             .http()
             .delete(format!("{}{bad}", c.url(1)))
@@ -274,8 +306,8 @@ async fn membership_requests_are_validated_and_idempotent() {
         assert_eq!(r.status(), 400, "{bad}");
     }
     let r = c.remove_node(1, 3, false).await.unwrap();
+    assert_eq!(r.status(), 409);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "too_few_members", "{body}");
-    assert_eq!(body["error"], "too_few_members");
     assert_eq!(c.status(1).await.unwrap().epoch, epoch);
 }

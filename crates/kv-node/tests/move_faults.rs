@@ -10,20 +10,28 @@ use kv_node::testing::{wait_until, ClusterOptions, TestCluster};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
-/// Three nodes with some data, so that moves take a moment.
+/// Keys written before the moves, and their value.
+const PRELOADED: usize = 960;
+fn preloaded_value() -> String {
+    "y".repeat(16 * 1024)
+}
+
+/// Three nodes with ~15 MiB of data and one move at a time per node, so that a join takes
+/// long enough for a crash to land in the middle of it.
 async fn loaded_cluster() -> TestCluster {
     let c = TestCluster::start_with(
         Path::new(env!("CARGO_BIN_EXE_kv-node")),
         ClusterOptions {
             nodes: 3,
             partitions: 16,
+            extra_args: vec!["--max-moves".into(), "1".into()],
             ..Default::default()
         },
     )
     .await
     .unwrap();
-    let value = "y".repeat(1024);
-    let keys: Vec<String> = (0..480).map(|i| format!("pre/{i}")).collect();
+    let value = preloaded_value();
+    let keys: Vec<String> = (0..PRELOADED).map(|i| format!("pre/{i}")).collect();
     for chunk in keys.chunks(32) {
         let puts = chunk.iter().map(|k| c.put(2, k, value.clone()));
         for r in futures::future::join_all(puts).await {
@@ -45,6 +53,21 @@ async fn move_towards(c: &TestCluster, via: u64, node: u64) -> MoveStatus {
     .unwrap()
 }
 
+/// The kill landed mid-move: right after it, moves towards node 4 are still listed, or some
+/// partition the map gives node 4 does not count it among its voters yet.
+async fn assert_unfinished(c: &TestCluster, via: u64) {
+    let s = c.status(via).await.unwrap();
+    let moving = s.moves.iter().any(|m| m.to.contains(&4));
+    let pending = s
+        .groups
+        .iter()
+        .any(|g| g.replicas.contains(&4) && !g.voters.contains(&4));
+    assert!(
+        moving || pending,
+        "every move had finished before the kill: {s:?}"
+    );
+}
+
 /// After the faults: moves settle, every node hosts exactly its share, nothing acknowledged
 /// is lost, and the replicas of every partition hold the same data.
 async fn assert_converged(c: &TestCluster, acked: &[(String, String)]) {
@@ -52,7 +75,14 @@ async fn assert_converged(c: &TestCluster, acked: &[(String, String)]) {
     c.wait_hosting_map_share(1, Duration::from_secs(30))
         .await
         .unwrap();
-    let sample: Vec<_> = acked.iter().step_by(5).cloned().collect();
+    let mut sample: Vec<_> = acked.iter().step_by(5).cloned().collect();
+    // The data written before the move, which travelled in snapshots.
+    let value = preloaded_value();
+    sample.extend(
+        (0..PRELOADED)
+            .step_by(7)
+            .map(|i| (format!("pre/{i}"), value.clone())),
+    );
     c.assert_readable(&sample).await.unwrap();
     let status = c.status(1).await.unwrap();
     for (k, v) in sample.iter().take(40) {
@@ -86,6 +116,7 @@ async fn a_learner_killed_mid_move_catches_up_after_restart() {
     let m = move_towards(&c, 1, n4).await;
     c.kill(n4).unwrap();
     eprintln!("killed learner {n4} during {m:?}");
+    assert_unfinished(&c, 1).await;
     // While it is down, no partition loses a replica: the voters still form a full set.
     let s = c.status(1).await.unwrap();
     for g in s.groups.iter().filter(|g| g.partition.is_some()) {
@@ -106,6 +137,7 @@ async fn a_partition_leader_killed_mid_move_hands_the_move_to_the_next_leader() 
     c.kill(leader).unwrap();
     eprintln!("killed partition leader {leader} during {m:?}");
     let via = c.running().into_iter().find(|id| *id != n4).unwrap();
+    assert_unfinished(&c, via).await;
     let writer = c.start_writer(via);
     // The survivors finish the move without it: the partition's new leader takes it over.
     wait_until(SETTLE, "the interrupted move finished", || async {

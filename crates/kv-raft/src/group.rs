@@ -130,13 +130,19 @@ impl Group {
     /// to the membership entry that added it (or fail with [`GroupError::NotLeader`] if this
     /// node stops leading first).
     pub async fn add_learner(&self, id: u64, addr: &str, wait: bool) -> Result<(), GroupError> {
-        let added = {
+        let limit = self.timeout * 2;
+        let attempt = async {
             let _open = self.gate.read().await;
-            self.raft
-                .add_learner(id, BasicNode::new(addr), false)
-                .await
-                .map_err(write_error)?
+            self.raft.add_learner(id, BasicNode::new(addr), false).await
         };
+        let added = tokio::time::timeout(limit, attempt)
+            .await
+            .map_err(|_| {
+                GroupError::Unavailable(format!(
+                    "adding learner {id} not committed within {limit:?}"
+                ))
+            })?
+            .map_err(write_error)?;
         if !wait {
             return Ok(());
         }
@@ -165,20 +171,32 @@ impl Group {
 
     /// Make `voters` the voter set, through joint consensus.
     pub async fn set_voters(&self, voters: BTreeSet<u64>) -> Result<(), GroupError> {
-        let _open = self.gate.read().await;
-        self.raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+        self.change_members(ChangeMembers::ReplaceAllVoters(voters))
             .await
-            .map(|_| ())
-            .map_err(write_error)
     }
 
     /// Remove non-voting members.
     pub async fn remove_learners(&self, ids: BTreeSet<u64>) -> Result<(), GroupError> {
-        let _open = self.gate.read().await;
-        self.raft
-            .change_membership(ChangeMembers::RemoveNodes(ids), false)
+        self.change_members(ChangeMembers::RemoveNodes(ids)).await
+    }
+
+    /// One membership change (two log entries with joint consensus), within twice the request
+    /// timeout: without a quorum it fails instead of holding its caller (and the gate) forever.
+    /// A change that timed out may still commit later.
+    async fn change_members(
+        &self,
+        change: ChangeMembers<u64, BasicNode>,
+    ) -> Result<(), GroupError> {
+        let limit = self.timeout * 2;
+        let attempt = async {
+            let _open = self.gate.read().await;
+            self.raft.change_membership(change, false).await
+        };
+        tokio::time::timeout(limit, attempt)
             .await
+            .map_err(|_| {
+                GroupError::Unavailable(format!("membership change not committed within {limit:?}"))
+            })?
             .map(|_| ())
             .map_err(write_error)
     }
@@ -253,6 +271,26 @@ impl Group {
         let id = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
         Some((id, addr))
+    }
+
+    /// The leader, waiting up to `timeout` for one to be known (an election or a leadership
+    /// transfer in progress leaves followers without one for a moment).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(u64, String)> {
+        if let Some(known) = self.leader() {
+            return Some(known);
+        }
+        let _ = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| {
+                    m.current_leader
+                        .is_some_and(|l| m.membership_config.membership().get_node(&l).is_some())
+                },
+                "a known leader",
+            )
+            .await;
+        self.leader()
     }
 
     /// Whether this node currently leads the group.
