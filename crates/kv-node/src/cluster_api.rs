@@ -41,7 +41,7 @@ pub async fn status(
 /// replicas that host them, and every member's moves.
 pub async fn cluster_view(st: &AppState) -> ClusterStatus {
     let mut status = local_status(st).await;
-    let seen = member_views(st).await;
+    let seen = crate::peers::member_views(st).await;
     for g in status.groups.iter_mut().filter(|g| g.role == "none") {
         // Prefer the replica that leads the partition; else the one with the highest term.
         let best = seen
@@ -80,30 +80,6 @@ pub async fn cluster_view(st: &AppState) -> ClusterStatus {
     }
     status.moves = moves.into_values().collect();
     status
-}
-
-/// What every other member of the map sees (`/v1/cluster?scope=local`), asked concurrently;
-/// members that do not answer within a second are left out.
-pub async fn member_views(st: &AppState) -> Vec<ClusterStatus> {
-    let layout = st.layout();
-    let peers: Vec<&String> = layout
-        .members
-        .iter()
-        .filter(|(id, _)| **id != st.config.id)
-        .map(|(_, addr)| addr)
-        .collect();
-    let answers = futures::future::join_all(peers.iter().map(|addr| async move {
-        let answer = st
-            .http
-            .get(format!("http://{addr}/v1/cluster?scope=local"))
-            .timeout(Duration::from_secs(1))
-            .send()
-            .await
-            .ok()?;
-        answer.json::<ClusterStatus>().await.ok()
-    }))
-    .await;
-    answers.into_iter().flatten().collect()
 }
 
 /// `GET /v1/cluster/map`: the map this node routes by, in short. Cheap: peers poll it to
@@ -455,7 +431,7 @@ struct Presence {
 }
 
 async fn presence(st: &AppState, id: u64) -> Presence {
-    let mut views = member_views(st).await;
+    let mut views = crate::peers::member_views(st).await;
     views.push(local_status(st).await);
     let layout = st.layout();
     let mut out = Presence::default();

@@ -60,7 +60,11 @@ async fn balance_once(st: &AppState, failed: &mut BTreeMap<u32, Instant>) {
         }
         // A transfer holds the partition's writes while it runs: only try a target that is
         // keeping up and answering.
-        if !keeps_up(&group.status().await, target) || !answers(st, &layout, target).await {
+        let Some(addr) = layout.addr(target) else {
+            continue;
+        };
+        if !keeps_up(&group.status().await, target) || !crate::peers::answers_health(st, addr).await
+        {
             continue;
         }
         transfer(st, p, &group, target, failed).await;
@@ -80,18 +84,6 @@ pub fn keeps_up(status: &kv_raft::GroupStatus, id: u64) -> bool {
         .as_ref()
         .and_then(|r| r.get(&id).copied().flatten());
     matched.is_some_and(|m| last.saturating_sub(m) <= MAX_LAG)
-}
-
-async fn answers(st: &AppState, layout: &crate::placement::Layout, id: u64) -> bool {
-    let Some(addr) = layout.addr(id) else {
-        return false;
-    };
-    st.http
-        .get(format!("http://{addr}/health"))
-        .timeout(Duration::from_secs(1))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
 }
 
 async fn transfer(

@@ -15,6 +15,7 @@ pub mod leadership;
 pub mod metadata;
 pub mod moves;
 pub mod peer_api;
+pub mod peers;
 pub mod placement;
 pub mod routes;
 pub mod state;

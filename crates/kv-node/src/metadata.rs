@@ -241,7 +241,7 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
             continue;
         }
         let down = match status.nodes.get(id) {
-            Some(addr) => !answers_health(st, addr).await,
+            Some(addr) => !crate::peers::answers_health(st, addr).await,
             None => true,
         };
         former_pending |= !down;
@@ -359,7 +359,7 @@ pub async fn add_member(st: &AppState, id: u64, addr: &str) -> Result<u64, ApiEr
     };
     // Refuse an address nobody answers on: a typo would otherwise become a member that
     // partitions are moved to and never arrive at.
-    if !known && !answers_health(st, addr).await {
+    if !known && !crate::peers::answers_health(st, addr).await {
         return Err(ApiError::bad_request(
             "invalid_member",
             format!("no kv node answers at {addr}; start it (with --join) before adding it"),
@@ -391,7 +391,7 @@ pub async fn remove_member(st: &AppState, id: u64, force: bool) -> Result<u64, A
             .flatten()
             .and_then(|(_, map)| map.members.get(&id).cloned());
         if let Some(addr) = addr {
-            if !answers_health(st, &addr).await {
+            if !crate::peers::answers_health(st, &addr).await {
                 return Err(ApiError::Conflict {
                     code: "node_unreachable",
                     message: format!(
@@ -409,7 +409,7 @@ pub async fn remove_member(st: &AppState, id: u64, force: bool) -> Result<u64, A
         .map(|(_, map)| map.members.into_iter().filter(|(m, _)| *m != id).collect())
         .unwrap_or_default();
     for (other, addr) in &others {
-        if !answers_health(st, addr).await {
+        if !crate::peers::answers_health(st, addr).await {
             return Err(ApiError::Conflict {
                 code: "member_unreachable",
                 message: format!(
@@ -447,15 +447,6 @@ pub async fn remove_member(st: &AppState, id: u64, force: bool) -> Result<u64, A
         "member removed from the map; its partitions will move"
     );
     Ok(epoch)
-}
-
-async fn answers_health(st: &AppState, addr: &str) -> bool {
-    st.http
-        .get(format!("http://{addr}/health"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
 }
 
 /// Compare-and-set the map's member set on the metadata leader: `plan` sees the current

@@ -410,7 +410,7 @@ async fn drop_moved_away(
         let mut removed = !own.voters.is_empty() && !own.nodes.contains_key(&me);
         if !removed {
             if views.is_none() {
-                views = Some(crate::cluster_api::member_views(st).await);
+                views = Some(crate::peers::member_views(st).await);
             }
             let leader_view = views
                 .iter()

@@ -1,0 +1,41 @@
+//! Talking to the other members outside Raft: is a node up, and what does each member see.
+
+use std::time::Duration;
+
+use kv_client::api::ClusterStatus;
+
+use crate::state::AppState;
+
+/// Whether a kv node answers `GET /health` at `addr` within a second.
+pub async fn answers_health(st: &AppState, addr: &str) -> bool {
+    st.http
+        .get(format!("http://{addr}/health"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// What every other member of the map sees (`/v1/cluster?scope=local`), asked concurrently;
+/// members that do not answer within a second are left out.
+pub async fn member_views(st: &AppState) -> Vec<ClusterStatus> {
+    let layout = st.layout();
+    let peers: Vec<&String> = layout
+        .members
+        .iter()
+        .filter(|(id, _)| **id != st.config.id)
+        .map(|(_, addr)| addr)
+        .collect();
+    let answers = futures::future::join_all(peers.iter().map(|addr| async move {
+        let answer = st
+            .http
+            .get(format!("http://{addr}/v1/cluster?scope=local"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?;
+        answer.json::<ClusterStatus>().await.ok()
+    }))
+    .await;
+    answers.into_iter().flatten().collect()
+}
