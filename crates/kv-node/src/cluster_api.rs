@@ -144,21 +144,14 @@ async fn local_status(st: &AppState) -> ClusterStatus {
             }),
         }
     }
-    let params = layout.placement.params();
+    let map = map_summary(st);
     ClusterStatus {
         node: st.config.id,
-        members: layout
-            .members
-            .iter()
-            .map(|(id, addr)| Member {
-                id: *id,
-                addr: addr.clone(),
-            })
-            .collect(),
-        partitions: params.partitions,
-        replication_factor: params.replication_factor,
-        vnodes: params.vnodes,
-        epoch: st.epoch(),
+        members: map.members,
+        partitions: map.partitions,
+        replication_factor: map.replication_factor,
+        vnodes: map.vnodes,
+        epoch: map.epoch,
         groups,
         moves: st.moves.status(st.config.id),
     }

@@ -62,6 +62,19 @@ impl RpcKind {
     }
 }
 
+/// One peer RPC: the postcard-encoded request, posted with its deadline.
+fn post_rpc(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> reqwest::RequestBuilder {
+    http.post(url)
+        .timeout(timeout)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+}
+
 /// The node's one pooled HTTP client for Raft traffic. Cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
@@ -91,12 +104,7 @@ impl Transport {
         );
         let unavailable =
             |what: String| GroupError::Unavailable(format!("timeout-now to {addr}: {what}"));
-        let resp = self
-            .http
-            .post(&url)
-            .timeout(timeout)
-            .header("content-type", "application/octet-stream")
-            .body(body)
+        let resp = post_rpc(&self.http, &url, body, timeout)
             .send()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
@@ -161,12 +169,7 @@ impl PeerClient {
     {
         let body = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let url = format!("{}/{}", self.base, kind.as_str());
-        let resp = self
-            .http
-            .post(&url)
-            .timeout(timeout)
-            .header("content-type", "application/octet-stream")
-            .body(body)
+        let resp = post_rpc(&self.http, &url, body, timeout)
             .send()
             .await
             .map_err(|e| {
