@@ -447,3 +447,19 @@ async fn presence(st: &AppState, id: u64) -> Presence {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_parses_seconds_and_milliseconds_and_refuses_the_rest() {
+        assert_eq!(parse_wait("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_wait("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_wait("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_wait("0"), Some(Duration::ZERO));
+        for bad in ["", "s", "soon", "-1", "1.5s", "1m", "ms"] {
+            assert_eq!(parse_wait(bad), None, "{bad:?}");
+        }
+    }
+}
