@@ -117,7 +117,7 @@ def main():
                     code, _, headers = request(ports[1 + k % 3], "PUT", f"/v1/kv/{key}", value)
                     if code == 200:
                         p = int(headers.get("x-kv-partition") or headers.get("X-Kv-Partition"))
-                        return p, len(key) + len(value)
+                        return key, p, len(key) + len(value)
                 except OSError:
                     pass
                 time.sleep(0.05)
@@ -125,8 +125,10 @@ def main():
 
         started = time.time()
         with concurrent.futures.ThreadPoolExecutor(args.writers) as pool:
-            for p, n in pool.map(put, range(args.keys), chunksize=64):
+            partition_of = {}
+            for key, p, n in pool.map(put, range(args.keys), chunksize=64):
                 data_per_partition[p] = data_per_partition.get(p, 0) + n
+                partition_of[key] = p
         load_s = time.time() - started
         total = sum(data_per_partition.values())
         print(f"loaded {args.keys} keys x {args.value_bytes} B = {total / 2**20:.1f} MiB "
@@ -146,6 +148,13 @@ def main():
         dropped_s = time.time() - started
         expected = sum(data_per_partition.get(p, 0) for p in share)
         got = received_bytes(ports[4])
+        # Node 4's own replica (a stale read is served locally) holds the keys of its share.
+        sample = [k for k in list(partition_of)[::97] if partition_of[k] in share]
+        for key in sample:
+            code, body, _ = request(ports[4], "GET", f"/v1/kv/{key}?consistency=stale")
+            if code != 200 or body != value:
+                sys.exit(f"node 4 lacks {key}: {code}")
+        print(f"node 4's replica holds all {len(sample)} sampled keys of its partitions")
         print(f"join: node 4 got {len(share)}/{args.partitions} partitions; voters settled in "
               f"{settle_s:.1f} s, old copies dropped after {dropped_s:.1f} s")
         print(f"bytes streamed to node 4: {got / 2**20:.1f} MiB for a share of "
