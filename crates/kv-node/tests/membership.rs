@@ -41,10 +41,54 @@ async fn joining_nodes_take_over_only_the_partitions_the_ring_moves() {
     let before = partitions(&c.status(1).await.unwrap());
 
     let writer = c.start_writer(1);
+    // Meanwhile a checker writes through one node and reads back through another: a
+    // linearizable read that starts after a write was acknowledged must return it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let http = c.http().clone();
+        let urls: Vec<String> = c.ids().iter().map(|id| c.url(*id)).collect();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut checked, mut round) = (0usize, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                round += 1;
+                let key = format!("lin/{}", round % 16);
+                let value = format!("round {round}");
+                let (w, r) = (&urls[round % urls.len()], &urls[(round + 1) % urls.len()]);
+                let put = http
+                    .put(format!("{w}/v1/kv/{key}"))
+                    .body(value.clone())
+                    .send()
+                    .await;
+                if !put.is_ok_and(|p| p.status() == 200) {
+                    continue;
+                }
+                let Ok(got) = http.get(format!("{r}/v1/kv/{key}")).send().await else {
+                    continue;
+                };
+                match got.status().as_u16() {
+                    200 => {
+                        let text = got.text().await.unwrap();
+                        assert_eq!(text, value, "stale linearizable read of {key} via {r}");
+                        checked += 1;
+                    }
+                    503 => {}
+                    other => panic!("read of {key} via {r}: {other}"),
+                }
+            }
+            checked
+        })
+    };
     let n4 = c.add_node(1).await.unwrap();
     let n5 = c.add_node(2).await.unwrap();
     let after = partitions(&c.wait_settled(1, SETTLE).await.unwrap());
     let acked = writer.stop().await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let checked = checker.await.unwrap();
+    assert!(
+        checked > 10,
+        "linearizable read-backs during the join: {checked}"
+    );
     assert!(
         acked.len() > 10,
         "the writer made progress: {}",
