@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_raft::{Group, GroupError};
+use kv_raft::{Group, GroupError, RaftTuning};
 use kv_storage::{Command, Condition, GroupId};
 use support::{wait_until, TestCluster, SETTLE};
 
@@ -202,7 +202,15 @@ async fn transfer_is_refused_off_the_leader_and_to_anyone_but_another_voter() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_transfer_to_a_down_voter_leaves_the_leader_serving() {
-    let cluster = TestCluster::start(&VOTERS).await;
+    // A follower campaigns once lease + election_min have passed since it last heard from
+    // the leader; a failed transfer resumes heartbeats right after the lease. Make that
+    // margin (election_min - heartbeat) wide enough for a loaded machine.
+    let tuning = RaftTuning {
+        election_min: Duration::from_millis(1000),
+        election_max: Duration::from_millis(2000),
+        ..support::fast_tuning()
+    };
+    let cluster = TestCluster::start_with(&VOTERS, &tuning).await;
     let leader = cluster.create_group(GROUP, &VOTERS).await;
     let group = cluster.group(leader, GROUP);
     let down = VOTERS.into_iter().find(|id| *id != leader).unwrap();

@@ -68,6 +68,11 @@ async fn raft_rpc(
 impl TestCluster {
     /// Start one node per id, each with its own store and server on a free loopback port.
     pub async fn start(ids: &[u64]) -> TestCluster {
+        Self::start_with(ids, &fast_tuning()).await
+    }
+
+    /// [`TestCluster::start`] with other Raft timings.
+    pub async fn start_with(ids: &[u64], tuning: &RaftTuning) -> TestCluster {
         let mut nodes = BTreeMap::new();
         let mut servers = JoinSet::new();
         for &id in ids {
@@ -78,7 +83,7 @@ impl TestCluster {
                 id,
                 store,
                 Transport::new(http),
-                &fast_tuning(),
+                tuning,
                 dir.path().join("snapshots"),
             )
             .unwrap();
