@@ -50,7 +50,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: Option<u64>,
 
-    /// Size of the key space: keys are <key-prefix>0 .. <key-prefix><keys - 1>.
+    /// Size of the key space: keys are `<key-prefix>0` to `<key-prefix><keys - 1>`.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
 

@@ -75,7 +75,7 @@ async fn balance_once(st: &AppState, failed: &mut BTreeMap<u32, Instant>) {
 /// Entries a replica may lag behind the leader and still count as keeping up.
 const MAX_LAG: u64 = 64;
 
-/// On the leader's status: whether replica `id` holds the log to within [`MAX_LAG`] entries
+/// On the leader's status: whether replica `id` holds the log to within `MAX_LAG` (64) entries
 /// (a transfer then waits for the rest with writes held, which takes a moment).
 pub fn keeps_up(status: &kv_raft::GroupStatus, id: u64) -> bool {
     let last = status.last_log_index.unwrap_or(0);

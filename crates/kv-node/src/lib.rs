@@ -2,6 +2,10 @@
 //! of the partitions the ring assigns it, serves the HTTP/JSON client API for every key (serving
 //! what it leads, forwarding the rest), and answers its peers' Raft RPCs on the same listener.
 //!
+//! Membership lives in the metadata group ([`metadata`]: the partition map, joins and leaves);
+//! [`moves`] brings each partition's replicas to the map when it changes, and [`leadership`]
+//! spreads partition leaders over the members once moves settle.
+//!
 //! Start from [`Config`] (flags, `KV_*` environment, TOML file) and [`Node::start`], which returns
 //! a running node; [`run`] is what the binary calls. [`routes::app`] builds the router, and
 //! `testing` (feature `test-util`) starts whole clusters of real processes for tests.

@@ -135,8 +135,8 @@ pub trait Engine: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Record)>>;
 
-    /// Write a consistent snapshot of the group's key/value data to `out` in the format of
-    /// [`crate::snapshot`] (read in one transaction with [`MetaKey::Applied`]).
+    /// Write a consistent snapshot of the group's key/value data to `out` in the format of the
+    /// `snapshot` module (read in one transaction with [`MetaKey::Applied`]).
     fn export_group(&self, group: GroupId, out: &mut dyn Write) -> Result<ExportSummary>;
 
     /// Replace the group's key/value data with the snapshot read from `input` and set
