@@ -17,7 +17,8 @@ pub async fn answers_health(st: &AppState, addr: &str) -> bool {
 }
 
 /// What every other member of the map sees (`/v1/cluster?scope=local`), asked concurrently;
-/// members that do not answer within a second are left out.
+/// members that do not answer within two seconds are left out (a loaded node builds its view
+/// slowly: one Raft round trip per hosted group).
 pub async fn member_views(st: &AppState) -> Vec<ClusterStatus> {
     let layout = st.layout();
     let peers: Vec<&String> = layout
@@ -30,7 +31,7 @@ pub async fn member_views(st: &AppState) -> Vec<ClusterStatus> {
         let answer = st
             .http
             .get(format!("http://{addr}/v1/cluster?scope=local"))
-            .timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
             .send()
             .await
             .ok()?;

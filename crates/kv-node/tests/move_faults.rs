@@ -53,10 +53,16 @@ async fn move_towards(c: &TestCluster, via: u64, node: u64) -> MoveStatus {
     .unwrap()
 }
 
-/// The kill landed mid-move: right after it, moves towards node 4 are still listed, or some
-/// partition the map gives node 4 does not count it among its voters yet.
-async fn assert_unfinished(c: &TestCluster, via: u64) {
-    let s = c.status(via).await.unwrap();
+/// The kill landed mid-move: once node `via` routes by the map of the observed move (its
+/// view can lag by a reconcile tick), moves towards node 4 are still listed, or some partition
+/// the map gives node 4 does not count it among its voters yet.
+async fn assert_unfinished(c: &TestCluster, via: u64, epoch: u64) {
+    let s = wait_until(Duration::from_secs(10), "the move's map adopted", || async {
+        let s = c.status(via).await?;
+        Ok((s.epoch >= Some(epoch)).then_some(s))
+    })
+    .await
+    .unwrap();
     let moving = s.moves.iter().any(|m| m.to.contains(&4));
     let pending = s
         .groups
@@ -116,7 +122,7 @@ async fn a_learner_killed_mid_move_catches_up_after_restart() {
     let m = move_towards(&c, 1, n4).await;
     c.kill(n4).unwrap();
     eprintln!("killed learner {n4} during {m:?}");
-    assert_unfinished(&c, 1).await;
+    assert_unfinished(&c, 1, m.epoch).await;
     // While it is down, no partition loses a replica: the voters still form a full set.
     let s = c.status(1).await.unwrap();
     for g in s.groups.iter().filter(|g| g.partition.is_some()) {
@@ -137,7 +143,7 @@ async fn a_partition_leader_killed_mid_move_hands_the_move_to_the_next_leader() 
     c.kill(leader).unwrap();
     eprintln!("killed partition leader {leader} during {m:?}");
     let via = c.running().into_iter().find(|id| *id != n4).unwrap();
-    assert_unfinished(&c, via).await;
+    assert_unfinished(&c, via, m.epoch).await;
     let writer = c.start_writer(via);
     // The survivors finish the move without it: the partition's new leader takes it over.
     wait_until(SETTLE, "the interrupted move finished", || async {
