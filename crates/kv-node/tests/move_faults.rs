@@ -57,10 +57,14 @@ async fn move_towards(c: &TestCluster, via: u64, node: u64) -> MoveStatus {
 /// view can lag by a reconcile tick), moves towards node 4 are still listed, or some partition
 /// the map gives node 4 does not count it among its voters yet.
 async fn assert_unfinished(c: &TestCluster, via: u64, epoch: u64) {
-    let s = wait_until(Duration::from_secs(10), "the move's map adopted", || async {
-        let s = c.status(via).await?;
-        Ok((s.epoch >= Some(epoch)).then_some(s))
-    })
+    let s = wait_until(
+        Duration::from_secs(10),
+        "the move's map adopted",
+        || async {
+            let s = c.status(via).await?;
+            Ok((s.epoch >= Some(epoch)).then_some(s))
+        },
+    )
     .await
     .unwrap();
     let moving = s.moves.iter().any(|m| m.to.contains(&4));
