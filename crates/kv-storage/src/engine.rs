@@ -70,6 +70,10 @@ pub enum Op {
         commands: Vec<(u64, Command)>,
         applied: Vec<u8>,
     },
+    /// Remove everything stored for the group: log, metadata, key/value data and sessions.
+    /// Through the writer queue it is ordered after every write queued before it, so a late
+    /// write of a closing group (a queued `save_committed`, say) cannot bring it back.
+    DropGroup,
 }
 
 /// Writes to one group that must commit together. Batches are committed in submission order;
@@ -144,8 +148,12 @@ pub trait Engine: Send + Sync + 'static {
     /// checksum changes nothing. Returns the number of keys imported.
     fn import_group(&self, group: GroupId, input: &mut dyn Read, applied: &[u8]) -> Result<u64>;
 
-    /// Remove everything stored for the group: log, metadata and key/value data.
-    fn drop_group(&self, group: GroupId) -> Result<()>;
+    /// Remove everything stored for the group: log, metadata and key/value data (an
+    /// [`Op::DropGroup`] committed on its own).
+    fn drop_group(&self, group: GroupId) -> Result<()> {
+        self.write(&[WriteBatch::new(group, true).op(Op::DropGroup)])
+            .map(|_| ())
+    }
 
     /// Groups that have any metadata stored (the groups this node hosted when it stopped).
     fn groups(&self) -> Result<Vec<GroupId>>;

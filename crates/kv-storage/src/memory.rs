@@ -86,8 +86,8 @@ impl KvAccess for GroupKv<'_> {
 impl Engine for MemoryEngine {
     fn write(&self, batches: &[WriteBatch]) -> Result<Vec<Vec<Outcome>>> {
         let mut guard = self.write_lock()?;
-        // Apply to a copy-on-failure-free path: every op below is infallible for memory except
-        // command application, which only fails on storage errors that cannot happen here.
+        // All or nothing, as the trait requires: no op below can fail once the lock is held
+        // (command application fails only on storage errors, which memory does not have).
         let state = &mut *guard;
         let mut all = Vec::with_capacity(batches.len());
         for batch in batches {
@@ -133,6 +133,12 @@ impl Engine for MemoryEngine {
                             outcomes.push(command::apply(&mut kv, *index, cmd)?);
                         }
                         state.meta.insert((g, MetaKey::Applied), applied.clone());
+                    }
+                    Op::DropGroup => {
+                        state.kv.retain(|(group, _), _| *group != g);
+                        state.log.retain(|(group, _), _| *group != g);
+                        state.meta.retain(|(group, _), _| *group != g);
+                        state.sessions.retain(|(group, _, _), _| *group != g);
                     }
                 }
             }
@@ -240,15 +246,6 @@ impl Engine for MemoryEngine {
             .meta
             .insert((group, MetaKey::Applied), applied.to_vec());
         Ok(n)
-    }
-
-    fn drop_group(&self, group: GroupId) -> Result<()> {
-        let mut state = self.write_lock()?;
-        state.kv.retain(|(g, _), _| *g != group);
-        state.log.retain(|(g, _), _| *g != group);
-        state.meta.retain(|(g, _), _| *g != group);
-        state.sessions.retain(|(g, _, _), _| *g != group);
-        Ok(())
     }
 
     fn groups(&self) -> Result<Vec<GroupId>> {

@@ -225,6 +225,14 @@ impl Engine for RedbEngine {
                             meta.insert((g, MetaKey::Applied.name()), applied.as_slice())
                                 .map_err(backend)?;
                         }
+                        Op::DropGroup => {
+                            clear_group(&mut log, g, 0)?;
+                            clear_group(&mut meta, g, "")?;
+                            clear_group(&mut kv, g, &[][..])?;
+                            sessions
+                                .retain_in(session_span(g), |_, _| false)
+                                .map_err(backend)?;
+                        }
                     }
                 }
                 all.push(outcomes);
@@ -381,20 +389,6 @@ impl Engine for RedbEngine {
         })
     }
 
-    fn drop_group(&self, group: GroupId) -> Result<()> {
-        let g = group.0;
-        self.write_txn(Durability::Immediate, |txn| {
-            clear_group(&mut txn.open_table(LOG).map_err(backend)?, g, 0)?;
-            clear_group(&mut txn.open_table(META).map_err(backend)?, g, "")?;
-            clear_group(&mut txn.open_table(KV).map_err(backend)?, g, &[][..])?;
-            txn.open_table(SESSIONS)
-                .map_err(backend)?
-                .retain_in(session_span(g), |_, _| false)
-                .map_err(backend)?;
-            Ok(())
-        })
-    }
-
     fn groups(&self) -> Result<Vec<GroupId>> {
         let txn = self.read_txn()?;
         let meta = txn.open_table(META).map_err(backend)?;
@@ -435,19 +429,83 @@ mod tests {
         }
     }
 
+    /// A record too short to hold a version under `key` of `group`: applying to it fails.
+    fn corrupt(engine: &RedbEngine, group: u64, key: &[u8]) {
+        engine
+            .write_txn(Durability::Immediate, |txn| {
+                let mut kv = txn.open_table(KV).map_err(backend)?;
+                kv.insert((group, key), &b"short"[..]).map_err(backend)?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_failing_batch_in_a_group_commit_fails_only_its_own_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RedbEngine::open(&dir.path().join("node.redb")).unwrap();
+        corrupt(&engine, 2, b"bad");
+        let append = |g: u64, i: u64| {
+            WriteBatch::new(GroupId(g), true).op(Op::AppendLog {
+                entries: vec![(i, format!("e{i}").into_bytes())],
+            })
+        };
+        let apply = |g: u64, i: u64, key: &str| {
+            WriteBatch::new(GroupId(g), false).op(Op::Apply {
+                commands: vec![(i, put(key))],
+                applied: i.to_le_bytes().to_vec(),
+            })
+        };
+        let round = [
+            append(1, 1),
+            apply(2, 1, "bad"),
+            // After its group's failure: must not land either (no hole in group 2's history).
+            append(2, 2),
+            apply(1, 1, "ok"),
+            append(3, 7),
+        ];
+        let results = crate::writer::commit(&engine, &round);
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, [true, false, false, true, true], "{results:?}");
+        assert!(matches!(results[1], Err(StorageError::Corrupt(_))));
+        assert_eq!(
+            results[3].as_ref().unwrap(),
+            &[Outcome::Written { version: 1 }]
+        );
+
+        assert_eq!(engine.log_bounds(GroupId(1)).unwrap(), Some((1, 1)));
+        assert_eq!(engine.get(GroupId(1), b"ok").unwrap().unwrap().version, 1);
+        assert_eq!(engine.log_bounds(GroupId(3)).unwrap(), Some((7, 7)));
+        assert_eq!(engine.log_bounds(GroupId(2)).unwrap(), None);
+        assert_eq!(
+            engine.read_meta(GroupId(2), MetaKey::Applied).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_group_commit_without_failures_is_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RedbEngine::open(&dir.path().join("node.redb")).unwrap();
+        let round: Vec<WriteBatch> = (1..=3)
+            .map(|g| {
+                WriteBatch::new(GroupId(g), true).op(Op::Apply {
+                    commands: vec![(5, put("k"))],
+                    applied: vec![1],
+                })
+            })
+            .collect();
+        let results = crate::writer::commit(&engine, &round);
+        assert!(results
+            .iter()
+            .all(|r| r.as_ref().unwrap() == &[Outcome::Written { version: 5 }]));
+    }
+
     #[test]
     fn a_failing_batch_aborts_the_whole_write() {
         let dir = tempfile::tempdir().unwrap();
         let engine = RedbEngine::open(&dir.path().join("node.redb")).unwrap();
-        // A stored record too short to hold a version: applying to that key fails.
-        engine
-            .write_txn(Durability::Immediate, |txn| {
-                let mut kv = txn.open_table(KV).map_err(backend)?;
-                kv.insert((2, &b"bad"[..]), &b"short"[..])
-                    .map_err(backend)?;
-                Ok(())
-            })
-            .unwrap();
+        corrupt(&engine, 2, b"bad");
 
         let good = WriteBatch::new(GroupId(1), true)
             .op(Op::AppendLog {

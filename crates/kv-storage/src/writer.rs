@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 
-use crate::engine::{Engine, WriteBatch};
+use crate::engine::{Engine, GroupId, WriteBatch};
 use crate::{MemoryEngine, Outcome, RedbEngine, Result, StorageError};
 
 /// Called once with the outcome of a submitted batch, on the writer thread: keep it short.
@@ -99,6 +99,13 @@ impl Store {
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
+    /// Remove everything stored for `group`, after every write queued before this call.
+    pub async fn drop_group(&self, group: GroupId) -> Result<()> {
+        self.write(WriteBatch::new(group, true).op(crate::Op::DropGroup))
+            .await
+            .map(|_| ())
+    }
+
     /// Run a blocking read against the engine on tokio's blocking pool.
     pub async fn read<R, F>(&self, f: F) -> Result<R>
     where
@@ -123,18 +130,99 @@ fn run_writer(engine: Arc<dyn Engine>, queue: mpsc::Receiver<Job>) {
         }
         let (batches, dones): (Vec<WriteBatch>, Vec<WriteCallback>) =
             jobs.into_iter().map(|j| (j.batch, j.done)).unzip();
-        match engine.write(&batches) {
-            Ok(outcomes) => {
-                for (done, outcome) in dones.into_iter().zip(outcomes) {
-                    done(Ok(outcome));
+        for (done, result) in dones.into_iter().zip(commit(engine.as_ref(), &batches)) {
+            done(result);
+        }
+    }
+}
+
+/// Commit one round of queued batches: all in one transaction when that succeeds (the common
+/// case, one fsync for all), and otherwise each on its own, so that a batch that fails fails
+/// only its own group. Returns one result per batch, in order.
+///
+/// Invariant: a failed [`Engine::write`] wrote nothing (both engines are all-or-nothing), so
+/// the batches can be committed again one by one. Once a batch of a group fails, the group's
+/// later batches of the round fail too without being tried: committing them would put a
+/// group's later log entries or state on disk without the earlier ones.
+pub(crate) fn commit(engine: &dyn Engine, batches: &[WriteBatch]) -> Vec<Result<Vec<Outcome>>> {
+    let error = match engine.write(batches) {
+        Ok(outcomes) if outcomes.len() == batches.len() => {
+            return outcomes.into_iter().map(Ok).collect()
+        }
+        Ok(outcomes) => StorageError::Backend(format!(
+            "the engine answered {} outcomes for {} batches",
+            outcomes.len(),
+            batches.len()
+        )),
+        Err(e) => e,
+    };
+    if batches.len() == 1 {
+        tracing::error!(error = %error, group = %batches[0].group, "write failed");
+        return vec![Err(error)];
+    }
+    tracing::warn!(error = %error, batches = batches.len(), "group commit failed; committing its batches one by one");
+    let mut failed: Vec<GroupId> = Vec::new();
+    batches
+        .iter()
+        .map(|batch| {
+            if failed.contains(&batch.group) {
+                return Err(StorageError::Backend(format!(
+                    "an earlier write of {} in the same commit failed",
+                    batch.group
+                )));
+            }
+            match engine.write(std::slice::from_ref(batch)) {
+                Ok(mut outcomes) => Ok(outcomes.pop().unwrap_or_default()),
+                Err(e) => {
+                    tracing::error!(error = %e, group = %batch.group, "write failed");
+                    failed.push(batch.group);
+                    Err(e)
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, batches = batches.len(), "group commit failed");
-                for done in dones {
-                    done(Err(e.clone()));
-                }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{MetaKey, Op};
+
+    #[tokio::test]
+    async fn a_drop_is_ordered_after_the_writes_queued_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in [
+            Store::memory().unwrap(),
+            Store::redb(&dir.path().join("kv.redb")).unwrap(),
+        ] {
+            let g = GroupId(7);
+            store
+                .write(WriteBatch::new(g, true).op(Op::SetMeta {
+                    key: MetaKey::Vote,
+                    value: b"v".to_vec(),
+                }))
+                .await
+                .unwrap();
+            // A late, unawaited write of the closing group (openraft's `save_committed`) ...
+            for i in 0..100u8 {
+                store.submit(
+                    WriteBatch::new(g, false).op(Op::SetMeta {
+                        key: MetaKey::Committed,
+                        value: vec![i],
+                    }),
+                    Box::new(|r| assert!(r.is_ok())),
+                );
             }
+            // ... is committed before the drop, so it cannot bring the group back.
+            store.drop_group(g).await.unwrap();
+            let engine = store.engine().clone();
+            let groups = tokio::task::spawn_blocking(move || engine.groups())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(!groups.contains(&g), "{groups:?}");
         }
     }
 }
