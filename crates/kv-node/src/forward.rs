@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
@@ -33,8 +35,8 @@ const FORWARDED_REQUEST_HEADERS: &[&str] = &[
 pub enum Route {
     /// Serve it here with this group.
     Local(Group),
-    /// Relay it to the first of these addresses that can be reached.
-    Forward(Vec<String>),
+    /// Relay it to the first of these nodes `(id, address)` that can be reached.
+    Forward(Vec<(u64, String)>),
 }
 
 /// The request as received, kept so it can be relayed.
@@ -99,57 +101,66 @@ impl Incoming {
     }
 }
 
-/// Where a request for partition `p` should go. `need_leader` is false for stale reads, which
-/// any replica may serve.
-pub async fn route(st: &AppState, p: PartitionId, need_leader: bool) -> Result<Route, ApiError> {
+/// Where a request for partition `p` should go, leaving out the nodes in `unreachable` (this
+/// request found them so). `need_leader` is false for stale reads, which any replica may serve.
+/// Waits, until `deadline`, while the partition elects a leader; fails at once when this node
+/// knows it cannot reach a quorum of the partition's replicas.
+pub async fn route(
+    st: &AppState,
+    p: PartitionId,
+    need_leader: bool,
+    deadline: Instant,
+    unreachable: &[u64],
+) -> Result<Route, ApiError> {
     if let Some(group) = st.host.group(group_of(p)) {
         if !need_leader || group.is_leader() {
             return Ok(Route::Local(group));
         }
-        // During an election or a leadership transfer there is briefly no leader: wait for
-        // one (within the request timeout) rather than fail at once.
-        return match group.wait_for_leader(st.config.raft.request_timeout).await {
-            Some((id, _)) if id == st.config.id => Ok(Route::Local(group)),
-            Some((_, addr)) => Ok(Route::Forward(vec![addr])),
-            None => Err(ApiError::unavailable(format!(
-                "partition {} has no leader yet",
-                p.0
-            ))),
+        let wait = deadline.saturating_duration_since(Instant::now());
+        return match group.usable_leader(wait, unreachable).await {
+            Ok((id, _)) if id == st.config.id => Ok(Route::Local(group)),
+            Ok(leader) => Ok(Route::Forward(vec![leader])),
+            Err(e) => Err(ApiError::unavailable(format!("partition {}: {e}", p.0))),
         };
     }
-    // Not a replica here: send it to the partition's preferred leader, falling back to the
-    // other replicas when one cannot be reached; a replica forwards on if leadership moved.
+    // Not a replica here: send it to the partition's replicas, the ones this node can reach
+    // first, preferred leader first; a replica forwards on to the leader.
     let layout = st.layout();
-    let candidates: Vec<String> = layout
+    let peers = st.host.transport().peers();
+    let mut candidates: Vec<(u64, String)> = layout
         .replicas(p)
         .into_iter()
-        .filter(|id| *id != st.config.id)
-        .filter_map(|id| layout.addr(id).map(str::to_string))
+        .filter(|id| *id != st.config.id && !unreachable.contains(id))
+        .filter_map(|id| layout.addr(id).map(|a| (id, a.to_string())))
         .collect();
+    candidates.sort_by_key(|(id, _)| !peers.reachable(*id));
     if candidates.is_empty() {
         return Err(ApiError::unavailable(format!(
-            "partition {} has no replicas",
+            "partition {} has no replica this node can reach",
             p.0
         )));
     }
     Ok(Route::Forward(candidates))
 }
 
-/// Relay `req` to the first of `addrs` that accepts a connection.
+/// Relay `req` to the first of `targets` that accepts a connection. `Err(Unreachable)` names
+/// the nodes that did not, so the caller can route again without them.
 pub async fn forward_any(
     st: &AppState,
-    addrs: &[String],
+    targets: &[(u64, String)],
     req: &Incoming,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ForwardError> {
     let mut last = ApiError::unavailable("no replica to forward to");
-    for addr in addrs {
+    for (id, addr) in targets {
         match forward(st, addr, req).await {
-            Err(ForwardError::Unreachable(e)) => last = e,
-            Err(ForwardError::Failed(e)) => return Err(e),
-            Ok(resp) => return Ok(resp),
+            Err(ForwardError::Unreachable(e)) => {
+                st.host.transport().peers().note_failure(*id);
+                last = e;
+            }
+            other => return other,
         }
     }
-    Err(last)
+    Err(ForwardError::Unreachable(last))
 }
 
 /// Why relaying failed: the target could not be reached (try another), or anything else.

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::config::MAX_KEY_BYTES;
 use crate::error::ApiError;
-use crate::forward::{forward, forward_any, route, Incoming, RequestParts, Route};
+use crate::forward::{forward_any, route, ForwardError, Incoming, RequestParts, Route};
 use crate::state::AppState;
 
 pub use kv_client::api::{HEADER_ACK_BELOW, HEADER_CLIENT_ID, HEADER_REQUEST_SEQ};
@@ -148,7 +148,9 @@ fn condition(headers: &HeaderMap, allow_create_only: bool) -> Result<Condition, 
 }
 
 /// Serve a request for partition `p` here, or relay it to the node that can. `local` runs on
-/// this node's replica; if it finds leadership moved, the request follows the new leader.
+/// this node's replica; if it finds leadership moved, the request follows the new leader. A
+/// node the request cannot reach is left out and the request routed again (to the next
+/// replica, or to the leader elected in its place), within the request timeout.
 async fn serve<F, Fut>(
     st: &AppState,
     p: PartitionId,
@@ -160,20 +162,37 @@ where
     F: FnOnce(Group) -> Fut,
     Fut: Future<Output = Result<Response, GroupError>>,
 {
-    match route(st, p, need_leader).await? {
-        Route::Forward(addrs) => forward_any(st, &addrs, &req).await,
-        Route::Local(group) => match local(group).await {
-            Ok(mut resp) => {
-                let h = resp.headers_mut();
-                h.insert(HEADER_PARTITION, HeaderValue::from(p.0));
-                h.insert(HEADER_NODE, HeaderValue::from(st.config.id));
-                Ok(resp)
+    let deadline = tokio::time::Instant::now() + st.config.raft.request_timeout;
+    let mut unreachable: Vec<u64> = Vec::new();
+    loop {
+        let targets = match route(st, p, need_leader, deadline, &unreachable).await? {
+            Route::Forward(targets) => targets,
+            Route::Local(group) => {
+                return match local(group).await {
+                    Ok(mut resp) => {
+                        let h = resp.headers_mut();
+                        h.insert(HEADER_PARTITION, HeaderValue::from(p.0));
+                        h.insert(HEADER_NODE, HeaderValue::from(st.config.id));
+                        Ok(resp)
+                    }
+                    Err(GroupError::NotLeader {
+                        leader: Some((id, addr)),
+                    }) if id != st.config.id => Ok(forward_any(st, &[(id, addr)], &req).await?),
+                    Err(e) => Err(e.into()),
+                }
             }
-            Err(GroupError::NotLeader {
-                leader: Some((id, addr)),
-            }) if id != st.config.id => Ok(forward(st, &addr, &req).await?),
-            Err(e) => Err(e.into()),
-        },
+        };
+        match forward_any(st, &targets, &req).await {
+            Err(ForwardError::Unreachable(e)) if tokio::time::Instant::now() >= deadline => {
+                return Err(e)
+            }
+            // None of them took it: route again without them.
+            Err(ForwardError::Unreachable(_)) => {
+                unreachable.extend(targets.iter().map(|(id, _)| *id));
+            }
+            Err(ForwardError::Failed(e)) => return Err(e),
+            Ok(resp) => return Ok(resp),
+        }
     }
 }
 

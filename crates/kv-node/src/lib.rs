@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use kv_raft::{RaftHost, Transport};
+use kv_raft::RaftHost;
 use kv_storage::Store;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
@@ -94,7 +94,7 @@ impl Node {
         let host = Arc::new(RaftHost::new(
             config.id,
             store,
-            Transport::new(http.clone()),
+            http.clone(),
             &config.raft,
             config.data_dir.join("snapshots"),
         )?);
@@ -157,6 +157,7 @@ impl Node {
         let _ = self.reconciler.await;
         let _ = self.balancer.await;
         self.state.moves.abort_all();
+        self.state.background.abort_all();
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(joined) => joined??,
             Err(_) => tracing::warn!("in-flight requests did not finish within 10s"),

@@ -298,9 +298,10 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
         );
     }
     let me = st.config.id;
+    let targets = layout.placement.leaders();
     for p in layout.partitions_of(me) {
         let gid = group_of(p);
-        st.host.open_group(gid).await?;
+        let group = st.host.open_group(gid).await?;
         if map.generation > 0 {
             continue;
         }
@@ -309,15 +310,28 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
             .into_iter()
             .filter_map(|id| layout.addr(id).map(|a| (id, BasicNode::new(a))))
             .collect();
-        let created = st.host.initialize(gid, members).await?;
-        // A new partition's target leader campaigns at once, so it usually wins the first
-        // election and the balancer has nothing to hand over. (Not on a restart: a campaign
-        // against a live leader only disrupts it.)
-        let target = layout.placement.leaders().get(&p).map(|n| n.0);
-        if created && target == Some(me) {
-            if let Some(group) = st.host.group(gid) {
-                group.campaign().await?;
-            }
+        // A new partition is initialized by its target leader alone: openraft's initialize
+        // campaigns at once, the other replicas open the group when its vote request arrives
+        // (see `peer_api`), and the first election lands on the target, so a fresh cluster
+        // needs no leadership transfers. Should the target not come up, the other replicas
+        // initialize the group themselves after a while (the same membership on every
+        // replica is safe), and the balancer moves leadership later.
+        if targets.get(&p).map(|n| n.0) == Some(me) {
+            st.host.initialize(gid, members).await?;
+        } else {
+            let host = st.host.clone();
+            let patience = st.config.raft.election_max * 4;
+            st.background.spawn(async move {
+                if group.wait_for_leader(patience).await.is_none() {
+                    tracing::info!(
+                        partition = p.0,
+                        "no leader from the target leader; initializing here"
+                    );
+                    if let Err(e) = host.initialize(gid, members).await {
+                        tracing::warn!(partition = p.0, error = %e, "initializing the partition");
+                    }
+                }
+            });
         }
     }
     if map.members.contains_key(&me) {

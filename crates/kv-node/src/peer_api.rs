@@ -6,8 +6,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kv_raft::{GroupError, RpcKind};
+use kv_storage::GroupId;
 
 use crate::error::ApiError;
+use crate::placement::partition_of_group;
 use crate::state::AppState;
 
 pub async fn raft_rpc(
@@ -31,6 +33,7 @@ pub async fn raft_rpc(
     };
     metrics::counter!("kv_raft_received_bytes_total", "rpc" => kind.as_str(), "groups" => groups)
         .increment(body.len() as u64);
+    open_if_assigned(&st, GroupId(group)).await?;
     match st.host.handle_rpc(group, kind, &body).await {
         Ok(bytes) => Ok((StatusCode::OK, bytes).into_response()),
         Err(GroupError::UnknownGroup(g)) => Err(ApiError::NotFound {
@@ -39,4 +42,21 @@ pub async fn raft_rpc(
         }),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Open a partition group this node is a replica of but has not opened yet: the first vote
+/// request of a new partition's leader can arrive before this node has adopted the map that
+/// creates it. Groups the current map does not assign here stay closed (404).
+async fn open_if_assigned(st: &AppState, group: GroupId) -> Result<(), ApiError> {
+    if st.host.group(group).is_some() {
+        return Ok(());
+    }
+    let Some(p) = partition_of_group(group) else {
+        return Ok(());
+    };
+    let layout = st.layout();
+    if p.0 < layout.partitions() && layout.replicas(p).contains(&st.config.id) {
+        st.host.open_group(group).await?;
+    }
+    Ok(())
 }

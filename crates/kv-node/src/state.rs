@@ -19,6 +19,27 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The partition moves this node leads.
     pub moves: Arc<Moves>,
+    /// One-off background tasks, stopped when the node shuts down.
+    pub background: Arc<Background>,
+}
+
+/// One-off background tasks of a node (each ends by itself; shutdown aborts the rest).
+#[derive(Default)]
+pub struct Background(std::sync::Mutex<tokio::task::JoinSet<()>>);
+
+impl Background {
+    /// Run `task` in the background.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap finished tasks so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// Stop every task still running.
+    pub fn abort_all(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).abort_all();
+    }
 }
 
 impl AppState {
@@ -36,6 +57,7 @@ impl AppState {
             http,
             layout: Arc::new(RwLock::new((Arc::new(layout), None))),
             metrics,
+            background: Arc::default(),
         }
     }
 

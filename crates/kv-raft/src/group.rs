@@ -10,6 +10,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState};
 use tokio::sync::RwLock;
 
+use crate::check_quorum::LeaderCheck;
 use crate::network::Transport;
 use crate::types::{Request, Response, TypeConfig};
 use crate::GroupError;
@@ -28,6 +29,8 @@ pub struct Group {
     /// renews the followers' leader lease, which the transfer waits out. tokio's lock is fair,
     /// so a waiting transfer holds back new requests instead of starving behind them.
     pub(crate) gate: Arc<RwLock<()>>,
+    /// Check-quorum and the restarted leader's recovery floor (see `check_quorum`).
+    pub(crate) check: Arc<LeaderCheck>,
 }
 
 /// A group's Raft state as this node sees it.
@@ -75,6 +78,11 @@ pub(crate) fn shutting_down() -> GroupError {
     GroupError::Stopped("raft is shutting down".into())
 }
 
+/// A leader cut off from its quorum: it knows no leader it could forward to.
+fn no_quorum() -> GroupError {
+    GroupError::NotLeader { leader: None }
+}
+
 fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> GroupError {
     GroupError::NotLeader {
         leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
@@ -94,23 +102,100 @@ impl Group {
 
     /// Commit `cmd` through the log and return its outcome and log index. Waits while a
     /// leadership transfer runs (then fails with [`GroupError::NotLeader`] if it moved), all
-    /// within the group's request timeout.
+    /// within the group's request timeout. Fails at once with [`GroupError::NotLeader`] on a
+    /// leader cut off from its quorum (check-quorum), also while the write is in flight: its
+    /// outcome is then unknown, as after a timeout.
     pub async fn write(&self, cmd: Command) -> Result<(Outcome, u64), GroupError> {
+        match self.propose(Request::Kv(cmd)).await? {
+            (Response::Kv(outcome), index) => Ok((outcome, index)),
+            (Response::None, _) => Err(GroupError::Stopped("write produced no outcome".into())),
+        }
+    }
+
+    /// Commit `req` and return what applying it produced, with its log index.
+    async fn propose(&self, req: Request) -> Result<(Response, u64), GroupError> {
         let attempt = async {
             let _open = self.gate.read().await;
-            self.raft.client_write(Request::Kv(cmd)).await
+            self.regain_quorum().await?;
+            tokio::select! {
+                written = self.raft.client_write(req) => written.map_err(write_error),
+                lost = self.quorum_lost() => Err(lost),
+            }
         };
-        let result = tokio::time::timeout(self.timeout, attempt)
+        let resp = tokio::time::timeout(self.timeout, attempt)
             .await
             .map_err(|_| {
                 GroupError::Unavailable(format!("write not committed within {:?}", self.timeout))
-            })?;
-        match result {
-            Ok(resp) => match resp.data {
-                Response::Kv(outcome) => Ok((outcome, resp.log_id.index)),
-                Response::None => Err(GroupError::Stopped("write produced no outcome".into())),
-            },
-            Err(e) => Err(write_error(e)),
+            })??;
+        Ok((resp.data, resp.log_id.index))
+    }
+
+    /// Ok unless this replica is openraft's leader but has not heard from a quorum for a lease
+    /// and does not within a grace period after asking (it sends heartbeats at once; a leader
+    /// whose heartbeats were paused, by a transfer that then failed, regains its quorum here).
+    async fn regain_quorum(&self) -> Result<(), GroupError> {
+        let cut_off = |m: &RaftMetrics<u64, BasicNode>| {
+            m.state == ServerState::Leader && !self.check.leads(m)
+        };
+        if !cut_off(&self.raft.metrics().borrow()) {
+            return Ok(());
+        }
+        if self.raft.trigger().heartbeat().await.is_err() {
+            return Err(shutting_down());
+        }
+        let grace = Duration::from_millis(self.raft.config().heartbeat_interval * 2);
+        let check = self.check.clone();
+        self.raft
+            .wait(Some(grace))
+            .metrics(
+                move |m| m.state != ServerState::Leader || check.leads(m),
+                "a quorum acknowledges the leader",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|_| no_quorum())
+    }
+
+    /// Resolves once this replica leads without a quorum's acknowledgement within the lease,
+    /// and cannot regain it.
+    async fn quorum_lost(&self) -> GroupError {
+        loop {
+            let check = self.check.clone();
+            let waited = self
+                .raft
+                .wait(None)
+                .metrics(
+                    move |m| m.state == ServerState::Leader && !check.leads(m),
+                    "quorum lost",
+                )
+                .await;
+            if waited.is_err() {
+                return shutting_down();
+            }
+            if let Err(lost) = self.regain_quorum().await {
+                return lost;
+            }
+        }
+    }
+
+    /// On a replica that restarted as leader: propose a no-op so that the entries its log held
+    /// at startup are committed again in its term (see `check_quorum`). Returns at once
+    /// elsewhere.
+    pub(crate) async fn recommit_after_restart(&self) {
+        if self
+            .check
+            .pending_floor(&self.raft.metrics().borrow())
+            .is_none()
+        {
+            return;
+        }
+        match self.propose(Request::Noop).await {
+            Ok((_, index)) => {
+                tracing::info!(group = %self.id, index, "restarted leader re-committed its log")
+            }
+            Err(e) => {
+                tracing::info!(group = %self.id, error = %e, "restarted leader's no-op not committed")
+            }
         }
     }
 
@@ -203,7 +288,9 @@ impl Group {
 
     /// Make sure this node is the leader and has applied everything committed before the call
     /// (read-index), so a following local read is linearizable. Waits while a leadership
-    /// transfer runs, within the group's request timeout.
+    /// transfer runs, within the group's request timeout. On a replica that restarted as leader
+    /// it also waits until the entries its log held at startup are applied again (see
+    /// `check_quorum`: its read index alone may be below an acknowledged write).
     pub async fn read_barrier(&self) -> Result<(), GroupError> {
         let unconfirmed = || {
             GroupError::Unavailable(format!(
@@ -219,22 +306,51 @@ impl Group {
             .await
             .map_err(|_| unconfirmed())?;
         loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let attempt = tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await;
+            self.regain_quorum().await?;
+            let attempt = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    read = self.raft.ensure_linearizable() => Ok(read),
+                    lost = self.quorum_lost() => Err(lost),
+                }
+            })
+            .await;
             let err = match attempt {
                 Err(_) => return Err(unconfirmed()),
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Ok(Err(lost)) => return Err(lost),
+                Ok(Ok(Ok(_))) => return self.wait_recovered(deadline).await,
+                Ok(Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))))) => {
                     return Err(not_leader(f))
                 }
-                Ok(Err(RaftError::APIError(e))) => e.to_string(),
-                Ok(Err(RaftError::Fatal(f))) => return Err(GroupError::Stopped(f.to_string())),
+                Ok(Ok(Err(RaftError::APIError(e)))) => e.to_string(),
+                Ok(Ok(Err(RaftError::Fatal(f)))) => return Err(GroupError::Stopped(f.to_string())),
             };
             if tokio::time::Instant::now() + READ_RETRY_PAUSE >= deadline {
                 return Err(GroupError::Unavailable(err));
             }
             tokio::time::sleep(READ_RETRY_PAUSE).await;
         }
+    }
+
+    /// Wait, until `deadline`, for a restarted leader to apply what its log held at startup.
+    async fn wait_recovered(&self, deadline: tokio::time::Instant) -> Result<(), GroupError> {
+        let Some(floor) = self.check.pending_floor(&self.raft.metrics().borrow()) else {
+            return Ok(());
+        };
+        let check = self.check.clone();
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(remaining))
+            .metrics(
+                move |m| check.pending_floor(m).is_none(),
+                "the restarted leader's log applied again",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                GroupError::Unavailable(format!(
+                    "restarted as leader; its log up to {floor} is not yet committed again"
+                ))
+            })
     }
 
     /// Read `key`; linearizable unless `stale` (then: whatever this replica has applied).
@@ -264,40 +380,116 @@ impl Group {
             .await?)
     }
 
-    /// The leader this node knows of, with its address.
+    /// The leader this node knows of, with its address: another node openraft follows, or this
+    /// node while a quorum acknowledges it (check-quorum).
     pub fn leader(&self) -> Option<(u64, String)> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
+        self.leader_in(&self.raft.metrics().borrow())
+    }
+
+    fn leader_in(&self, m: &RaftMetrics<u64, BasicNode>) -> Option<(u64, String)> {
         let id = m.current_leader?;
+        if id == m.id && !self.check.leads(m) {
+            return None;
+        }
         let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
         Some((id, addr))
     }
 
-    /// The leader, waiting up to `timeout` for one to be known (an election or a leadership
-    /// transfer in progress leaves followers without one for a moment).
+    /// The leader, waiting up to `timeout` for one to be known.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(u64, String)> {
         if let Some(known) = self.leader() {
             return Some(known);
         }
-        let _ = self
+        let me = self.clone();
+        let waited = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(move |m| me.leader_in(m).is_some(), "a known leader")
+            .await
+            .ok()?;
+        self.leader_in(&waited)
+    }
+
+    /// The leader to send this group's requests to: this node, or a peer that is not in
+    /// `unreachable` and that this node can reach (see [`crate::PeerHealth`]). Waits up to
+    /// `timeout` for one (an election or a leadership transfer leaves followers without a
+    /// leader for a moment), woken by openraft's metrics, which it refreshes at least every
+    /// tick. Fails at once with [`GroupError::Unavailable`] when this node cannot reach a
+    /// quorum of the voters: then no leader it could use exists or can be elected.
+    pub async fn usable_leader(
+        &self,
+        timeout: Duration,
+        unreachable: &[u64],
+    ) -> Result<(u64, String), GroupError> {
+        let cut_off = || {
+            GroupError::Unavailable(format!(
+                "this node cannot reach a quorum of the replicas of {}",
+                self.id
+            ))
+        };
+        let found = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if let Some(leader) = self.usable_leader_in(&m, unreachable) {
+                return Ok(leader);
+            }
+            self.reaches_quorum_in(&m, unreachable)
+        };
+        if !found {
+            return Err(cut_off());
+        }
+        let me = self.clone();
+        let skip = unreachable.to_vec();
+        let waited = self
             .raft
             .wait(Some(timeout))
             .metrics(
-                |m| {
-                    m.current_leader
-                        .is_some_and(|l| m.membership_config.membership().get_node(&l).is_some())
-                },
-                "a known leader",
+                move |m| me.usable_leader_in(m, &skip).is_some() || !me.reaches_quorum_in(m, &skip),
+                "a usable leader",
             )
             .await;
-        self.leader()
+        match waited {
+            Ok(m) => self.usable_leader_in(&m, unreachable).ok_or_else(cut_off),
+            Err(_) => Err(GroupError::Unavailable(format!(
+                "{} has no leader this node can reach (waited {timeout:?})",
+                self.id
+            ))),
+        }
     }
 
-    /// Whether this node currently leads the group.
+    fn usable_leader_in(
+        &self,
+        m: &RaftMetrics<u64, BasicNode>,
+        unreachable: &[u64],
+    ) -> Option<(u64, String)> {
+        self.leader_in(m).filter(|(id, _)| {
+            *id == m.id || (!unreachable.contains(id) && self.transport.peers().reachable(*id))
+        })
+    }
+
+    /// Whether this node currently leads the group: openraft's leader, acknowledged by a quorum
+    /// within the lease (check-quorum).
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.current_leader == Some(m.id) && m.state == ServerState::Leader
+        self.check.leads(&self.raft.metrics().borrow())
+    }
+
+    /// Whether this node could form a quorum of the group's voters with the peers it can
+    /// reach, leaving out `also_unreachable`. False means it is cut off.
+    pub fn reaches_quorum(&self, also_unreachable: &[u64]) -> bool {
+        self.reaches_quorum_in(&self.raft.metrics().borrow(), also_unreachable)
+    }
+
+    fn reaches_quorum_in(&self, m: &RaftMetrics<u64, BasicNode>, also_unreachable: &[u64]) -> bool {
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        if voters.is_empty() {
+            return true;
+        }
+        let peers = self.transport.peers();
+        let reachable = voters
+            .iter()
+            .filter(|v| **v == m.id || (!also_unreachable.contains(v) && peers.reachable(**v)))
+            .count();
+        reachable * 2 > voters.len()
     }
 
     /// This node's view of the group, for status pages.
@@ -310,17 +502,20 @@ impl Group {
             .flatten();
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
+        let leads = self.check.leads(&m);
         GroupStatus {
             group: self.id,
             role: match m.state {
-                ServerState::Leader => "leader",
+                ServerState::Leader if leads => "leader",
+                // Cut off from its quorum (check-quorum): no longer counts itself the leader.
+                ServerState::Leader => "follower",
                 ServerState::Follower => "follower",
                 ServerState::Candidate => "candidate",
                 ServerState::Learner => "learner",
                 ServerState::Shutdown => "shutdown",
             },
             term: m.current_term,
-            leader: m.current_leader,
+            leader: self.leader_in(&m).map(|(id, _)| id),
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             nodes: membership

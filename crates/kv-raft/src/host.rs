@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use kv_storage::{GroupId, Store};
 use openraft::error::{InitializeError, RaftError};
-use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy, Vote};
 
+use crate::check_quorum::LeaderCheck;
 use crate::encoding::{decode, encode};
 use crate::network::{RpcKind, Transport};
+use crate::types::TypeConfig;
 use crate::{Group, GroupError, LogStore, StateMachine};
 
 /// Raft timing and log-compaction settings shared by every group of a node.
@@ -76,6 +79,8 @@ pub struct RaftHost {
     transport: Transport,
     config: Arc<Config>,
     timeout: Duration,
+    /// The leader lease (`election_max`): check-quorum's limit.
+    lease: Duration,
     snapshot_root: PathBuf,
     groups: RwLock<HashMap<GroupId, Group>>,
     /// Serializes group creation so two callers never build the same group twice.
@@ -83,20 +88,23 @@ pub struct RaftHost {
 }
 
 impl RaftHost {
-    /// A host for node `node_id` with no groups yet; snapshots go under `snapshot_root`.
+    /// A host for node `node_id` with no groups yet, talking to peers with `http`; snapshots go
+    /// under `snapshot_root`.
     pub fn new(
         node_id: u64,
         store: Store,
-        transport: Transport,
+        http: reqwest::Client,
         tuning: &RaftTuning,
         snapshot_root: PathBuf,
     ) -> Result<Self, GroupError> {
         Ok(RaftHost {
             node_id,
             store,
-            transport,
+            // Two missed heartbeats in a row: one timed-out RPC on a busy machine is not enough.
+            transport: Transport::new(http, tuning.heartbeat * 2),
             config: Arc::new(tuning.config()?),
             timeout: tuning.request_timeout,
+            lease: tuning.election_max,
             snapshot_root,
             groups: RwLock::default(),
             opening: tokio::sync::Mutex::new(()),
@@ -106,6 +114,11 @@ impl RaftHost {
     /// This node's Raft id.
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// The node's Raft transport, with what it knows of the peers' reachability.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// The store every hosted group keeps its log and state in.
@@ -145,7 +158,8 @@ impl RaftHost {
         if let Some(g) = self.group(id) {
             return Ok(g);
         }
-        let log = LogStore::new(id, self.store.clone());
+        let mut log = LogStore::new(id, self.store.clone());
+        let restored = self.restored_leadership(&mut log).await?;
         let sm = StateMachine::open(id, self.store.clone(), &self.snapshot_root).await?;
         let raft = Raft::new(
             self.node_id,
@@ -163,13 +177,38 @@ impl RaftHost {
             transport: self.transport.clone(),
             timeout: self.timeout,
             gate: Arc::default(),
+            check: LeaderCheck::new(self.lease, restored),
         };
         self.groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, group.clone());
+        if restored.is_some() {
+            // Ends within the request timeout, committed or not.
+            let restarted = group.clone();
+            tokio::spawn(async move { restarted.recommit_after_restart().await });
+        }
         tracing::info!(node = self.node_id, group = %id, "group started");
         Ok(group)
+    }
+
+    /// If the stored vote makes this node the group's leader (openraft then restores it as
+    /// leader in the same term), that term and the last log index: the recovery floor of
+    /// `check_quorum`.
+    async fn restored_leadership(
+        &self,
+        log: &mut LogStore,
+    ) -> Result<Option<(u64, u64)>, GroupError> {
+        use openraft::storage::RaftLogStorage;
+        let stopped = |e: openraft::StorageError<u64>| GroupError::Stopped(e.to_string());
+        let Some(vote) = log.read_vote().await.map_err(stopped)? else {
+            return Ok(None);
+        };
+        if !vote.is_committed() || vote.leader_id().voted_for() != Some(self.node_id) {
+            return Ok(None);
+        }
+        let last = log.get_log_state().await.map_err(stopped)?.last_log_id;
+        Ok(Some((vote.leader_id().term, last.map_or(0, |l| l.index))))
     }
 
     /// Make `members` the first membership of group `id`. Calling it on every initial member
@@ -205,15 +244,18 @@ impl RaftHost {
         };
         match kind {
             RpcKind::Append => {
-                let req = decode(body).map_err(bad)?;
+                let req: AppendEntriesRequest<TypeConfig> = decode(body).map_err(bad)?;
+                self.heard_from(&req.vote);
                 enc(encode(&g.raft.append_entries(req).await))
             }
             RpcKind::Vote => {
-                let req = decode(body).map_err(bad)?;
+                let req: VoteRequest<u64> = decode(body).map_err(bad)?;
+                self.heard_from(&req.vote);
                 enc(encode(&g.raft.vote(req).await))
             }
             RpcKind::Snapshot => {
-                let req = decode(body).map_err(bad)?;
+                let req: InstallSnapshotRequest<TypeConfig> = decode(body).map_err(bad)?;
+                self.heard_from(&req.vote);
                 enc(encode(&g.raft.install_snapshot(req).await))
             }
             RpcKind::TimeoutNow => {
@@ -237,6 +279,13 @@ impl RaftHost {
         }
     }
 
+    /// A peer's RPC arrived: the node whose vote it carries can reach us.
+    fn heard_from(&self, vote: &Vote<u64>) {
+        if let Some(sender) = vote.leader_id().voted_for() {
+            self.transport.peers().note_ok(sender);
+        }
+    }
+
     /// Stop group `id` and delete everything it stored on this node (log, state, snapshots):
     /// for a replica the group has removed.
     pub async fn close_group(&self, id: GroupId) -> Result<(), GroupError> {
@@ -251,7 +300,9 @@ impl RaftHost {
                 tracing::warn!(group = %id, error = %e, "raft shutdown failed");
             }
         }
-        self.store.read(move |e| e.drop_group(id)).await?;
+        // Through the writer queue: ordered after any write of the group still queued (a
+        // `save_committed`), which would otherwise bring part of it back.
+        self.store.drop_group(id).await?;
         let dir = self.snapshot_root.join(id.to_string());
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {

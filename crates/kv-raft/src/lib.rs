@@ -11,6 +11,7 @@
 //! Every peer RPC is addressed to a group (`POST /raft/{group}/{rpc}`), so a node can host many
 //! groups behind one listener and one connection pool.
 
+mod check_quorum;
 mod compaction;
 mod encoding;
 mod error;
@@ -18,6 +19,7 @@ mod group;
 mod host;
 mod log_store;
 mod network;
+mod peer_health;
 mod state_machine;
 mod transfer;
 mod types;
@@ -27,6 +29,7 @@ pub use group::{Group, GroupStatus};
 pub use host::{RaftHost, RaftTuning};
 pub use log_store::LogStore;
 pub use network::{RpcKind, Transport};
+pub use peer_health::PeerHealth;
 pub use state_machine::StateMachine;
 pub use types::{Request, Response, TypeConfig};
 

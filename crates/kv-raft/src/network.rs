@@ -6,6 +6,7 @@
 //! example it does not host the group yet) and counts as a network error, so openraft retries.
 //! `timeout-now` is this crate's own, for leadership transfer (see [`RpcKind::TimeoutNow`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kv_storage::GroupId;
@@ -21,6 +22,7 @@ use openraft::BasicNode;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::encoding::{decode, encode};
+use crate::peer_health::PeerHealth;
 use crate::types::TypeConfig;
 use crate::GroupError;
 
@@ -75,16 +77,27 @@ fn post_rpc(
         .body(body)
 }
 
-/// The node's one pooled HTTP client for Raft traffic. Cheap to clone.
+/// The node's one pooled HTTP client for Raft traffic, and what that traffic shows of each
+/// peer's reachability. Cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
     http: reqwest::Client,
+    peers: Arc<PeerHealth>,
 }
 
 impl Transport {
-    /// Wrap the node's HTTP client.
-    pub fn new(http: reqwest::Client) -> Self {
-        Transport { http }
+    /// Wrap the node's HTTP client; a peer whose RPCs fail for `down_after` counts as
+    /// unreachable (see [`PeerHealth`]).
+    pub fn new(http: reqwest::Client, down_after: Duration) -> Self {
+        Transport {
+            http,
+            peers: Arc::new(PeerHealth::new(down_after)),
+        }
+    }
+
+    /// Reachability of the peers, as this node's Raft traffic shows it.
+    pub fn peers(&self) -> &Arc<PeerHealth> {
+        &self.peers
     }
 
     /// Ask the replica of `group` at `addr` to start an election at once (leadership transfer).
@@ -123,7 +136,7 @@ impl Transport {
     pub(crate) fn for_group(&self, group: GroupId) -> GroupNetwork {
         GroupNetwork {
             group,
-            http: self.http.clone(),
+            transport: self.clone(),
         }
     }
 }
@@ -131,7 +144,7 @@ impl Transport {
 /// Creates peer clients for one group.
 pub struct GroupNetwork {
     group: GroupId,
-    http: reqwest::Client,
+    transport: Transport,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
@@ -142,7 +155,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
             group: self.group,
             target,
             base: format!("http://{}/raft/{}", node.addr, self.group.0),
-            http: self.http.clone(),
+            transport: self.transport.clone(),
         }
     }
 }
@@ -152,7 +165,7 @@ pub struct PeerClient {
     group: GroupId,
     target: u64,
     base: String,
-    http: reqwest::Client,
+    transport: Transport,
 }
 
 impl PeerClient {
@@ -169,10 +182,12 @@ impl PeerClient {
     {
         let body = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let url = format!("{}/{}", self.base, kind.as_str());
-        let resp = post_rpc(&self.http, &url, body, timeout)
+        let peers = &self.transport.peers;
+        let resp = post_rpc(&self.transport.http, &url, body, timeout)
             .send()
             .await
             .map_err(|e| {
+                peers.note_failure(self.target);
                 if e.is_connect() {
                     RPCError::Unreachable(Unreachable::new(&e))
                 } else {
@@ -180,10 +195,12 @@ impl PeerClient {
                 }
             })?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            peers.note_failure(self.target);
+            RPCError::Network(NetworkError::new(&e))
+        })?;
+        // Any answer, even a refusal, shows the peer is there.
+        peers.note_ok(self.target);
         if !status.is_success() {
             let msg = format!(
                 "peer {} answered {} for {} of {}: {}",

@@ -194,7 +194,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             last = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Blank => slots.push(None),
+                EntryPayload::Blank | EntryPayload::Normal(Request::Noop) => slots.push(None),
                 EntryPayload::Normal(Request::Kv(cmd)) => {
                     slots.push(Some(commands.len()));
                     commands.push((entry.log_id.index, cmd));

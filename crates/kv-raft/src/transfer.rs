@@ -2,6 +2,8 @@
 //! does it. Proposals stop (the group's gate), the target catches up, heartbeats stop until the
 //! followers' leader lease has lapsed (until then they refuse any vote), and the target is told
 //! to campaign at once (`timeout-now`), before any other follower's election timer fires.
+//! Where the target and the old leader alone are a majority (three voters), the old leader's
+//! own vote elects the target, so the lease wait is skipped and writes pause for a round trip.
 
 use std::time::Duration;
 
@@ -54,7 +56,8 @@ impl Group {
     /// way etcd does it: hold back new writes, membership changes and linearizable reads (they
     /// wait, and those in flight finish first); wait until `to` holds the whole log; stop
     /// heartbeats until the followers' leader lease (`election_max`) has lapsed, since until
-    /// then they refuse to vote; then tell `to` to campaign at once (the `timeout-now` RPC),
+    /// then they refuse to vote (skipped when this leader's vote is enough, see
+    /// `old_leader_vote_elects`); then tell `to` to campaign at once (the `timeout-now` RPC),
     /// before any other follower's election timer fires. Heartbeats and held-back requests
     /// resume on every way out, including cancellation; requests held back then fail with
     /// [`GroupError::NotLeader`] naming the new leader.
@@ -105,22 +108,31 @@ impl Group {
             Err(WaitError::ShuttingDown) => return Err(shutting_down()),
         }
 
-        let _heartbeats = HeartbeatsOff::new(&self.raft);
-        // Followers' lease is internal state no metric shows, so this is a wait on time: one
-        // lease from the last heartbeat, plus one interval for a heartbeat already in flight.
-        // Other followers campaign only after lease + election_min, so `to` goes first.
-        tokio::time::sleep(lease + heartbeat).await;
-        if let Err(e) = self
-            .transport
-            .timeout_now(self.id, &addr, term, lease)
-            .await
-        {
-            // Renew the followers' lease now, not at the next tick, before one of them campaigns.
-            self.raft.runtime_config().heartbeat(true);
-            if let Err(f) = self.raft.trigger().heartbeat().await {
-                tracing::warn!(error = %f, "heartbeat after a failed transfer");
+        if self.old_leader_vote_elects(to, term, lease) {
+            // Fast path: `to` and this leader are a majority, and this leader grants `to` its
+            // vote at once (its own vote is older than a lease), so nobody else's lease matters.
+            self.transport
+                .timeout_now(self.id, &addr, term, lease)
+                .await?;
+        } else {
+            let _heartbeats = HeartbeatsOff::new(&self.raft);
+            // Followers' lease is internal state no metric shows, so this is a wait on time: one
+            // lease from the last heartbeat, plus one interval for a heartbeat already in flight.
+            // Other followers campaign only after lease + election_min, so `to` goes first.
+            tokio::time::sleep(lease + heartbeat).await;
+            if let Err(e) = self
+                .transport
+                .timeout_now(self.id, &addr, term, lease)
+                .await
+            {
+                // Renew the followers' lease now, not at the next tick, before one of them
+                // campaigns.
+                self.raft.runtime_config().heartbeat(true);
+                if let Err(f) = self.raft.trigger().heartbeat().await {
+                    tracing::warn!(error = %f, "heartbeat after a failed transfer");
+                }
+                return Err(e);
             }
-            return Err(e);
         }
 
         let moved = self
@@ -148,6 +160,18 @@ impl Group {
             ))),
             Err(WaitError::ShuttingDown) => Err(shutting_down()),
         }
+    }
+
+    /// Whether `to`'s campaign wins with this leader's vote alone: the two are a majority of the
+    /// voters, and this leader's vote (cast when it was elected) is older than a lease, so
+    /// openraft's lease check does not make it refuse. Then nobody needs to wait for the other
+    /// followers' leases to lapse, and the transfer pauses writes for a round trip, not a lease.
+    fn old_leader_vote_elects(&self, to: u64, term: u64, lease: Duration) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let both = voters.contains(&to) && voters.contains(&m.id);
+        both && 2 * 2 > voters.len() && self.check.led_for(term) > lease + lease / 4
     }
 
     /// Check that this node leads and `to` is another voter; return the term and `to`'s address.

@@ -8,12 +8,17 @@ use serde::{Deserialize, Serialize};
 pub enum Request {
     /// A key/value write to a data partition.
     Kv(Command),
+    /// Changes nothing: a leader restored after a restart proposes one to commit an entry of
+    /// its own term (see `Group::read_barrier`). Appended after `Kv`, so entries written
+    /// before it existed still decode.
+    Noop,
 }
 
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Request::Kv(cmd) => write_command(f, cmd),
+            Request::Noop => write!(f, "noop"),
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kv_raft::{RaftHost, RaftTuning, Transport};
+use kv_raft::{RaftHost, RaftTuning};
 use kv_storage::{Command, Condition, GroupId, Store};
 use openraft::{BasicNode, ServerState};
 
@@ -22,7 +22,7 @@ async fn concurrent_appends_of_two_groups_on_one_redb_store_are_all_acknowledged
     let dir = tempfile::tempdir().unwrap();
     let store = Store::redb(&dir.path().join("node.redb")).unwrap();
     // Never used: single-member groups send no RPCs.
-    let transport = Transport::new(reqwest::Client::builder().build().unwrap());
+    let transport = reqwest::Client::builder().build().unwrap();
     let tuning = RaftTuning {
         request_timeout: Duration::from_secs(30),
         ..RaftTuning::default()

@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use kv_raft::{Group, RaftHost, RaftTuning, RpcKind, Transport};
+use kv_raft::{Group, RaftHost, RaftTuning, RpcKind};
 use kv_storage::{GroupId, Store};
 use openraft::BasicNode;
 use tempfile::TempDir;
@@ -79,14 +79,8 @@ impl TestCluster {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::redb(&dir.path().join("node.redb")).unwrap();
             let http = reqwest::Client::builder().build().unwrap();
-            let host = RaftHost::new(
-                id,
-                store,
-                Transport::new(http),
-                tuning,
-                dir.path().join("snapshots"),
-            )
-            .unwrap();
+            let host =
+                RaftHost::new(id, store, http, tuning, dir.path().join("snapshots")).unwrap();
             let host = Arc::new(host);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();

@@ -1,0 +1,84 @@
+//! What this node knows of each peer's reachability, from the Raft traffic it already has: an
+//! answered RPC or an RPC received from a peer shows the peer is reachable; RPCs that keep
+//! failing (refused, timed out) show it is not. Routing uses it to stop sending requests to a
+//! peer it cannot reach, and to tell "an election is under way" (wait for the new leader) from
+//! "this node is cut off from a quorum" (answer 503 at once).
+//!
+//! It is a hint, never a safety input: Raft's own rules decide who leads and what commits.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Per-peer contact record, shared by every group of a node.
+#[derive(Debug)]
+pub struct PeerHealth {
+    /// How long RPCs to a peer must keep failing, with nothing heard from it meanwhile, before
+    /// the peer counts as unreachable. One timed-out heartbeat on a busy machine is not enough.
+    down_after: Duration,
+    peers: Mutex<HashMap<u64, Contact>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Contact {
+    /// When RPCs to the peer started failing, with no success since; `None` while they succeed.
+    failing_since: Option<Instant>,
+}
+
+impl PeerHealth {
+    /// A record in which every peer is reachable until RPCs to it fail for `down_after`.
+    pub fn new(down_after: Duration) -> Self {
+        PeerHealth {
+            down_after,
+            peers: Mutex::default(),
+        }
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Contact>> {
+        // Single-field updates cannot leave a record half-written: a poisoned lock is usable.
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The peer answered an RPC, or sent one.
+    pub fn note_ok(&self, peer: u64) {
+        let mut peers = self.peers();
+        let contact = peers.entry(peer).or_default();
+        contact.failing_since = None;
+    }
+
+    /// An RPC to the peer failed at the transport level (refused, reset, timed out).
+    pub fn note_failure(&self, peer: u64) {
+        let mut peers = self.peers();
+        let contact = peers.entry(peer).or_default();
+        contact.failing_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether the peer may be reached: false once RPCs to it have failed for `down_after`
+    /// with nothing heard from it since. Peers never contacted are reachable.
+    pub fn reachable(&self, peer: u64) -> bool {
+        self.peers()
+            .get(&peer)
+            .and_then(|c| c.failing_since)
+            .is_none_or(|since| since.elapsed() < self.down_after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_down_only_after_failing_for_a_while_and_up_again_on_contact() {
+        let patient = PeerHealth::new(Duration::from_secs(60));
+        assert!(patient.reachable(2), "never contacted");
+        patient.note_failure(2);
+        assert!(patient.reachable(2), "failing for less than the threshold");
+
+        let strict = PeerHealth::new(Duration::ZERO);
+        strict.note_failure(2);
+        assert!(!strict.reachable(2));
+        assert!(strict.reachable(3), "other peers are unaffected");
+        strict.note_ok(2);
+        assert!(strict.reachable(2), "heard from again");
+    }
+}

@@ -1,0 +1,97 @@
+//! Check-quorum on real groups talking over HTTP: a leader that cannot hear from a quorum stops
+//! counting itself the leader within a lease and refuses requests at once, instead of making
+//! each one wait out the request timeout.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use kv_raft::GroupError;
+use kv_storage::{Command, Condition, GroupId};
+use support::{wait_until, TestCluster, SETTLE};
+
+const GROUP: GroupId = GroupId(1);
+const VOTERS: [u64; 3] = [1, 2, 3];
+
+fn put(key: &str) -> Command {
+    Command::Put {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        cond: Condition::Always,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_cut_off_from_its_quorum_steps_down_and_refuses_at_once() {
+    let tuning = support::fast_tuning();
+    let cluster = TestCluster::start(&VOTERS).await;
+    let leader = cluster.create_group(GROUP, &VOTERS).await;
+    let group = cluster.group(leader, GROUP);
+    group.write(put("before")).await.unwrap();
+    assert!(group.reaches_quorum(&[]));
+
+    for id in VOTERS.into_iter().filter(|id| *id != leader) {
+        cluster.stop(id).await;
+    }
+    wait_until("the cut-off leader reports no leadership", SETTLE, || {
+        std::future::ready(!group.is_leader() && group.leader().is_none())
+    })
+    .await;
+    let status = group.status().await;
+    assert_eq!((status.role, status.leader), ("follower", None));
+    wait_until("the followers count as unreachable", SETTLE, || {
+        std::future::ready(!group.reaches_quorum(&[]))
+    })
+    .await;
+
+    // Refused without waiting for the request timeout: the outcome is known to be "no quorum".
+    for attempt in [
+        tokio::spawn({
+            let group = group.clone();
+            async move { group.write(put("after")).await.map(|_| ()) }
+        }),
+        tokio::spawn({
+            let group = group.clone();
+            async move { group.get(b"before".to_vec(), false).await.map(|_| ()) }
+        }),
+    ] {
+        let started = tokio::time::Instant::now();
+        let answer = attempt.await.unwrap();
+        assert!(
+            matches!(answer, Err(GroupError::NotLeader { leader: None })),
+            "{answer:?}"
+        );
+        assert!(
+            started.elapsed() < tuning.request_timeout / 2,
+            "refused after {:?}, not at once",
+            started.elapsed()
+        );
+    }
+    // A stale read needs no quorum.
+    let stale = group.get(b"before".to_vec(), true).await.unwrap();
+    assert_eq!(stale.map(|r| r.value), Some(b"v".to_vec()));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_with_one_follower_left_keeps_leading() {
+    let cluster = TestCluster::start(&VOTERS).await;
+    let leader = cluster.create_group(GROUP, &VOTERS).await;
+    let group = cluster.group(leader, GROUP);
+    let down = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+    cluster.stop(down).await;
+    // Well past a lease: the remaining follower's acknowledgements keep it leading.
+    let lease = support::fast_tuning().election_max;
+    let until = tokio::time::Instant::now() + lease * 3;
+    while tokio::time::Instant::now() < until {
+        group.write(put("k")).await.unwrap();
+        assert!(group.is_leader());
+    }
+    assert!(group.reaches_quorum(&[]));
+    let other = VOTERS
+        .into_iter()
+        .find(|id| *id != leader && *id != down)
+        .unwrap();
+    assert!(!group.reaches_quorum(&[other]), "without the last follower");
+    cluster.shutdown().await;
+}
