@@ -301,6 +301,33 @@ impl TestCluster {
         Ok(())
     }
 
+    /// SIGSTOP node `id`: it keeps its sockets but answers nothing until [`Self::resume`].
+    pub fn pause(&self, id: u64) -> Result<()> {
+        self.signal(id, "-STOP")
+    }
+
+    /// SIGCONT node `id` after [`Self::pause`].
+    pub fn resume(&self, id: u64) -> Result<()> {
+        self.signal(id, "-CONT")
+    }
+
+    fn signal(&self, id: u64, signal: &str) -> Result<()> {
+        let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let child = node
+            .child
+            .as_ref()
+            .ok_or_else(|| anyhow!("node {id} is not running"))?;
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .context("cannot run kill")?;
+        if !status.success() {
+            bail!("kill {signal} of node {id} failed: {status}");
+        }
+        Ok(())
+    }
+
     /// Start a killed node again on the same address and data directory.
     pub async fn restart(&mut self, id: u64) -> Result<()> {
         self.spawn(id)?;

@@ -96,8 +96,12 @@ impl LeaderCheck {
             return None;
         }
         let (term, floor) = self.floor?;
+        if m.current_term < term {
+            // Not yet the restored state: openraft's first metrics are blank (term 0).
+            return Some(floor);
+        }
         let applied = m.last_applied.map(|l| l.index);
-        if m.current_term != term || applied >= Some(floor) {
+        if m.current_term > term || applied >= Some(floor) {
             self.recovered.store(true, Ordering::Release);
             return None;
         }
