@@ -3,6 +3,10 @@
 //! wipe nodes. Waiting is always on a condition ([`wait_until`]), never a fixed sleep.
 #![allow(clippy::unwrap_used)]
 
+mod netlab;
+
+pub use netlab::NetLab;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -27,6 +31,9 @@ pub struct ClusterOptions {
     pub request_timeout_ms: u64,
     /// Extra flags passed to every node.
     pub extra_args: Vec<String>,
+    /// Run every node in a network namespace of its own (see [`NetLab`]), so a test can cut
+    /// nodes off with [`TestCluster::isolate`]. Needs root.
+    pub network_namespaces: bool,
 }
 
 impl Default for ClusterOptions {
@@ -42,6 +49,7 @@ impl Default for ClusterOptions {
             logs_kept: 100,
             request_timeout_ms: 2_000,
             extra_args: Vec::new(),
+            network_namespaces: false,
         }
     }
 }
@@ -70,6 +78,8 @@ pub struct TestCluster {
     opts: ClusterOptions,
     nodes: BTreeMap<u64, TestNode>,
     http: reqwest::Client,
+    /// Declared last: dropped after the node processes are killed.
+    lab: Option<NetLab>,
 }
 
 /// The `kv-node` binary: `$KV_NODE_BIN`, or the one built next to the running test.
@@ -119,8 +129,17 @@ impl TestCluster {
     pub async fn start_with(bin: &Path, opts: ClusterOptions) -> Result<TestCluster> {
         let dir = tempfile::tempdir()?;
         let mut nodes = BTreeMap::new();
+        let ids: Vec<u64> = (1..=opts.nodes as u64).collect();
+        let lab = match opts.network_namespaces {
+            true => Some(NetLab::new(&ids)?),
+            false => None,
+        };
         for i in 1..=opts.nodes as u64 {
-            let addr = format!("127.0.0.1:{}", free_port());
+            let addr = match &lab {
+                // Each namespace has its own address, so every node can use the same port.
+                Some(lab) => format!("{}:7001", lab.ip(i)),
+                None => format!("127.0.0.1:{}", free_port()),
+            };
             nodes.insert(
                 i,
                 TestNode {
@@ -142,6 +161,7 @@ impl TestCluster {
             opts,
             nodes,
             http,
+            lab,
         };
         let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
         for id in &ids {
@@ -180,7 +200,11 @@ impl TestCluster {
             Some(via) => ("--join", via.clone()),
             None => ("--initial-cluster", initial),
         };
-        let child = Command::new(&self.bin)
+        let mut command = match &self.lab {
+            Some(lab) => lab.command(id, &self.bin),
+            None => Command::new(&self.bin),
+        };
+        let child = command
             .arg("--id")
             .arg(id.to_string())
             .arg("--listen")
@@ -229,6 +253,9 @@ impl TestCluster {
 
     /// Start a new node that joins through node `via`, without waiting for it.
     pub fn add_node_no_wait(&mut self, via: u64) -> Result<u64> {
+        if self.lab.is_some() {
+            bail!("nodes cannot join a cluster in network namespaces");
+        }
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
         let via_addr = self.nodes[&via].addr.clone();
         self.nodes.insert(
@@ -299,6 +326,23 @@ impl TestCluster {
             child.wait()?;
         }
         Ok(())
+    }
+
+    /// Drop every packet between node `id` and its peers (it needs `network_namespaces`); the
+    /// test still reaches it.
+    pub fn isolate(&self, id: u64) -> Result<()> {
+        match &self.lab {
+            Some(lab) => lab.isolate(id),
+            None => bail!("isolate needs ClusterOptions::network_namespaces"),
+        }
+    }
+
+    /// Undo every [`Self::isolate`].
+    pub fn heal(&self) -> Result<()> {
+        match &self.lab {
+            Some(lab) => lab.heal(),
+            None => Ok(()),
+        }
     }
 
     /// SIGSTOP node `id`: it keeps its sockets but answers nothing until [`Self::resume`].
