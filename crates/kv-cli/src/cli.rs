@@ -155,12 +155,15 @@ pub struct ScanArgs {
     /// Most keys listed.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub limit: u64,
-    /// Only keys after this one (the last key of the previous page).
-    #[arg(long, value_name = "KEY")]
+    /// Only keys after this one (the `next` of the previous page).
+    #[arg(long, alias = "start-after", value_name = "KEY")]
     pub after: Option<String>,
     /// Read from any replica instead of each partition's leader.
     #[arg(long)]
     pub stale: bool,
+    /// Keys and versions only, without values.
+    #[arg(long)]
+    pub keys_only: bool,
 }
 
 /// `kv cluster` subcommands.

@@ -69,6 +69,7 @@ pub async fn scan(client: &kv_client::Client, args: &ScanArgs) -> Result<Outcome
     let options = kv_client::ScanOptions {
         limit: Some(usize::try_from(args.limit).context("--limit is too large")?),
         after: args.after.clone(),
+        keys_only: args.keys_only,
         consistency: if args.stale {
             kv_client::Consistency::Stale
         } else {

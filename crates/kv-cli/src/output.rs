@@ -40,7 +40,7 @@ impl Outcome {
     }
 
     /// The output for scripts: one JSON object. `get` gives `{"key","version","value"}` (or
-    /// `value_hex` when the value is not UTF-8), writes the server's answer
+    /// `value_b64`, standard base64, when the value is not UTF-8, as scans do), writes the server's answer
     /// (`{"key","version"}`, deletes with `"deleted":true`), `scan` and `cluster status` the
     /// server's JSON.
     pub fn json(&self) -> serde_json::Value {
@@ -63,17 +63,21 @@ impl Outcome {
     }
 }
 
-/// A value in the shape of a scan item: text when it is UTF-8, hex otherwise.
+/// A value in the shape of a scan item: text when it is UTF-8, base64 otherwise.
 fn item(key: &str, value: &kv_client::Value) -> ScanItem {
-    let (text, hex) = match std::str::from_utf8(&value.data) {
+    use base64::Engine as _;
+    let (text, b64) = match std::str::from_utf8(&value.data) {
         Ok(text) => (Some(text.to_owned()), None),
-        Err(_) => (None, Some(hex(&value.data))),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(&value.data)),
+        ),
     };
     ScanItem {
         key: key.to_owned(),
         version: value.version,
         value: text,
-        value_hex: hex,
+        value_b64: b64,
     }
 }
 
@@ -87,10 +91,10 @@ fn hex(bytes: &[u8]) -> String {
 /// A value on one table cell: as is when it is printable text on one line, quoted with
 /// escapes when it holds control characters, `0x...` when it is not text.
 fn cell(item: &ScanItem) -> String {
-    match (&item.value, &item.value_hex) {
+    match (&item.value, item.value_bytes()) {
         (Some(text), _) if !text.chars().any(char::is_control) => text.clone(),
         (Some(text), _) => format!("{text:?}"),
-        (None, Some(hex)) => format!("0x{hex}"),
+        (None, Some(bytes)) => format!("0x{}", hex(&bytes)),
         (None, None) => String::new(),
     }
 }
@@ -301,22 +305,23 @@ PARTITION  REPLICAS  LEARNERS  LEADER  TERM  APPLIED
                     key: "a".into(),
                     version: 3,
                     value: Some("plain".into()),
-                    value_hex: None,
+                    value_b64: None,
                 },
                 ScanItem {
                     key: "bb".into(),
                     version: 12,
                     value: Some("two\nlines".into()),
-                    value_hex: None,
+                    value_b64: None,
                 },
                 ScanItem {
                     key: "c".into(),
                     version: 4,
                     value: None,
-                    value_hex: Some("ff00".into()),
+                    value_b64: Some("/wA=".into()),
                 },
             ],
             truncated: false,
+            next: None,
         };
         let text = String::from_utf8(Outcome::Scan(scan).human()).unwrap();
         let expected = "\
@@ -341,7 +346,7 @@ c    4        0xff00
         assert_eq!(outcome.human(), [0xff, 0x01]);
         assert_eq!(
             outcome.json(),
-            json!({"key": "k", "version": 9, "value_hex": "ff01"})
+            json!({"key": "k", "version": 9, "value_b64": "/wE="})
         );
         let text = Outcome::Value {
             key: "k".into(),

@@ -47,7 +47,7 @@ fn key_commands_print_values_and_versions_and_exit_with_their_codes() {
     let raw = c.kv(&["get", "binary"]).output().unwrap();
     assert_eq!(raw.stdout, [0u8, 159, 146, 150]);
     let read = json(&success(&mut c.kv(&["get", "binary", "--json"])));
-    assert_eq!(read["value_hex"], "009f9296");
+    assert_eq!(read["value_b64"], "AJ+Slg==");
 
     // a missing key: exit 1
     let (code, stdout, stderr) = fails(&mut c.kv(&["get", "missing"]));

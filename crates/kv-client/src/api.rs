@@ -64,7 +64,8 @@ pub struct DeleteResult {
     pub version: u64,
 }
 
-/// One key of a scan. `value` holds the value when it is UTF-8, otherwise `value_hex` does.
+/// One key of a scan. `value` holds the value when it is UTF-8, otherwise `value_b64` does
+/// (standard base64); neither with `keys_only`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanItem {
     pub key: String,
@@ -72,26 +73,20 @@ pub struct ScanItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_hex: Option<String>,
+    pub value_b64: Option<String>,
 }
 
 impl ScanItem {
-    /// The value's bytes, from `value` or by decoding `value_hex`; `None` if neither is present
-    /// or the hex is malformed.
+    /// The value's bytes, from `value` or by decoding `value_b64`; `None` if neither is present
+    /// or the base64 is malformed.
     pub fn value_bytes(&self) -> Option<Vec<u8>> {
+        use base64::Engine as _;
         if let Some(text) = &self.value {
             return Some(text.as_bytes().to_vec());
         }
-        let hex = self.value_hex.as_deref()?.as_bytes();
-        if hex.len() % 2 != 0 {
-            return None;
-        }
-        hex.chunks(2)
-            .map(|pair| {
-                let text = std::str::from_utf8(pair).ok()?;
-                u8::from_str_radix(text, 16).ok()
-            })
-            .collect()
+        base64::engine::general_purpose::STANDARD
+            .decode(self.value_b64.as_deref()?)
+            .ok()
     }
 }
 
@@ -99,8 +94,12 @@ impl ScanItem {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanResult {
     pub items: Vec<ScanItem>,
-    /// True when `limit` cut the list short.
+    /// True when the answer was cut short (by `limit` or by the node's byte budget per answer)
+    /// and more keys may match.
     pub truncated: bool,
+    /// When truncated: pass it as `start_after` to get the next page.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 /// Body of `POST /v1/cluster/nodes`.
@@ -228,24 +227,23 @@ pub struct ClusterStatus {
 mod tests {
     use super::*;
 
-    fn item(value: Option<&str>, value_hex: Option<&str>) -> ScanItem {
+    fn item(value: Option<&str>, value_b64: Option<&str>) -> ScanItem {
         ScanItem {
             key: "k".into(),
             version: 1,
             value: value.map(str::to_owned),
-            value_hex: value_hex.map(str::to_owned),
+            value_b64: value_b64.map(str::to_owned),
         }
     }
 
     #[test]
-    fn scan_item_value_bytes_decode_text_and_hex() {
+    fn scan_item_value_bytes_decode_text_and_base64() {
         assert_eq!(item(Some("hi"), None).value_bytes(), Some(b"hi".to_vec()));
         assert_eq!(
-            item(None, Some("ff00a1")).value_bytes(),
+            item(None, Some("/wCh")).value_bytes(),
             Some(vec![0xff, 0x00, 0xa1])
         );
-        assert_eq!(item(None, Some("f")).value_bytes(), None);
-        assert_eq!(item(None, Some("zz")).value_bytes(), None);
+        assert_eq!(item(None, Some("!!")).value_bytes(), None);
         assert_eq!(item(None, None).value_bytes(), None);
     }
 

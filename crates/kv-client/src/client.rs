@@ -47,8 +47,10 @@ pub enum Consistency {
 pub struct ScanOptions {
     /// Most keys returned (the server's default when `None`; the server allows 1..=10000).
     pub limit: Option<usize>,
-    /// Only keys after this one: pass the last key of a truncated page to get the next.
+    /// Only keys after this one: pass the `next` of a truncated page to get the following one.
     pub after: Option<String>,
+    /// Keys and versions only, without values.
+    pub keys_only: bool,
     pub consistency: Consistency,
 }
 
@@ -326,7 +328,10 @@ impl Client {
             path.push_str(&format!("&limit={limit}"));
         }
         if let Some(after) = &options.after {
-            path.push_str(&format!("&after={}", encode_component(after)));
+            path.push_str(&format!("&start_after={}", encode_component(after)));
+        }
+        if options.keys_only {
+            path.push_str("&keys_only=true");
         }
         if options.consistency == Consistency::Stale {
             path.push_str("&consistency=stale");

@@ -75,14 +75,16 @@ async fn every_operation_round_trips_and_key_requests_go_straight_to_the_leader(
     let keys: Vec<&str> = page.items.iter().map(|i| i.key.as_str()).collect();
     assert_eq!(keys, ["scan/0", "scan/1", "scan/2"]);
     assert!(page.truncated);
+    assert_eq!(page.next.as_deref(), Some("scan/2"));
     assert_eq!(page.items[0].value_bytes().unwrap(), b"v0");
     let rest = kv
         .scan_with(
             "scan/",
             &ScanOptions {
                 limit: Some(10),
-                after: Some("scan/2".into()),
+                after: page.next.clone(),
                 consistency: Consistency::Stale,
+                keys_only: true,
             },
         )
         .await
@@ -90,6 +92,10 @@ async fn every_operation_round_trips_and_key_requests_go_straight_to_the_leader(
     let keys: Vec<&str> = rest.items.iter().map(|i| i.key.as_str()).collect();
     assert!(keys.iter().all(|k| *k > "scan/2"), "{keys:?}");
     assert!(!rest.truncated);
+    assert!(rest
+        .items
+        .iter()
+        .all(|i| i.value.is_none() && i.value_b64.is_none()));
 
     // cluster status
     let status = kv.cluster_status().await.unwrap();

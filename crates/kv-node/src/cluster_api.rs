@@ -12,7 +12,6 @@ use kv_ring::PartitionId;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::forward::RequestParts;
 use crate::metadata;
 use crate::placement::{group_of, partition_of_group};
 use crate::state::AppState;
@@ -256,13 +255,25 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
 /// partitions then move in the background (see `moves` in `/v1/cluster`).
 pub async fn join(
     State(st): State<AppState>,
-    parts: RequestParts,
     body: Result<Json<kv_client::api::JoinRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|r| ApiError::bad_request("invalid_json", r.body_text()))?;
     if let Some(addr) = meta_leader_elsewhere(&st)? {
         let body = serde_json::to_vec(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
-        return Ok(crate::forward::forward(&st, &addr, &parts.with_body(body.into())).await?);
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+        return crate::forward::relay(
+            &st,
+            &addr,
+            axum::http::Method::POST,
+            "/v1/cluster/nodes",
+            headers,
+            body.into(),
+        )
+        .await;
     }
     let epoch = metadata::add_member(&st, req.id, &req.addr).await?;
     Ok(Json(json!({"id": req.id, "addr": req.addr, "epoch": epoch})).into_response())
@@ -320,7 +331,6 @@ pub async fn leave(
     State(st): State<AppState>,
     Path(id): Path<String>,
     params: Result<Query<LeaveParams>, QueryRejection>,
-    parts: RequestParts,
 ) -> Result<Response, ApiError> {
     let id: u64 = id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
         ApiError::bad_request("invalid_member", format!("{id:?} is not a node id"))
@@ -345,13 +355,16 @@ pub async fn leave(
         // The metadata leader changes the map; this node waits for the drain, so the relayed
         // request does not outlive the forwarding timeout.
         Some(addr) => {
-            let relay = crate::forward::Incoming {
-                method: parts.method,
-                path_and_query: format!("/v1/cluster/nodes/{id}?force={}&wait=0", params.force),
-                headers: parts.headers,
-                body: bytes::Bytes::new(),
-            };
-            let answer = crate::forward::forward(&st, &addr, &relay).await?;
+            let path = format!("/v1/cluster/nodes/{id}?force={}&wait=0", params.force);
+            let answer = crate::forward::relay(
+                &st,
+                &addr,
+                axum::http::Method::DELETE,
+                &path,
+                axum::http::HeaderMap::new(),
+                bytes::Bytes::new(),
+            )
+            .await?;
             if !answer.status().is_success() {
                 return Ok(answer);
             }

@@ -84,6 +84,25 @@ pub struct Flags {
     /// Partition moves this node leads at once (adding replicas, changing voters).
     #[arg(long, env = "KV_MAX_MOVES")]
     pub max_moves: Option<usize>,
+    /// Most bytes of keys and values in one scan answer; `next` continues from there.
+    #[arg(long, env = "KV_MAX_SCAN_BYTES")]
+    pub max_scan_bytes: Option<usize>,
+    /// Page cache of the redb file, in MiB (most of a node's memory).
+    #[arg(long, env = "KV_CACHE_MB")]
+    pub cache_mb: Option<usize>,
+    /// Open client and peer connections accepted at once; more are answered 503.
+    #[arg(long, env = "KV_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Key requests (get, put, delete, forwarded operations) served at once; more get 429.
+    #[arg(long, env = "KV_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Scans served at once; more get 429.
+    #[arg(long, env = "KV_MAX_CONCURRENT_SCANS")]
+    pub max_concurrent_scans: Option<usize>,
+    /// A request's head, and its body, must each arrive within this many milliseconds; also
+    /// how long an idle connection is kept open.
+    #[arg(long, env = "KV_CLIENT_TIMEOUT_MS")]
+    pub client_timeout_ms: Option<u64>,
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `kv_node=debug`).
     #[arg(long, env = "KV_LOG")]
     pub log: Option<String>,
@@ -106,7 +125,29 @@ pub struct Config {
     pub raft: RaftTuning,
     /// Partition moves this node leads at once.
     pub max_moves: usize,
+    /// Most bytes of keys and values in one scan answer.
+    pub max_scan_bytes: usize,
+    /// redb page cache, in bytes.
+    pub cache_bytes: usize,
+    pub limits: Limits,
     pub log: String,
+}
+
+/// How much work a node accepts at once, and how long it waits for a client.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_concurrent_requests: usize,
+    pub max_concurrent_scans: usize,
+    /// For a request head, for a request body, and for an idle connection.
+    pub client_timeout: Duration,
+}
+
+impl Config {
+    /// How long a request body may take to arrive.
+    pub fn body_timeout(&self) -> Duration {
+        self.limits.client_timeout
+    }
 }
 
 /// Largest accepted key, in bytes.
@@ -187,6 +228,14 @@ impl Config {
             max_value_bytes: pick!(max_value_bytes, 1 << 20),
             raft,
             max_moves: pick!(max_moves, crate::moves::DEFAULT_MAX_MOVES).max(1),
+            max_scan_bytes: pick!(max_scan_bytes, 4 << 20).max(1024),
+            cache_bytes: pick!(cache_mb, 64).max(1).saturating_mul(1 << 20),
+            limits: Limits {
+                max_connections: pick!(max_connections, 4096).max(1),
+                max_concurrent_requests: pick!(max_concurrent_requests, 1024).max(1),
+                max_concurrent_scans: pick!(max_concurrent_scans, 32).max(1),
+                client_timeout: Duration::from_millis(pick!(client_timeout_ms, 10_000).max(1)),
+            },
             log: pick!(log, "info".to_string()),
         })
     }

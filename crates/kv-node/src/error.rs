@@ -10,6 +10,14 @@ use kv_raft::GroupError;
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
 
+/// A peer's HTTP answer to a request this node forwarded, read whole.
+#[derive(Debug)]
+pub struct PeerAnswer {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
 /// Why a request failed, in terms a client can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -38,6 +46,15 @@ pub enum ApiError {
         message: String,
         leader: Option<u64>,
     },
+    /// The request (its body) did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// This node is doing as much of this kind of work as it accepts; retry later.
+    #[error("{0}")]
+    Overloaded(String),
+    /// A peer's error answer to a forwarded operation, passed on as it is.
+    #[error("a peer answered {}", .0.status)]
+    Relayed(Box<PeerAnswer>),
     /// A bug or a storage failure; details are logged, not sent.
     #[error("{0}")]
     Internal(String),
@@ -69,6 +86,9 @@ impl ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::Relayed(answer) => (answer.status, "relayed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -76,6 +96,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Relayed(answer) = self {
+            let mut resp = Response::new(axum::body::Body::from(answer.body));
+            *resp.status_mut() = answer.status;
+            *resp.headers_mut() = answer.headers;
+            return resp;
+        }
         let (status, code) = self.parts();
         let message = match &self {
             ApiError::Internal(detail) => {
@@ -101,7 +127,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),

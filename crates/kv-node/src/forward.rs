@@ -1,35 +1,27 @@
-//! Request routing: decide whether this node can serve a partition's request itself, and if
-//! not, relay the request unchanged to the node that can (the leader, or a replica) and relay
-//! its answer back. A hop counter stops loops while views of the leader are stale.
+//! Request routing: decide whether this node can serve a partition's operation itself, and if
+//! not, hand the operation ([`crate::ops::KeyOp`]) to the node that can (the leader, or a
+//! replica) and relay its answer back unchanged. A hop counter stops loops while views of the
+//! leader are stale; a node the operation cannot reach is left out and the operation routed
+//! again, within the request timeout.
 
+use std::future::Future;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use kv_client::api::HEADER_FORWARDED;
-use kv_raft::Group;
+use kv_raft::{Group, GroupError};
 use kv_ring::PartitionId;
+use tokio::time::Instant;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, PeerAnswer};
+use crate::ops::{Forwarded, KeyOp, MAX_HOPS};
 use crate::placement::group_of;
 use crate::state::AppState;
 
-/// Forwarded requests give up after this many hops.
-pub const MAX_HOPS: u32 = 3;
-
-/// Request headers a forwarded request keeps.
-const FORWARDED_REQUEST_HEADERS: &[&str] = &[
-    "if-match",
-    "if-none-match",
-    "content-type",
-    crate::kv_api::HEADER_CLIENT_ID,
-    crate::kv_api::HEADER_REQUEST_SEQ,
-    crate::kv_api::HEADER_ACK_BELOW,
-];
+/// The peer route that takes forwarded operations.
+pub const FORWARD_PATH: &str = "/internal/v1/kv";
 
 /// What a node does with a request for a partition.
 pub enum Route {
@@ -37,68 +29,6 @@ pub enum Route {
     Local(Group),
     /// Relay it to the first of these nodes `(id, address)` that can be reached.
     Forward(Vec<(u64, String)>),
-}
-
-/// The request as received, kept so it can be relayed.
-pub struct Incoming {
-    pub method: Method,
-    /// Path and query, e.g. `/v1/kv/a?consistency=stale`.
-    pub path_and_query: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-/// The parts of a request needed to relay it, extracted before the body.
-pub struct RequestParts {
-    pub method: Method,
-    pub path_and_query: String,
-    pub headers: HeaderMap,
-}
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestParts {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        // Nested routers strip prefixes from `uri`; the original is what a peer must see.
-        let uri = parts
-            .extensions
-            .get::<axum::extract::OriginalUri>()
-            .map(|u| u.0.clone())
-            .unwrap_or_else(|| parts.uri.clone());
-        Ok(RequestParts {
-            method: parts.method.clone(),
-            path_and_query: uri
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| uri.path().to_string()),
-            headers: parts.headers.clone(),
-        })
-    }
-}
-
-impl RequestParts {
-    /// The request, ready to relay, with `body`.
-    pub fn with_body(self, body: Bytes) -> Incoming {
-        Incoming {
-            method: self.method,
-            path_and_query: self.path_and_query,
-            headers: self.headers,
-            body,
-        }
-    }
-}
-
-impl Incoming {
-    pub fn hops(&self) -> u32 {
-        self.headers
-            .get(HEADER_FORWARDED)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
 }
 
 /// Where a request for partition `p` should go, leaving out the nodes in `unreachable` (this
@@ -143,27 +73,64 @@ pub async fn route(
     Ok(Route::Forward(candidates))
 }
 
-/// Relay `req` to the first of `targets` that accepts a connection. `Err(Unreachable)` names
-/// the nodes that did not, so the caller can route again without them.
-pub async fn forward_any(
-    st: &AppState,
-    targets: &[(u64, String)],
-    req: &Incoming,
-) -> Result<Response, ForwardError> {
-    let mut last = ApiError::unavailable("no replica to forward to");
-    for (id, addr) in targets {
-        match forward(st, addr, req).await {
-            Err(ForwardError::Unreachable(e)) => {
-                st.host.transport().peers().note_failure(*id);
-                last = e;
-            }
-            other => return other,
-        }
-    }
-    Err(ForwardError::Unreachable(last))
+/// What a forwarded operation answers with: relayed as an HTTP answer, or decoded.
+pub trait Answer: Sized {
+    /// The answer from the peer that served the operation.
+    fn from_peer(resp: PeerAnswer) -> Result<Self, ApiError>;
 }
 
-/// Why relaying failed: the target could not be reached (try another), or anything else.
+impl Answer for Response {
+    fn from_peer(resp: PeerAnswer) -> Result<Self, ApiError> {
+        let mut response = Response::new(Body::from(resp.body));
+        *response.status_mut() = resp.status;
+        *response.headers_mut() = resp.headers;
+        Ok(response)
+    }
+}
+
+/// Serve `op` on partition `p`: here with `local` if this node can, else on the node that can.
+/// If `local` finds that leadership moved, the operation follows the new leader.
+pub async fn serve<T, F, Fut>(
+    st: &AppState,
+    p: PartitionId,
+    op: &KeyOp,
+    hops: u32,
+    local: F,
+) -> Result<T, ApiError>
+where
+    T: Answer,
+    F: FnOnce(Group) -> Fut,
+    Fut: Future<Output = Result<T, GroupError>>,
+{
+    let deadline = Instant::now() + st.config.raft.request_timeout;
+    let mut unreachable: Vec<u64> = Vec::new();
+    loop {
+        let targets = match route(st, p, op.needs_leader(), deadline, &unreachable).await? {
+            Route::Forward(targets) => targets,
+            Route::Local(group) => {
+                return match local(group).await {
+                    Ok(answer) => Ok(answer),
+                    Err(GroupError::NotLeader {
+                        leader: Some((id, addr)),
+                    }) if id != st.config.id => Ok(forward_any(st, &[(id, addr)], op, hops).await?),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        };
+        match forward_any(st, &targets, op, hops).await {
+            Err(ForwardError::Unreachable(e)) if Instant::now() >= deadline => return Err(e),
+            // None of them took it: route again without them.
+            Err(ForwardError::Unreachable(_)) => {
+                unreachable.extend(targets.iter().map(|(id, _)| *id));
+            }
+            Err(ForwardError::Failed(e)) => return Err(e),
+            Ok(answer) => return Ok(answer),
+        }
+    }
+}
+
+/// Why forwarding failed: the target could not be reached (the operation never arrived, so
+/// another node may take it), or anything else (it may have been applied: the client decides).
 pub enum ForwardError {
     Unreachable(ApiError),
     Failed(ApiError),
@@ -177,16 +144,76 @@ impl From<ForwardError> for ApiError {
     }
 }
 
-/// Relay `req` to `addr` and return its answer as is.
-pub async fn forward(st: &AppState, addr: &str, req: &Incoming) -> Result<Response, ForwardError> {
-    let hops = req.hops();
+/// Hand `op` to the first of `targets` that accepts a connection; a node that does not is
+/// marked unreachable (see `kv_raft::PeerHealth`).
+async fn forward_any<T: Answer>(
+    st: &AppState,
+    targets: &[(u64, String)],
+    op: &KeyOp,
+    hops: u32,
+) -> Result<T, ForwardError> {
     if hops >= MAX_HOPS {
         return Err(ForwardError::Failed(ApiError::unavailable(format!(
             "gave up after {hops} forwarding hops; leadership is moving, retry"
         ))));
     }
-    let url = format!("http://{addr}{}", req.path_and_query);
-    let method = reqwest::Method::from_bytes(req.method.as_str().as_bytes())
+    let body = postcard::to_stdvec(&Forwarded {
+        hops: hops + 1,
+        op: op.clone(),
+    })
+    .map_err(|e| ForwardError::Failed(ApiError::Internal(format!("encoding: {e}"))))?;
+    let body = Bytes::from(body);
+    let mut last = ApiError::unavailable("no replica to forward to");
+    for (id, addr) in targets {
+        let sent = send(
+            st,
+            addr,
+            Method::POST,
+            FORWARD_PATH,
+            HeaderMap::new(),
+            body.clone(),
+        )
+        .await;
+        match sent {
+            Err(ForwardError::Unreachable(e)) => {
+                st.host.transport().peers().note_failure(*id);
+                last = e;
+            }
+            Err(e) => return Err(e),
+            Ok(answer) => return T::from_peer(answer).map_err(ForwardError::Failed),
+        }
+    }
+    Err(ForwardError::Unreachable(last))
+}
+
+/// Relay an administrative request (join, leave) this node has built itself to `addr`, and
+/// return the answer as is.
+pub async fn relay(
+    st: &AppState,
+    addr: &str,
+    method: Method,
+    path_and_query: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let answer = send(st, addr, method, path_and_query, headers, body).await?;
+    Response::from_peer(answer)
+}
+
+/// Request headers a relayed administrative request keeps.
+const RELAYED_REQUEST_HEADERS: &[&str] = &["content-type"];
+
+/// One request to a peer, its answer read whole, keeping the headers a client needs.
+async fn send(
+    st: &AppState,
+    addr: &str,
+    method: Method,
+    path_and_query: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<PeerAnswer, ForwardError> {
+    let url = format!("http://{addr}{path_and_query}");
+    let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
         .map_err(|e| ForwardError::Failed(ApiError::Internal(format!("method: {e}"))))?;
     let mut out = st
         .http
@@ -194,18 +221,17 @@ pub async fn forward(st: &AppState, addr: &str, req: &Incoming) -> Result<Respon
         // The target gives up after request_timeout and answers 503; a little slack lets that
         // answer through, and bounds the wait on a target that vanished.
         .timeout(st.config.raft.request_timeout + Duration::from_millis(500))
-        .header(HEADER_FORWARDED, (hops + 1).to_string())
-        .body(req.body.clone());
-    for name in FORWARDED_REQUEST_HEADERS {
-        if let Some(v) = req.headers.get(*name) {
+        .body(body);
+    for name in RELAYED_REQUEST_HEADERS {
+        if let Some(v) = headers.get(*name) {
             out = out.header(*name, v.as_bytes());
         }
     }
     metrics::counter!("kv_forwarded_requests_total").increment(1);
     let resp = out.send().await.map_err(|e| {
         let err = ApiError::unavailable(format!("forwarding to {addr} failed: {}", root_cause(&e)));
-        // Only a refused or timed-out connection means the request never arrived and another
-        // node may take it; past that it may have been applied, so the client decides.
+        // Only a refused connection means the request never arrived and another node may
+        // take it; past that it may have been applied, so the client decides.
         if e.is_connect() {
             ForwardError::Unreachable(err)
         } else {
@@ -233,10 +259,11 @@ pub async fn forward(st: &AppState, addr: &str, req: &Incoming) -> Result<Respon
             root_cause(&e)
         )))
     })?;
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    Ok(response)
+    Ok(PeerAnswer {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

@@ -1,13 +1,17 @@
 //! The key/value routes: `PUT/GET/DELETE /v1/kv/{key}` and the scan `GET /v1/kv?prefix=`.
+//! Each handler parses the HTTP request into a [`KeyOp`] (validating everything it carries)
+//! and hands it to [`execute`], which serves it here or forwards it; forwarded operations from
+//! peers enter at [`execute`] too, so both run the same code.
 
-use std::future::Future;
+use std::collections::VecDeque;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
+use base64::Engine as _;
 use kv_client::api::{
     DeleteResult, ScanItem, ScanResult, WriteResult, HEADER_CONSISTENCY, HEADER_NODE,
     HEADER_PARTITION,
@@ -17,15 +21,32 @@ use kv_ring::PartitionId;
 use kv_storage::{Command, Condition, Outcome};
 use serde::Deserialize;
 
-use crate::config::MAX_KEY_BYTES;
-use crate::error::ApiError;
-use crate::forward::{forward_any, route, ForwardError, Incoming, RequestParts, Route};
+use crate::error::{ApiError, PeerAnswer};
+use crate::extract::Params;
+use crate::forward::{serve, Answer};
+use crate::ops::{check_key, KeyOp, Page, PageRequest, Precondition, Row, Session, MAX_SCAN_LIMIT};
 use crate::state::AppState;
 
 pub use kv_client::api::{HEADER_ACK_BELOW, HEADER_CLIENT_ID, HEADER_REQUEST_SEQ};
 
-/// A client write's identity for exactly-once application: (client, seq, ack_below).
-type Session = (u64, u64, u64);
+/// The key of a `/v1/kv/{*key}` request: the rest of the path, percent-decoded, as UTF-8.
+pub struct KeyPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(key)) => Ok(KeyPath(key)),
+            Err(rejection) => Err(ApiError::bad_request(
+                "invalid_key",
+                format!(
+                    "the key in the path is not valid UTF-8 after percent-decoding: {rejection}"
+                ),
+            )),
+        }
+    }
+}
 
 /// The session headers of a request, if it names a client write.
 fn session(headers: &HeaderMap) -> Result<Option<Session>, ApiError> {
@@ -35,7 +56,7 @@ fn session(headers: &HeaderMap) -> Result<Option<Session>, ApiError> {
             .map(|v| {
                 v.to_str()
                     .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .and_then(|s| parse_decimal(s.trim()))
                     .ok_or_else(|| {
                         ApiError::bad_request(
                             "invalid_session",
@@ -47,9 +68,11 @@ fn session(headers: &HeaderMap) -> Result<Option<Session>, ApiError> {
     };
     match (num(HEADER_CLIENT_ID)?, num(HEADER_REQUEST_SEQ)?) {
         (None, None) => Ok(None),
-        (Some(client), Some(seq)) if client != 0 => {
-            Ok(Some((client, seq, num(HEADER_ACK_BELOW)?.unwrap_or(0))))
-        }
+        (Some(client), Some(seq)) if client != 0 => Ok(Some(Session {
+            client,
+            seq,
+            ack_below: num(HEADER_ACK_BELOW)?.unwrap_or(0),
+        })),
         _ => Err(ApiError::bad_request(
             "invalid_session",
             format!("{HEADER_CLIENT_ID} (non-zero) and {HEADER_REQUEST_SEQ} go together"),
@@ -57,26 +80,12 @@ fn session(headers: &HeaderMap) -> Result<Option<Session>, ApiError> {
     }
 }
 
-/// `cmd`, applied at most once if it belongs to a client session.
-fn once(session: Option<Session>, cmd: Command) -> Command {
-    match session {
-        None => cmd,
-        Some((client, seq, ack_below)) => Command::Once {
-            client,
-            seq,
-            ack_below,
-            command: Box::new(cmd),
-        },
+/// Digits only (`u64::from_str` also takes a leading `+`).
+fn parse_decimal(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-}
-
-/// Most keys one scan returns.
-pub const MAX_SCAN_LIMIT: usize = 10_000;
-const DEFAULT_SCAN_LIMIT: usize = 1_000;
-
-#[derive(Debug, Default, Deserialize)]
-pub struct ReadParams {
-    consistency: Option<String>,
+    text.parse().ok()
 }
 
 /// `true` for `consistency=stale`, `false` for the default `linearizable`.
@@ -91,47 +100,60 @@ fn stale(consistency: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
-fn validate_key(key: &str) -> Result<Vec<u8>, ApiError> {
-    if key.is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_key",
-            "the key must not be empty",
-        ));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(ApiError::TooLarge(format!(
-            "key of {} bytes exceeds the limit of {MAX_KEY_BYTES} bytes",
-            key.len()
-        )));
-    }
-    Ok(key.as_bytes().to_vec())
+fn validate_key(key: String) -> Result<Vec<u8>, ApiError> {
+    let key = key.into_bytes();
+    check_key(&key)?;
+    Ok(key)
 }
 
-/// Parse an entity tag: `"12"` (or a bare `12`, as curl users type it).
-fn parse_version(raw: &HeaderValue, header_name: &str) -> Result<u64, ApiError> {
-    let text = raw.to_str().unwrap_or_default().trim();
-    let inner = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-    inner.parse::<u64>().map_err(|_| {
+/// The version in an `If-Match` entity tag: exactly `"N"` (a strong tag of decimal digits), or
+/// the bare `N` curl users type. Weak tags (`W/"N"`) never match under `If-Match` (RFC 9110
+/// §13.1.1), lists and anything else are refused.
+fn parse_version(raw: &HeaderValue) -> Result<u64, ApiError> {
+    let bad = |why: &str| {
         ApiError::bad_request(
             "invalid_precondition",
-            format!("{header_name} must be a version like \"12\", got {text:?}"),
+            format!("If-Match must be one version like \"12\": {why}"),
         )
-    })
+    };
+    let text = raw.to_str().map_err(|_| bad("not ASCII"))?.trim();
+    if text.starts_with("W/") {
+        return Err(bad("weak entity tags cannot be used with If-Match"));
+    }
+    let inner = match text.strip_prefix('"') {
+        Some(rest) => rest
+            .strip_suffix('"')
+            .ok_or_else(|| bad("unterminated quote"))?,
+        None => text,
+    };
+    parse_decimal(inner).ok_or_else(|| bad(&format!("{text:?} is not a version")))
 }
 
 /// The precondition a write carries in `If-Match` / `If-None-Match`.
-fn condition(headers: &HeaderMap, allow_create_only: bool) -> Result<Condition, ApiError> {
-    let if_match = headers.get(header::IF_MATCH);
-    let if_none = headers.get(header::IF_NONE_MATCH);
-    match (if_match, if_none) {
+fn precondition(headers: &HeaderMap, allow_create_only: bool) -> Result<Precondition, ApiError> {
+    let mut if_match = headers.get_all(header::IF_MATCH).iter();
+    let mut if_none = headers.get_all(header::IF_NONE_MATCH).iter();
+    let (m, m2, n, n2) = (
+        if_match.next(),
+        if_match.next(),
+        if_none.next(),
+        if_none.next(),
+    );
+    if m2.is_some() || n2.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_precondition",
+            "If-Match and If-None-Match may each appear once",
+        ));
+    }
+    match (m, n) {
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "invalid_precondition",
             "use either If-Match or If-None-Match, not both",
         )),
-        (Some(v), None) => Ok(Condition::Version(parse_version(v, "If-Match")?)),
+        (Some(v), None) => Ok(Precondition::Version(parse_version(v)?)),
         (None, Some(v)) if allow_create_only => {
             if v.to_str().map(str::trim).ok() == Some("*") {
-                Ok(Condition::Absent)
+                Ok(Precondition::Absent)
             } else {
                 Err(ApiError::bad_request(
                     "invalid_precondition",
@@ -143,125 +165,187 @@ fn condition(headers: &HeaderMap, allow_create_only: bool) -> Result<Condition, 
             "invalid_precondition",
             "If-None-Match is only supported on PUT",
         )),
-        (None, None) => Ok(Condition::Always),
+        (None, None) => Ok(Precondition::None),
     }
 }
 
-/// Serve a request for partition `p` here, or relay it to the node that can. `local` runs on
-/// this node's replica; if it finds leadership moved, the request follows the new leader. A
-/// node the request cannot reach is left out and the request routed again (to the next
-/// replica, or to the leader elected in its place), within the request timeout.
-async fn serve<F, Fut>(
-    st: &AppState,
-    p: PartitionId,
-    need_leader: bool,
-    req: Incoming,
-    local: F,
-) -> Result<Response, ApiError>
-where
-    F: FnOnce(Group) -> Fut,
-    Fut: Future<Output = Result<Response, GroupError>>,
-{
-    let deadline = tokio::time::Instant::now() + st.config.raft.request_timeout;
-    let mut unreachable: Vec<u64> = Vec::new();
-    loop {
-        let targets = match route(st, p, need_leader, deadline, &unreachable).await? {
-            Route::Forward(targets) => targets,
-            Route::Local(group) => {
-                return match local(group).await {
-                    Ok(mut resp) => {
-                        let h = resp.headers_mut();
-                        h.insert(HEADER_PARTITION, HeaderValue::from(p.0));
-                        h.insert(HEADER_NODE, HeaderValue::from(st.config.id));
-                        Ok(resp)
-                    }
-                    Err(GroupError::NotLeader {
-                        leader: Some((id, addr)),
-                    }) if id != st.config.id => Ok(forward_any(st, &[(id, addr)], &req).await?),
-                    Err(e) => Err(e.into()),
-                }
-            }
-        };
-        match forward_any(st, &targets, &req).await {
-            Err(ForwardError::Unreachable(e)) if tokio::time::Instant::now() >= deadline => {
-                return Err(e)
-            }
-            // None of them took it: route again without them.
-            Err(ForwardError::Unreachable(_)) => {
-                unreachable.extend(targets.iter().map(|(id, _)| *id));
-            }
-            Err(ForwardError::Failed(e)) => return Err(e),
-            Ok(resp) => return Ok(resp),
-        }
-    }
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadParams {
+    consistency: Option<String>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
 
 pub async fn put_key(
     State(st): State<AppState>,
-    Path(key): Path<String>,
-    parts: RequestParts,
+    KeyPath(key): KeyPath,
+    Params(NoParams {}): Params<NoParams>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key_bytes = validate_key(&key)?;
-    let cond = condition(&parts.headers, true)?;
-    let session = session(&parts.headers)?;
-    let limit = st.config.max_value_bytes;
-    let value = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if is_length_limit(&e) {
-            ApiError::TooLarge(format!("value exceeds the limit of {limit} bytes"))
-        } else {
-            ApiError::bad_request("bad_body", format!("could not read the body: {e}"))
-        }
-    })?;
-    let p = st.layout().partition_of(&key_bytes);
-    let cmd = once(
+    let key = validate_key(key)?;
+    let cond = precondition(&headers, true)?;
+    let session = session(&headers)?;
+    let value = crate::body::read_limited(
+        &headers,
+        body,
+        st.config.max_value_bytes,
+        st.config.body_timeout(),
+        "value",
+    )
+    .await?;
+    let op = KeyOp::Put {
+        key,
+        value: value.to_vec(),
+        cond,
         session,
-        Command::Put {
-            key: key_bytes,
-            value: value.to_vec(),
-            cond,
-        },
-    );
-    let req = parts.with_body(value);
-    serve(&st, p, true, req, |group| async move {
-        let (outcome, _) = group.write(cmd).await?;
-        Ok(write_response(key, outcome))
-    })
-    .await
+    };
+    execute(&st, op, 0).await
 }
 
 pub async fn delete_key(
     State(st): State<AppState>,
-    Path(key): Path<String>,
-    parts: RequestParts,
+    KeyPath(key): KeyPath,
+    Params(NoParams {}): Params<NoParams>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key_bytes = validate_key(&key)?;
-    let cond = condition(&parts.headers, false)?;
-    let p = st.layout().partition_of(&key_bytes);
-    let cmd = once(
-        session(&parts.headers)?,
-        Command::Delete {
-            key: key_bytes,
-            cond,
-        },
-    );
-    let req = parts.with_body(Bytes::new());
-    serve(&st, p, true, req, |group| async move {
-        let (outcome, _) = group.write(cmd).await?;
-        Ok(write_response(key, outcome))
+    let op = KeyOp::Delete {
+        key: validate_key(key)?,
+        cond: precondition(&headers, false)?,
+        session: session(&headers)?,
+    };
+    execute(&st, op, 0).await
+}
+
+pub async fn get_key(
+    State(st): State<AppState>,
+    KeyPath(key): KeyPath,
+    Params(params): Params<ReadParams>,
+) -> Result<Response, ApiError> {
+    let op = KeyOp::Get {
+        key: validate_key(key)?,
+        stale: stale(params.consistency.as_deref())?,
+    };
+    execute(&st, op, 0).await
+}
+
+/// `PUT/GET/DELETE /v1/kv/` with nothing after the slash.
+pub async fn empty_key() -> ApiError {
+    ApiError::bad_request("empty_key", "the key must not be empty")
+}
+
+/// Serve a key operation `op` that has been forwarded `hops` times: here if this node can,
+/// else on the node that can. The answer is the client's, whichever node built it.
+pub async fn execute(st: &AppState, op: KeyOp, hops: u32) -> Result<Response, ApiError> {
+    let key = match &op {
+        KeyOp::Get { key, .. } | KeyOp::Put { key, .. } | KeyOp::Delete { key, .. } => key,
+        KeyOp::ScanPage(_) => {
+            return Err(ApiError::Internal(
+                "a scan page is not a key operation".into(),
+            ))
+        }
+    };
+    let p = st.layout().partition_of(key);
+    let me = st.config.id;
+    let local_op = op.clone();
+    serve(st, p, &op, hops, move |group| async move {
+        let mut resp = on_replica(group, local_op).await?;
+        let h = resp.headers_mut();
+        h.insert(HEADER_PARTITION, HeaderValue::from(p.0));
+        h.insert(HEADER_NODE, HeaderValue::from(me));
+        Ok(resp)
     })
     .await
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
+/// Run a key operation on this node's replica of its partition.
+async fn on_replica(group: Group, op: KeyOp) -> Result<Response, GroupError> {
+    match op {
+        KeyOp::Get { key, stale } => {
+            let record = group.get(key.clone(), stale).await?;
+            Ok(read_response(&key, record, stale))
         }
-        cur = err.source();
+        KeyOp::Put {
+            key,
+            value,
+            cond,
+            session,
+        } => {
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let cmd = once(
+                session,
+                Command::Put {
+                    key,
+                    value,
+                    cond: condition(cond),
+                },
+            );
+            let (outcome, _) = group.write(cmd).await?;
+            Ok(write_response(name, outcome))
+        }
+        KeyOp::Delete { key, cond, session } => {
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let cmd = once(
+                session,
+                Command::Delete {
+                    key,
+                    cond: condition(cond),
+                },
+            );
+            let (outcome, _) = group.write(cmd).await?;
+            Ok(write_response(name, outcome))
+        }
+        KeyOp::ScanPage(_) => Err(GroupError::BadRequest("not a key operation".into())),
     }
-    false
+}
+
+fn condition(cond: Precondition) -> Condition {
+    match cond {
+        Precondition::None => Condition::Always,
+        Precondition::Version(v) => Condition::Version(v),
+        Precondition::Absent => Condition::Absent,
+    }
+}
+
+/// `cmd`, applied at most once if it belongs to a client session.
+fn once(session: Option<Session>, cmd: Command) -> Command {
+    match session {
+        None => cmd,
+        Some(s) => Command::Once {
+            client: s.client,
+            seq: s.seq,
+            ack_below: s.ack_below,
+            command: Box::new(cmd),
+        },
+    }
+}
+
+fn read_response(key: &[u8], record: Option<kv_storage::Record>, stale: bool) -> Response {
+    let consistency = HeaderValue::from_static(if stale { "stale" } else { "linearizable" });
+    let mut resp = match record {
+        Some(r) => {
+            let mut resp = (StatusCode::OK, r.value).into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", r.version)) {
+                h.insert(header::ETAG, etag);
+            }
+            resp
+        }
+        None => ApiError::NotFound {
+            code: "key_not_found",
+            message: format!("key {:?} does not exist", String::from_utf8_lossy(key)),
+        }
+        .into_response(),
+    };
+    resp.headers_mut().insert(HEADER_CONSISTENCY, consistency);
+    resp
 }
 
 fn write_response(key: String, outcome: Outcome) -> Response {
@@ -284,69 +368,29 @@ fn write_response(key: String, outcome: Outcome) -> Response {
     }
 }
 
-pub async fn get_key(
-    State(st): State<AppState>,
-    Path(key): Path<String>,
-    Query(params): Query<ReadParams>,
-    parts: RequestParts,
-) -> Result<Response, ApiError> {
-    let key_bytes = validate_key(&key)?;
-    let stale = stale(params.consistency.as_deref())?;
-    let p = st.layout().partition_of(&key_bytes);
-    let req = parts.with_body(Bytes::new());
-    serve(&st, p, !stale, req, |group| async move {
-        let record = group.get(key_bytes, stale).await?;
-        let consistency = if stale { "stale" } else { "linearizable" };
-        Ok(match record {
-            Some(r) => {
-                let mut resp = (StatusCode::OK, r.value).into_response();
-                let h = resp.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", r.version)) {
-                    h.insert(header::ETAG, etag);
-                }
-                h.insert(HEADER_CONSISTENCY, HeaderValue::from_static(consistency));
-                resp
-            }
-            None => {
-                let mut resp = ApiError::NotFound {
-                    code: "key_not_found",
-                    message: format!("key {key:?} does not exist"),
-                }
-                .into_response();
-                resp.headers_mut()
-                    .insert(HEADER_CONSISTENCY, HeaderValue::from_static(consistency));
-                resp
-            }
-        })
-    })
-    .await
-}
-
-/// `PUT/GET/DELETE /v1/kv/` with nothing after the slash.
-pub async fn empty_key() -> ApiError {
-    ApiError::bad_request("empty_key", "the key must not be empty")
-}
+const DEFAULT_SCAN_LIMIT: usize = 1_000;
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScanParams {
     #[serde(default)]
     prefix: String,
     limit: Option<String>,
     consistency: Option<String>,
-    /// Only keys after this one (for paging).
+    /// Only keys after this one: the `next` of the previous page.
+    start_after: Option<String>,
+    /// The older name of `start_after`.
     after: Option<String>,
+    /// `true`: keys and versions only, no values.
+    keys_only: Option<String>,
 }
 
 impl ScanParams {
     fn limit(&self) -> Result<usize, ApiError> {
         match self.limit.as_deref() {
             None => Ok(DEFAULT_SCAN_LIMIT),
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(n) if (1..=MAX_SCAN_LIMIT).contains(&n) => Ok(n),
+            Some(raw) => match parse_decimal(raw).and_then(|n| usize::try_from(n).ok()) {
+                Some(n) if (1..=MAX_SCAN_LIMIT).contains(&n) => Ok(n),
                 _ => Err(ApiError::bad_request(
                     "invalid_limit",
                     format!("limit must be an integer from 1 to {MAX_SCAN_LIMIT}, got {raw:?}"),
@@ -354,174 +398,280 @@ impl ScanParams {
             },
         }
     }
-}
 
-fn scan_item(key: Vec<u8>, record: kv_storage::Record) -> ScanItem {
-    let key = String::from_utf8_lossy(&key).into_owned();
-    match String::from_utf8(record.value) {
-        Ok(value) => ScanItem {
-            key,
-            version: record.version,
-            value: Some(value),
-            value_hex: None,
-        },
-        Err(e) => ScanItem {
-            key,
-            version: record.version,
-            value: None,
-            value_hex: Some(e.into_bytes().iter().map(|b| format!("{b:02x}")).collect()),
-        },
+    fn start_after(&self) -> Result<Option<Vec<u8>>, ApiError> {
+        let cursor = match (&self.start_after, &self.after) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "use start_after or its older name after, not both",
+                ))
+            }
+            (Some(c), None) | (None, Some(c)) => Some(c.clone().into_bytes()),
+            (None, None) => None,
+        };
+        if cursor
+            .as_ref()
+            .is_some_and(|c| c.len() > crate::config::MAX_KEY_BYTES)
+        {
+            return Err(ApiError::TooLarge(
+                "start_after is longer than any key".into(),
+            ));
+        }
+        Ok(cursor)
+    }
+
+    fn keys_only(&self) -> Result<bool, ApiError> {
+        match self.keys_only.as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") | Some("") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("keys_only must be true or false, not {other:?}"),
+            )),
+        }
     }
 }
 
-/// `GET /v1/partitions/{p}/scan`: one partition's share of a scan, served by its leader (or
-/// any replica for stale reads). Nodes call it on each other; it is not meant for clients.
-pub async fn scan_partition(
-    State(st): State<AppState>,
-    Path(p): Path<u32>,
-    Query(params): Query<ScanParams>,
-    parts: RequestParts,
-) -> Result<Response, ApiError> {
-    scan_one_partition(&st, p, params, parts.with_body(Bytes::new())).await
+impl Answer for Page {
+    fn from_peer(resp: PeerAnswer) -> Result<Self, ApiError> {
+        if resp.status != StatusCode::OK {
+            return Err(ApiError::Relayed(Box::new(resp)));
+        }
+        postcard::from_bytes(&resp.body)
+            .map_err(|e| ApiError::Internal(format!("a peer's scan page does not decode: {e}")))
+    }
 }
 
-async fn scan_one_partition(
-    st: &AppState,
-    p: u32,
-    params: ScanParams,
-    req: Incoming,
-) -> Result<Response, ApiError> {
-    if p >= st.layout().partitions() {
-        return Err(ApiError::NotFound {
-            code: "no_such_partition",
-            message: format!("partition {p} does not exist"),
-        });
-    }
-    let limit = params.limit()?;
-    let stale = stale(params.consistency.as_deref())?;
-    let prefix = params.prefix.into_bytes();
-    let after = params.after.map(String::into_bytes);
-    serve(st, PartitionId(p), !stale, req, |group| async move {
-        let rows = group.scan(prefix, after, limit + 1, stale).await?;
-        let truncated = rows.len() > limit;
-        let items = rows
+/// One partition's page, from its leader (or any replica for stale reads), wherever it is.
+pub async fn scan_page(st: &AppState, req: PageRequest, hops: u32) -> Result<Page, ApiError> {
+    let p = PartitionId(req.partition);
+    let op = KeyOp::ScanPage(req.clone());
+    serve(st, p, &op, hops, move |group| async move {
+        let limit = req.limit as usize;
+        let max_bytes = usize::try_from(req.max_bytes).unwrap_or(usize::MAX);
+        // One more than asked: tells whether the partition holds more.
+        let start_after = req.start_after.map(|c| c.into_vec());
+        let mut rows = group
+            .scan(req.prefix, start_after, limit + 1, max_bytes, req.stale)
+            .await?;
+        let more = rows.len() > limit
+            || rows
+                .iter()
+                .map(|(k, r)| k.len() + r.value.len())
+                .sum::<usize>()
+                >= max_bytes;
+        rows.truncate(limit);
+        let rows = rows
             .into_iter()
-            .take(limit)
-            .map(|(k, r)| scan_item(k, r))
+            .map(|(key, record)| Row {
+                key,
+                version: record.version,
+                value: (!req.keys_only).then(|| serde_bytes::ByteBuf::from(record.value)),
+            })
             .collect();
-        Ok(Json(ScanResult { items, truncated }).into_response())
+        Ok(Page { rows, more })
     })
     .await
 }
 
-/// `GET /v1/kv?prefix=p&limit=n`: every partition's matching keys, merged in key order.
+/// One partition's place in the merge: the rows fetched and not yet merged, where its next
+/// page starts, and whether it has more.
+struct Source {
+    partition: u32,
+    rows: VecDeque<Row>,
+    cursor: Option<Vec<u8>>,
+    more: bool,
+}
+
+/// `GET /v1/kv?prefix=p&limit=n[&start_after=k][&keys_only=true]`: the matching keys of every
+/// partition, merged in key order, at most `limit` keys and about `--max-scan-bytes` of keys
+/// and values per answer; `next` is where the following page starts when the answer was cut.
+/// Each partition is asked for pages of what the merge needs, not for the whole `limit`.
 pub async fn scan(
     State(st): State<AppState>,
-    Query(params): Query<ScanParams>,
+    Params(params): Params<ScanParams>,
 ) -> Result<Response, ApiError> {
     let limit = params.limit()?;
-    let consistency = if stale(params.consistency.as_deref())? {
-        "stale"
-    } else {
-        "linearizable"
-    };
+    let stale = stale(params.consistency.as_deref())?;
+    let start_after = params.start_after()?;
+    let keys_only = params.keys_only()?;
+    let prefix = params.prefix.into_bytes();
+    if prefix.len() > crate::config::MAX_KEY_BYTES {
+        return Err(ApiError::TooLarge(
+            "the prefix is longer than any key".into(),
+        ));
+    }
+    let budget = st.config.max_scan_bytes;
     let partitions = st.layout().partitions();
-    let mut query = vec![
-        ("prefix", params.prefix.clone()),
-        ("limit", limit.to_string()),
-        ("consistency", consistency.to_string()),
-    ];
-    if let Some(after) = &params.after {
-        query.push(("after", after.clone()));
-    }
-    let qs = {
-        let mut out = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &query {
-            out.append_pair(k, v);
+    // Pages big enough that an even spread of keys needs one round, bounded in bytes so that
+    // all partitions' pages together stay near one answer's budget.
+    let page_rows = (limit / partitions as usize + 1)
+        .saturating_mul(2)
+        .min(limit + 1);
+    let page_bytes = (budget / partitions as usize).max(64 * 1024);
+    let mut sources: Vec<Source> = (0..partitions)
+        .map(|partition| Source {
+            partition,
+            rows: VecDeque::new(),
+            cursor: start_after.clone(),
+            more: true,
+        })
+        .collect();
+    let mut items: Vec<ScanItem> = Vec::new();
+    let mut bytes = 0usize;
+    let mut cut = false;
+    'merge: loop {
+        // Refill every source that ran dry but has more, all at once.
+        let refill: Vec<usize> = (0..sources.len())
+            .filter(|i| sources[*i].rows.is_empty() && sources[*i].more)
+            .collect();
+        let pages = futures::future::try_join_all(refill.iter().map(|i| {
+            let req = PageRequest {
+                partition: sources[*i].partition,
+                prefix: prefix.clone(),
+                start_after: sources[*i].cursor.clone().map(serde_bytes::ByteBuf::from),
+                limit: page_rows as u32,
+                max_bytes: page_bytes as u64,
+                keys_only,
+                stale,
+            };
+            scan_page(&st, req, 0)
+        }))
+        .await?;
+        for (i, page) in refill.into_iter().zip(pages) {
+            let source = &mut sources[i];
+            source.more = page.more && !page.rows.is_empty();
+            if let Some(last) = page.rows.last() {
+                source.cursor = Some(last.key.clone());
+            }
+            source.rows.extend(page.rows);
         }
-        out.finish()
+        // Merge while every source that may hold more has rows to compare: a dry one could
+        // hold a smaller key in its next page.
+        loop {
+            if sources.iter().any(|s| s.rows.is_empty() && s.more) {
+                continue 'merge;
+            }
+            let Some(next) = sources
+                .iter_mut()
+                .filter(|s| !s.rows.is_empty())
+                .min_by(|a, b| a.rows[0].key.cmp(&b.rows[0].key))
+            else {
+                break 'merge;
+            };
+            if items.len() == limit || (!items.is_empty() && bytes + next.rows[0].size() > budget) {
+                cut = true;
+                break 'merge;
+            }
+            let Some(row) = next.rows.pop_front() else {
+                break 'merge;
+            };
+            bytes += row.size();
+            items.push(scan_item(row));
+        }
+    }
+    let next = cut.then(|| items.last().map(|i| i.key.clone())).flatten();
+    Ok(Json(ScanResult {
+        items,
+        truncated: cut,
+        next,
+    })
+    .into_response())
+}
+
+fn scan_item(row: Row) -> ScanItem {
+    // Keys come from URL paths, which are UTF-8.
+    let key = String::from_utf8_lossy(&row.key).into_owned();
+    let (value, value_b64) = match row.value.map(|v| v.into_vec()) {
+        None => (None, None),
+        Some(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => (Some(text), None),
+            Err(e) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),
+            ),
+        },
     };
-    let fetches = (0..partitions).map(|p| {
-        let st = st.clone();
-        let qs = qs.clone();
-        let params = ScanParams {
-            prefix: params.prefix.clone(),
-            limit: Some(limit.to_string()),
-            consistency: Some(consistency.to_string()),
-            after: params.after.clone(),
-        };
-        async move {
-            // Each partition's share comes through the same routing as any request, so it is
-            // served by (or forwarded to) that partition's leader.
-            let req = Incoming {
-                method: Method::GET,
-                path_and_query: format!("/v1/partitions/{p}/scan?{qs}"),
-                headers: HeaderMap::new(),
-                body: Default::default(),
-            };
-            let resp = match scan_one_partition(&st, p, params, req).await {
-                Ok(resp) => resp,
-                Err(e) => e.into_response(),
-            };
-            let status = resp.status();
-            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-                .await
-                .map_err(|e| ApiError::Internal(format!("scan body: {e}")))?;
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                let msg = serde_json::from_slice::<kv_client::api::ErrorBody>(&bytes)
-                    .map(|b| b.message)
-                    .unwrap_or_default();
-                return Err(ApiError::unavailable(format!("partition {p}: {msg}")));
-            }
-            if !status.is_success() {
-                return Err(ApiError::Internal(format!(
-                    "partition {p} scan answered {status}: {}",
-                    String::from_utf8_lossy(&bytes)
-                )));
-            }
-            serde_json::from_slice::<ScanResult>(&bytes)
-                .map_err(|e| ApiError::Internal(format!("partition {p} scan answer: {e}")))
-        }
-    });
-    let parts = futures::future::try_join_all(fetches).await?;
-    let mut truncated = parts.iter().any(|r| r.truncated);
-    let mut items: Vec<ScanItem> = parts.into_iter().flat_map(|r| r.items).collect();
-    items.sort_by(|a, b| a.key.cmp(&b.key));
-    if items.len() > limit {
-        items.truncate(limit);
-        truncated = true;
+    ScanItem {
+        key,
+        version: row.version,
+        value,
+        value_b64,
     }
-    Ok(Json(ScanResult { items, truncated }).into_response())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn with(name: header::HeaderName, value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_static(value));
+        h
+    }
+
     #[test]
-    fn if_match_accepts_quoted_and_bare_versions_only() {
-        let mut h = HeaderMap::new();
-        h.insert(header::IF_MATCH, HeaderValue::from_static("\"7\""));
-        assert_eq!(condition(&h, true).unwrap(), Condition::Version(7));
-        h.insert(header::IF_MATCH, HeaderValue::from_static("7"));
-        assert_eq!(condition(&h, true).unwrap(), Condition::Version(7));
-        h.insert(header::IF_MATCH, HeaderValue::from_static("\"seven\""));
-        assert!(condition(&h, true).is_err());
-        let mut h = HeaderMap::new();
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
-        assert_eq!(condition(&h, true).unwrap(), Condition::Absent);
-        assert!(condition(&h, false).is_err());
-        h.insert(header::IF_MATCH, HeaderValue::from_static("1"));
-        assert!(condition(&h, true).is_err(), "both headers at once");
+    fn if_match_takes_one_strong_version_or_a_bare_number_only() {
+        let version = |v: &'static str| precondition(&with(header::IF_MATCH, v), true);
+        assert_eq!(version("\"7\"").unwrap(), Precondition::Version(7));
+        assert_eq!(version("7").unwrap(), Precondition::Version(7));
+        assert_eq!(version(" \"7\" ").unwrap(), Precondition::Version(7));
+        for bad in [
+            "\"seven\"",
+            "\"+5\"",
+            "+5",
+            "\"\"\"5",
+            "\"5",
+            "5\"",
+            "W/\"1\"",
+            "w/\"1\"",
+            "\"1\", \"2\"",
+            "\"-1\"",
+            "\" 5\"",
+            "",
+            "\"\"",
+            "*",
+            "99999999999999999999999",
+        ] {
+            assert!(version(bad).is_err(), "{bad:?} accepted");
+        }
+        let h = with(header::IF_NONE_MATCH, "*");
+        assert_eq!(precondition(&h, true).unwrap(), Precondition::Absent);
+        assert!(precondition(&h, false).is_err());
+        let mut both = h.clone();
+        both.insert(header::IF_MATCH, HeaderValue::from_static("1"));
+        assert!(precondition(&both, true).is_err(), "both headers at once");
+        let mut twice = with(header::IF_MATCH, "1");
+        twice.append(header::IF_MATCH, HeaderValue::from_static("2"));
+        assert!(precondition(&twice, true).is_err(), "the header twice");
     }
 
     #[test]
     fn keys_are_bounded() {
-        assert!(validate_key("").is_err());
-        assert!(validate_key(&"k".repeat(MAX_KEY_BYTES)).is_ok());
+        let max = crate::config::MAX_KEY_BYTES;
+        assert!(validate_key(String::new()).is_err());
+        assert!(validate_key("k".repeat(max)).is_ok());
         assert!(matches!(
-            validate_key(&"k".repeat(MAX_KEY_BYTES + 1)),
+            validate_key("k".repeat(max + 1)),
             Err(ApiError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn session_numbers_are_digits_only() {
+        let mut h = HeaderMap::new();
+        h.insert(HEADER_CLIENT_ID, HeaderValue::from_static("+3"));
+        h.insert(HEADER_REQUEST_SEQ, HeaderValue::from_static("1"));
+        assert!(session(&h).is_err());
+        h.insert(HEADER_CLIENT_ID, HeaderValue::from_static("3"));
+        assert_eq!(
+            session(&h).unwrap(),
+            Some(Session {
+                client: 3,
+                seq: 1,
+                ack_below: 0
+            })
+        );
     }
 }

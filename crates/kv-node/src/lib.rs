@@ -10,14 +10,17 @@
 //! a running node; [`run`] is what the binary calls. [`routes::app`] builds the router, and
 //! `testing` (feature `test-util`) starts whole clusters of real processes for tests.
 
+mod body;
 pub mod cluster_api;
 pub mod config;
 pub mod error;
+mod extract;
 pub mod forward;
 pub mod kv_api;
 pub mod leadership;
 pub mod metadata;
 pub mod moves;
+pub mod ops;
 pub mod peer_api;
 pub mod peers;
 pub mod placement;
@@ -77,7 +80,9 @@ impl Node {
         let store = match config.storage {
             StorageKind::Redb => {
                 let path = config.data_dir.join("kv.redb");
-                let open = tokio::task::spawn_blocking(move || Store::redb(&path));
+                let cache = config.cache_bytes;
+                let open =
+                    tokio::task::spawn_blocking(move || Store::redb_with_cache(&path, cache));
                 open.await?.context("cannot open the redb store")?
             }
             StorageKind::Memory => Store::memory()?,

@@ -1,21 +1,31 @@
 //! Peer routes: `POST /raft/{group}/{rpc}` carries openraft RPCs between nodes (see
-//! `kv_raft::Transport` for the wire format).
+//! `kv_raft::Transport` for the wire format), and `POST /internal/v1/kv` key operations a node
+//! forwards to the one that can serve them (see [`crate::ops`]).
 
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use kv_raft::{GroupError, RpcKind};
 use kv_storage::GroupId;
 
+use crate::body::read_limited;
 use crate::error::ApiError;
+use crate::ops::{Forwarded, KeyOp};
 use crate::placement::partition_of_group;
 use crate::state::AppState;
+
+/// Most bytes a peer RPC may carry: a replication batch (256 KiB of entries, or one entry of a
+/// largest value) or a snapshot chunk (1 MiB), with room for their framing.
+pub fn peer_body_limit(st: &AppState) -> usize {
+    st.config.max_value_bytes.max(1 << 20) + (1 << 20)
+}
 
 pub async fn raft_rpc(
     State(st): State<AppState>,
     Path((group, rpc)): Path<(String, String)>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let group: u64 = group
         .parse()
@@ -24,6 +34,19 @@ pub async fn raft_rpc(
         code: "no_route",
         message: format!("unknown raft rpc {rpc:?}"),
     })?;
+    // The group first, the body after: nothing is read for a group this node does not host.
+    open_if_assigned(&st, GroupId(group)).await?;
+    if st.host.group(GroupId(group)).is_none() {
+        return Err(unknown_group(&st, group));
+    }
+    let body = read_limited(
+        &headers,
+        body,
+        peer_body_limit(&st),
+        st.config.body_timeout(),
+        "peer message",
+    )
+    .await?;
     // What replication moves onto this node: log entries (append) and snapshots, per kind of
     // group. A join's data movement shows up here on the new node.
     let groups = if group == crate::metadata::META_GROUP.0 {
@@ -33,14 +56,41 @@ pub async fn raft_rpc(
     };
     metrics::counter!("kv_raft_received_bytes_total", "rpc" => kind.as_str(), "groups" => groups)
         .increment(body.len() as u64);
-    open_if_assigned(&st, GroupId(group)).await?;
     match st.host.handle_rpc(group, kind, &body).await {
         Ok(bytes) => Ok((StatusCode::OK, bytes).into_response()),
-        Err(GroupError::UnknownGroup(g)) => Err(ApiError::NotFound {
-            code: "unknown_group",
-            message: format!("group {g} is not hosted on node {}", st.config.id),
-        }),
+        Err(GroupError::UnknownGroup(g)) => Err(unknown_group(&st, g)),
         Err(e) => Err(e.into()),
+    }
+}
+
+fn unknown_group(st: &AppState, group: u64) -> ApiError {
+    ApiError::NotFound {
+        code: "unknown_group",
+        message: format!("group {group} is not hosted on node {}", st.config.id),
+    }
+}
+
+/// `POST /internal/v1/kv`: a key operation another node forwarded (postcard
+/// [`Forwarded`]); the answer is the one the client gets.
+pub async fn forwarded(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limit = st.config.max_value_bytes + (64 << 10);
+    let body = read_limited(&headers, body, limit, st.config.body_timeout(), "operation").await?;
+    let forwarded: Forwarded = postcard::from_bytes(&body).map_err(|e| {
+        ApiError::bad_request("invalid_forward", format!("undecodable operation: {e}"))
+    })?;
+    forwarded.validate(&st.config, st.layout().partitions())?;
+    match forwarded.op {
+        KeyOp::ScanPage(req) => {
+            let page = crate::kv_api::scan_page(&st, req, forwarded.hops).await?;
+            let bytes = postcard::to_stdvec(&page)
+                .map_err(|e| ApiError::Internal(format!("encoding a page: {e}")))?;
+            Ok((StatusCode::OK, bytes).into_response())
+        }
+        op => crate::kv_api::execute(&st, op, forwarded.hops).await,
     }
 }
 

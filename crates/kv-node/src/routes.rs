@@ -12,13 +12,12 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{cluster_api, kv_api, peer_api};
 
-/// Raft messages (append batches, snapshot chunks) may be far larger than client values.
-const PEER_BODY_LIMIT: usize = 1 << 30;
-
 pub fn app(state: AppState) -> Router {
+    // Peer routes read their bodies themselves, within limits of their own.
     let peer = Router::new()
         .route("/raft/{group}/{rpc}", post(peer_api::raft_rpc))
-        .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_LIMIT));
+        .route(crate::forward::FORWARD_PATH, post(peer_api::forwarded))
+        .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
         .route(
             "/v1/kv/{*key}",
@@ -33,7 +32,6 @@ pub fn app(state: AppState) -> Router {
                 .delete(kv_api::empty_key),
         )
         .route("/v1/kv", get(kv_api::scan))
-        .route("/v1/partitions/{p}/scan", get(kv_api::scan_partition))
         .route("/v1/cluster", get(cluster_api::status))
         .route("/v1/cluster/map", get(cluster_api::map))
         .route("/v1/cluster/nodes", post(cluster_api::join))

@@ -362,12 +362,14 @@ impl Group {
         Ok(self.store.read(move |e| e.get(group, &key)).await?)
     }
 
-    /// Up to `limit` keys with `prefix` after `after`, ascending.
+    /// Up to `limit` keys with `prefix` after `after`, ascending, and at most about `max_bytes`
+    /// of keys and values (at least one row; see [`kv_storage::Engine::scan`]).
     pub async fn scan(
         &self,
         prefix: Vec<u8>,
         after: Option<Vec<u8>>,
         limit: usize,
+        max_bytes: usize,
         stale: bool,
     ) -> Result<Vec<(Vec<u8>, Record)>, GroupError> {
         if !stale {
@@ -376,7 +378,7 @@ impl Group {
         let group = self.id;
         Ok(self
             .store
-            .read(move |e| e.scan(group, &prefix, after.as_deref(), limit))
+            .read(move |e| e.scan(group, &prefix, after.as_deref(), limit, max_bytes))
             .await?)
     }
 

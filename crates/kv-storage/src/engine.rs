@@ -130,13 +130,16 @@ pub trait Engine: Send + Sync + 'static {
     fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Record>>;
 
     /// Up to `limit` records whose key starts with `prefix` and sorts after `after` (if given),
-    /// ascending by key.
+    /// ascending by key, stopping once their keys and values add up to `max_bytes` or more (the
+    /// record that gets there is included). So fewer than `limit` records adding up to less
+    /// than `max_bytes` means there are no more, and a scan always makes progress.
     fn scan(
         &self,
         group: GroupId,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Record)>>;
 
     /// Write a consistent snapshot of the group's key/value data to `out` in the format of the

@@ -181,17 +181,26 @@ impl Engine for MemoryEngine {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Record)>> {
         let state = self.read()?;
         let start = (group, prefix.to_vec());
-        Ok(state
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let matching = state
             .kv
             .range(start..)
             .take_while(|((g, k), _)| *g == group && k.starts_with(prefix))
             .filter(|((_, k), _)| after.is_none_or(|a| k.as_slice() > a))
-            .take(limit)
-            .map(|((_, k), r)| (k.clone(), r.clone()))
-            .collect())
+            .take(limit);
+        for ((_, k), r) in matching {
+            bytes = bytes.saturating_add(k.len() + r.value.len());
+            out.push((k.clone(), r.clone()));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn export_group(&self, group: GroupId, out: &mut dyn Write) -> Result<ExportSummary> {

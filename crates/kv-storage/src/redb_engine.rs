@@ -57,6 +57,9 @@ fn group_span<T: Copy>(group: u64, min: T) -> GroupSpan<T> {
     (Bound::Included((group, min)), end)
 }
 
+/// redb's own default page cache.
+const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+
 /// A node's storage in one redb file. Keeps the file locked while open: a second
 /// [`RedbEngine::open`] of the same path fails until this one is dropped.
 pub struct RedbEngine {
@@ -64,14 +67,23 @@ pub struct RedbEngine {
 }
 
 impl RedbEngine {
-    /// Open the database at `path`, creating the file and its parent directory if missing.
+    /// Open the database at `path`, creating the file and its parent directory if missing,
+    /// with redb's default page cache (1 GiB).
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`RedbEngine::open`] with a page cache of `cache_bytes`: the most memory redb keeps for
+    /// pages read or written (it grows to that as the data is touched).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let engine = RedbEngine {
-            db: Database::create(path).map_err(backend)?,
-        };
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(backend)?;
+        let engine = RedbEngine { db };
         // Read transactions open tables without creating them; creating all three here means
         // they never fail with "table does not exist".
         engine.write_txn(Durability::Immediate, |txn| {
@@ -293,6 +305,7 @@ impl Engine for RedbEngine {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Record)>> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -309,14 +322,17 @@ impl Engine for RedbEngine {
         let txn = self.read_txn()?;
         let kv = txn.open_table(KV).map_err(backend)?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for entry in kv.range((start, end)).map_err(backend)? {
             let (key, value) = entry.map_err(backend)?;
             let (_, key) = key.value();
             if !key.starts_with(prefix) {
                 break;
             }
-            out.push((key.to_vec(), Record::decode(value.value())?));
-            if out.len() == limit {
+            let record = Record::decode(value.value())?;
+            bytes = bytes.saturating_add(key.len() + record.value.len());
+            out.push((key.to_vec(), record));
+            if out.len() == limit || bytes >= max_bytes {
                 break;
             }
         }

@@ -75,6 +75,11 @@ impl Store {
         Store::new(Arc::new(RedbEngine::open(path)?))
     }
 
+    /// A store in the redb file at `path` with a page cache of `cache_bytes`.
+    pub fn redb_with_cache(path: &Path, cache_bytes: usize) -> Result<Store> {
+        Store::new(Arc::new(RedbEngine::open_with_cache(path, cache_bytes)?))
+    }
+
     /// The engine, for code already on a blocking thread.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine

@@ -81,7 +81,13 @@ pub(super) fn scan_keys(
     limit: usize,
 ) -> Vec<String> {
     engine
-        .scan(group, prefix.as_bytes(), after.map(str::as_bytes), limit)
+        .scan(
+            group,
+            prefix.as_bytes(),
+            after.map(str::as_bytes),
+            limit,
+            usize::MAX,
+        )
         .unwrap()
         .into_iter()
         .map(|(k, _)| String::from_utf8(k).unwrap())
@@ -107,5 +113,7 @@ pub(super) fn fill(engine: &dyn Engine, group: GroupId, first_index: u64, keys: 
 
 /// Everything stored in a group's key/value data.
 pub(super) fn dump(engine: &dyn Engine, group: GroupId) -> Vec<(Vec<u8>, Record)> {
-    engine.scan(group, b"", None, usize::MAX).unwrap()
+    engine
+        .scan(group, b"", None, usize::MAX, usize::MAX)
+        .unwrap()
 }

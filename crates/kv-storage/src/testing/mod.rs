@@ -69,6 +69,10 @@ pub const CASES: &[(&str, Case)] = &[
         scan_prefix_after_limit_sorted,
     ),
     ("scan_is_isolated_per_group", scan_is_isolated_per_group),
+    (
+        "scan_stops_at_the_byte_budget_but_returns_one_row",
+        scan_stops_at_the_byte_budget_but_returns_one_row,
+    ),
     ("export_import_round_trip", export_import_round_trip),
     (
         "export_of_empty_group_imports_as_empty",
@@ -136,6 +140,7 @@ macro_rules! conformance_tests {
             batches_commit_together_with_outcomes_per_batch,
             scan_prefix_after_limit_sorted,
             scan_is_isolated_per_group,
+            scan_stops_at_the_byte_budget_but_returns_one_row,
             export_import_round_trip,
             export_of_empty_group_imports_as_empty,
             import_of_corrupt_stream_changes_nothing,

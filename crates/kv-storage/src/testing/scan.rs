@@ -2,7 +2,7 @@
 
 use super::fixtures::*;
 use super::MakeEngine;
-use crate::GroupId;
+use crate::{Condition, GroupId};
 
 pub fn scan_prefix_after_limit_sorted(make: MakeEngine<'_>) {
     let e = make();
@@ -71,7 +71,7 @@ pub fn scan_prefix_after_limit_sorted(make: MakeEngine<'_>) {
     assert_eq!(paged, scan_keys(e, G1, "", None, usize::MAX));
 
     // Records come back whole.
-    let got = e.scan(G1, b"c", None, 10).unwrap();
+    let got = e.scan(G1, b"c", None, 10, usize::MAX).unwrap();
     assert_eq!(got, vec![(b"c".to_vec(), record(4, "g1:c"))]);
 }
 
@@ -97,4 +97,51 @@ pub fn scan_is_isolated_per_group(make: MakeEngine<'_>) {
     );
     assert_eq!(get(e, G1, "a"), None);
     assert_eq!(get(e, G1, "b"), Some(record(1, "g1:b")));
+}
+
+pub fn scan_stops_at_the_byte_budget_but_returns_one_row(make: MakeEngine<'_>) {
+    let e = make();
+    let e = e.as_ref();
+    // Each row: a 1-byte key and a 99-byte value: 100 bytes.
+    for (i, key) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        apply(
+            e,
+            G1,
+            i as u64 + 1,
+            put(key, &"v".repeat(99), Condition::Always),
+        );
+    }
+    let keys = |max_bytes: usize| -> Vec<String> {
+        e.scan(G1, b"", None, usize::MAX, max_bytes)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| String::from_utf8(k).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        keys(250),
+        ["a", "b", "c"],
+        "the row that reaches the budget is included"
+    );
+    assert_eq!(
+        keys(200),
+        ["a", "b"],
+        "a row that reaches the budget exactly ends the scan"
+    );
+    assert_eq!(
+        keys(10),
+        ["a"],
+        "one row even when it alone is over the budget"
+    );
+    assert_eq!(keys(0), ["a"]);
+    assert_eq!(keys(usize::MAX), ["a", "b", "c", "d"]);
+    assert_eq!(
+        keys(401),
+        ["a", "b", "c", "d"],
+        "short of the budget: no more rows"
+    );
+    let page = e.scan(G1, b"", Some(b"a"), 2, 150).unwrap();
+    assert_eq!(page.len(), 2, "the tighter of limit and budget wins");
+    let page = e.scan(G1, b"", Some(b"a"), 3, 150).unwrap();
+    assert_eq!(page.len(), 2);
 }

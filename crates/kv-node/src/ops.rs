@@ -1,0 +1,185 @@
+//! Key operations as nodes hand them to each other: the key's bytes and the request's meaning,
+//! never a URL. A node that does not lead a key's partition forwards the operation itself
+//! (`POST /internal/v1/kv`, postcard), so whichever node receives a client request, the key is
+//! the same bytes and the request can only ever be that key operation.
+//!
+//! These are internal types, apart from the public API's: the HTTP layer parses client
+//! requests into them, and everything that arrives from a peer is validated
+//! ([`Forwarded::validate`]) before it is acted on.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, MAX_KEY_BYTES};
+use crate::error::ApiError;
+
+/// Forwarded operations give up after this many hops (views of the leader can be stale).
+pub const MAX_HOPS: u32 = 3;
+/// Most keys one scan (and one partition's page of it) returns.
+pub const MAX_SCAN_LIMIT: usize = 10_000;
+
+/// An operation on its way to the node that can serve it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// Forwards behind it, this one included.
+    pub hops: u32,
+    pub op: KeyOp,
+}
+
+/// A client write's identity for exactly-once application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub client: u64,
+    pub seq: u64,
+    /// The client holds the answers of all its writes below this sequence number.
+    pub ack_below: u64,
+}
+
+/// A write's precondition on the key's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precondition {
+    None,
+    /// `If-Match: "N"`.
+    Version(u64),
+    /// `If-None-Match: *`.
+    Absent,
+}
+
+/// What a request does to one partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum KeyOp {
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        stale: bool,
+    },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        cond: Precondition,
+        session: Option<Session>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        cond: Precondition,
+        session: Option<Session>,
+    },
+    /// One partition's share of a scan.
+    ScanPage(PageRequest),
+}
+
+/// A page of one partition's keys with a prefix, after a cursor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRequest {
+    pub partition: u32,
+    #[serde(with = "serde_bytes")]
+    pub prefix: Vec<u8>,
+    pub start_after: Option<serde_bytes::ByteBuf>,
+    pub limit: u32,
+    /// Keys and values of the page add up to about this many bytes at most (at least one row).
+    pub max_bytes: u64,
+    pub keys_only: bool,
+    pub stale: bool,
+}
+
+/// The answer to a [`PageRequest`], in key order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub rows: Vec<Row>,
+    /// Whether the partition may hold more matching keys after the last row.
+    pub more: bool,
+}
+
+/// One key of a page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Row {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub version: u64,
+    /// Absent for `keys_only` pages.
+    pub value: Option<serde_bytes::ByteBuf>,
+}
+
+impl Row {
+    /// Bytes the row adds to an answer, as budgets count them.
+    pub fn size(&self) -> usize {
+        self.key.len() + self.value.as_ref().map_or(0, |v| v.len())
+    }
+}
+
+impl KeyOp {
+    /// Whether only the partition's leader may serve it (everything but stale reads).
+    pub fn needs_leader(&self) -> bool {
+        match self {
+            KeyOp::Get { stale, .. } => !stale,
+            KeyOp::ScanPage(page) => !page.stale,
+            KeyOp::Put { .. } | KeyOp::Delete { .. } => true,
+        }
+    }
+}
+
+/// Check a key from any source: not empty, at most [`MAX_KEY_BYTES`].
+pub fn check_key(key: &[u8]) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_key",
+            "the key must not be empty",
+        ));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "key of {} bytes exceeds the limit of {MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Forwarded {
+    /// Refuse what no honest peer sends: too many hops, keys or values over the limits, pages
+    /// of partitions that do not exist or larger than this node would ask for.
+    pub fn validate(&self, config: &Config, partitions: u32) -> Result<(), ApiError> {
+        if self.hops == 0 || self.hops > MAX_HOPS {
+            return Err(ApiError::bad_request(
+                "invalid_forward",
+                format!(
+                    "a forwarded request has 1 to {MAX_HOPS} hops, not {}",
+                    self.hops
+                ),
+            ));
+        }
+        match &self.op {
+            KeyOp::Get { key, .. } | KeyOp::Delete { key, .. } => check_key(key),
+            KeyOp::Put { key, value, .. } => {
+                check_key(key)?;
+                if value.len() > config.max_value_bytes {
+                    return Err(ApiError::TooLarge(format!(
+                        "value exceeds the limit of {} bytes",
+                        config.max_value_bytes
+                    )));
+                }
+                Ok(())
+            }
+            KeyOp::ScanPage(page) => {
+                let cursor = page.start_after.as_ref().map_or(0, |c| c.len());
+                let bad = if page.partition >= partitions {
+                    Some(format!("partition {} does not exist", page.partition))
+                } else if page.prefix.len() > MAX_KEY_BYTES || cursor > MAX_KEY_BYTES {
+                    Some("prefix or cursor longer than a key".to_string())
+                } else if page.limit == 0 || page.limit as usize > MAX_SCAN_LIMIT + 1 {
+                    Some(format!("page limit {} out of range", page.limit))
+                } else if page.max_bytes > config.max_scan_bytes as u64 {
+                    Some(format!("page of {} bytes over the limit", page.max_bytes))
+                } else {
+                    None
+                };
+                match bad {
+                    Some(message) => Err(ApiError::bad_request("invalid_forward", message)),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
