@@ -102,6 +102,17 @@ pub struct ScanResult {
     pub next: Option<String>,
 }
 
+/// Answer to `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    /// The answering node's id.
+    pub node: u64,
+    /// The id of the cluster it belongs to (16 hex digits); `null` before it joined one.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+}
+
 /// Body of `POST /v1/cluster/nodes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRequest {

@@ -173,8 +173,12 @@ fn api_status(partition: Option<u32>, replicas: Vec<u64>, s: kv_raft::GroupStatu
 }
 
 /// `GET /health`: the process is up and serving HTTP.
-pub async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "node": st.config.id}))
+pub async fn health(State(st): State<AppState>) -> Json<kv_client::api::Health> {
+    Json(kv_client::api::Health {
+        status: "ok".into(),
+        node: st.config.id,
+        cluster_id: st.cluster_id().map(|id| format!("{id:016x}")),
+    })
 }
 
 /// `GET /ready`: every partition this node hosts has a known leader.
@@ -196,6 +200,25 @@ pub async fn ready(State(st): State<AppState>) -> Response {
             Json(json!({
                 "error": "removed",
                 "message": format!("node {} was removed from the cluster; it serves no partition", st.config.id),
+            })),
+        )
+            .into_response();
+    }
+    let down: Vec<String> = st
+        .host
+        .failures()
+        .into_iter()
+        .filter(|f| f.down)
+        .map(|f| format!("{}: {}", f.group, f.error))
+        .collect();
+    if !down.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({
+                "error": "not_ready",
+                "message": format!("raft stopped in {} groups; restarting them", down.len()),
+                "failed_groups": down,
             })),
         )
             .into_response();

@@ -10,6 +10,7 @@
 //! a running node; [`run`] is what the binary calls. [`routes::app`] builds the router, and
 //! `testing` (feature `test-util`) starts whole clusters of real processes for tests.
 
+mod admission;
 mod body;
 pub mod cluster_api;
 pub mod config;
@@ -18,6 +19,7 @@ mod extract;
 pub mod forward;
 pub mod kv_api;
 pub mod leadership;
+pub mod logging;
 pub mod metadata;
 pub mod moves;
 pub mod ops;

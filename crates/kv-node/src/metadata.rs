@@ -41,6 +41,10 @@ pub struct ClusterMap {
     /// group: it is brought in by the group's leader).
     #[serde(default)]
     pub generation: u64,
+    /// Chosen at random when the cluster is created; a node joining must not belong to
+    /// another cluster. (Maps written before it existed get one with their next change.)
+    #[serde(default)]
+    pub cluster_id: Option<u64>,
 }
 
 /// The voters of the metadata group for a member set: the lowest ids.
@@ -195,6 +199,7 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
                 members: layout.members,
                 placement: layout.placement,
                 generation: 0,
+                cluster_id: Some(rand::random()),
             };
             let value = serde_json::to_vec(&map)?;
             let cmd = Command::Put {
@@ -348,6 +353,9 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
             "this node was removed from the cluster; once its partitions are dropped it may be stopped"
         );
     }
+    if let Some(id) = map.cluster_id {
+        st.set_cluster_id(id);
+    }
     st.set_layout(layout, epoch);
     Ok(())
 }
@@ -366,18 +374,23 @@ pub async fn add_member(st: &AppState, id: u64, addr: &str) -> Result<u64, ApiEr
         message: format!("node {id} is already a member at {a}"),
     };
     let current = local_map(st).await.ok().flatten();
-    let known = match current.as_ref().and_then(|(_, map)| map.members.get(&id)) {
+    let members = current
+        .as_ref()
+        .map(|(_, m)| m.members.clone())
+        .unwrap_or_default();
+    let known = match members.get(&id) {
         Some(a) if a != addr => return Err(taken(a)),
         Some(_) => true,
         None => false,
     };
-    // Refuse an address nobody answers on: a typo would otherwise become a member that
-    // partitions are moved to and never arrive at.
-    if !known && !crate::peers::answers_health(st, addr).await {
-        return Err(ApiError::bad_request(
-            "invalid_member",
-            format!("no kv node answers at {addr}; start it (with --join) before adding it"),
-        ));
+    if let Some((other, _)) = members.iter().find(|(m, a)| **m != id && *a == addr) {
+        return Err(ApiError::Conflict {
+            code: "address_in_use",
+            message: format!("{addr} is the address of member {other}"),
+        });
+    }
+    if !known {
+        check_identity(st, id, addr, current.and_then(|(_, m)| m.cluster_id)).await?;
     }
     let epoch = change_members(st, |members| match members.get(&id) {
         Some(a) if a == addr => Ok(None),
@@ -391,6 +404,38 @@ pub async fn add_member(st: &AppState, id: u64, addr: &str) -> Result<u64, ApiEr
     .await?;
     tracing::info!(id, addr, epoch, "member added; partitions will move");
     Ok(epoch)
+}
+
+/// A node asking to join must be who it says: the node answering at `addr` must have id `id`
+/// and must not belong to another cluster. (A node may not claim a member's address, and a
+/// typo must not become a member that partitions move to and never reach.)
+async fn check_identity(
+    st: &AppState,
+    id: u64,
+    addr: &str,
+    cluster: Option<u64>,
+) -> Result<(), ApiError> {
+    let Some(found) = crate::peers::identity(st, addr).await else {
+        return Err(ApiError::bad_request(
+            "invalid_member",
+            format!("no kv node answers at {addr}; start it (with --join) before adding it"),
+        ));
+    };
+    if found.node != id {
+        return Err(ApiError::Conflict {
+            code: "identity_mismatch",
+            message: format!("the node at {addr} is node {}, not node {id}", found.node),
+        });
+    }
+    if let (Some(theirs), Some(ours)) = (found.cluster_id, cluster) {
+        if theirs != ours {
+            return Err(ApiError::Conflict {
+                code: "other_cluster",
+                message: format!("the node at {addr} belongs to another cluster ({theirs:016x})"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// On the metadata leader: remove member `id` by writing a map without it, so its partitions
@@ -489,6 +534,7 @@ where
             members: layout.members,
             placement: layout.placement,
             generation: map.generation + 1,
+            cluster_id: map.cluster_id.or_else(|| Some(rand::random())),
         };
         let value = serde_json::to_vec(&next).map_err(|e| ApiError::Internal(e.to_string()))?;
         let cmd = Command::Put {

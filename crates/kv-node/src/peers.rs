@@ -16,6 +16,33 @@ pub async fn answers_health(st: &AppState, addr: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Who a node says it is, in its `/health` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub node: u64,
+    pub cluster_id: Option<u64>,
+}
+
+/// The identity of the kv node answering `GET /health` at `addr` within a second.
+pub async fn identity(st: &AppState, addr: &str) -> Option<Identity> {
+    let answer = st
+        .http
+        .get(format!("http://{addr}/health"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?;
+    let health: kv_client::api::Health = answer.json().await.ok()?;
+    let cluster_id = match health.cluster_id.as_deref() {
+        None => None,
+        Some(hex) => Some(u64::from_str_radix(hex, 16).ok()?),
+    };
+    Some(Identity {
+        node: health.node,
+        cluster_id,
+    })
+}
+
 /// What every other member of the map sees (`/v1/cluster?scope=local`), asked concurrently;
 /// members that do not answer within two seconds are left out (a loaded node builds its view
 /// slowly: one Raft round trip per hosted group).

@@ -10,36 +10,62 @@ use axum::Router;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{cluster_api, kv_api, peer_api};
+use crate::{admission, cluster_api, kv_api, peer_api};
 
 pub fn app(state: AppState) -> Router {
-    // Peer routes read their bodies themselves, within limits of their own.
-    let peer = Router::new()
-        .route("/raft/{group}/{rpc}", post(peer_api::raft_rpc))
-        .route(crate::forward::FORWARD_PATH, post(peer_api::forwarded))
-        .layer(axum::extract::DefaultBodyLimit::disable());
-    Router::new()
+    let keys = Router::new()
         .route(
             "/v1/kv/{*key}",
             get(kv_api::get_key)
                 .put(kv_api::put_key)
                 .delete(kv_api::delete_key),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            admission::requests,
+        ));
+    let scans = Router::new()
+        .route("/v1/kv", get(kv_api::scan))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            admission::scans,
+        ));
+    let admin = Router::new()
+        .route("/v1/cluster", get(cluster_api::status))
+        .route("/v1/cluster/map", get(cluster_api::map))
+        .route("/v1/cluster/nodes", post(cluster_api::join))
+        .route("/v1/cluster/nodes/{id}", delete(cluster_api::leave))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            admission::admin,
+        ));
+    // Peer routes read their bodies themselves, within limits of their own. Raft RPCs pass no
+    // gate: heartbeats and votes must flow whatever the client load.
+    let peer = Router::new()
+        .route("/raft/{group}/{rpc}", post(peer_api::raft_rpc))
+        .merge(
+            Router::new()
+                .route(crate::forward::FORWARD_PATH, post(peer_api::forwarded))
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    admission::forwarded,
+                )),
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    Router::new()
+        .merge(keys)
+        .merge(scans)
+        .merge(admin)
+        .merge(peer)
         .route(
             "/v1/kv/",
             get(kv_api::empty_key)
                 .put(kv_api::empty_key)
                 .delete(kv_api::empty_key),
         )
-        .route("/v1/kv", get(kv_api::scan))
-        .route("/v1/cluster", get(cluster_api::status))
-        .route("/v1/cluster/map", get(cluster_api::map))
-        .route("/v1/cluster/nodes", post(cluster_api::join))
-        .route("/v1/cluster/nodes/{id}", delete(cluster_api::leave))
         .route("/health", get(cluster_api::health))
         .route("/ready", get(cluster_api::ready))
         .route("/metrics", get(cluster_api::metrics))
-        .merge(peer)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

@@ -21,6 +21,10 @@ pub struct AppState {
     pub moves: Arc<Moves>,
     /// One-off background tasks, stopped when the node shuts down.
     pub background: Arc<Background>,
+    /// How much client work this node takes on at once.
+    pub admission: Arc<crate::admission::Admission>,
+    /// The cluster's id, once this node has adopted a map that carries one.
+    cluster_id: Arc<std::sync::OnceLock<u64>>,
 }
 
 /// One-off background tasks of a node (each ends by itself; shutdown aborts the rest).
@@ -52,12 +56,14 @@ impl AppState {
     ) -> Self {
         AppState {
             moves: Arc::new(Moves::new(config.max_moves)),
+            admission: Arc::new(crate::admission::Admission::new(&config.limits)),
             config,
             host,
             http,
             layout: Arc::new(RwLock::new((Arc::new(layout), None))),
             metrics,
             background: Arc::default(),
+            cluster_id: Arc::default(),
         }
     }
 
@@ -74,6 +80,16 @@ impl AppState {
     /// Epoch of the adopted cluster map (`None` until the first one is adopted).
     pub fn epoch(&self) -> Option<u64> {
         self.layout.read().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// The id of the cluster this node belongs to, once known.
+    pub fn cluster_id(&self) -> Option<u64> {
+        self.cluster_id.get().copied()
+    }
+
+    /// Record the cluster's id (it never changes; a second call is ignored).
+    pub fn set_cluster_id(&self, id: u64) {
+        let _ = self.cluster_id.set(id);
     }
 
     /// Route by `layout`, the cluster map of `epoch`, from now on.

@@ -1,5 +1,5 @@
 /// Why a group operation did not complete; what the caller can act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GroupError {
     /// This node is not the group's leader; `leader` is the one it knows, with its address.
     #[error("not the leader{}", .leader.as_ref().map(|(id, a)| format!(" (leader is {id} at {a})")).unwrap_or_default())]

@@ -12,6 +12,7 @@ use tokio::sync::RwLock;
 
 use crate::check_quorum::LeaderCheck;
 use crate::network::Transport;
+use crate::read_index::ReadBatcher;
 use crate::types::{Request, Response, TypeConfig};
 use crate::GroupError;
 
@@ -19,6 +20,8 @@ use crate::GroupError;
 #[derive(Clone)]
 pub struct Group {
     pub(crate) id: GroupId,
+    /// Which of the host's Raft instances of this group it is (a failed one is replaced).
+    pub(crate) generation: u64,
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) store: Store,
     pub(crate) transport: Transport,
@@ -31,6 +34,8 @@ pub struct Group {
     pub(crate) gate: Arc<RwLock<()>>,
     /// Check-quorum and the restarted leader's recovery floor (see `check_quorum`).
     pub(crate) check: Arc<LeaderCheck>,
+    /// Reads waiting for a leadership confirmation (see `read_index`).
+    pub(crate) reads: Arc<ReadBatcher>,
 }
 
 /// A group's Raft state as this node sees it.
@@ -290,8 +295,19 @@ impl Group {
     /// (read-index), so a following local read is linearizable. Waits while a leadership
     /// transfer runs, within the group's request timeout. On a replica that restarted as leader
     /// it also waits until the entries its log held at startup are applied again (see
-    /// `check_quorum`: its read index alone may be below an acknowledged write).
+    /// `check_quorum`: its read index alone may be below an acknowledged write). Concurrent
+    /// calls share confirmation rounds (see `read_index`).
     pub async fn read_barrier(&self) -> Result<(), GroupError> {
+        self.reads.confirm(self).await
+    }
+
+    /// How many leadership confirmation rounds this instance has run for reads.
+    pub fn read_rounds(&self) -> u64 {
+        self.reads.rounds.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One confirmation round of [`Group::read_barrier`].
+    pub(crate) async fn confirm_leadership(&self) -> Result<(), GroupError> {
         let unconfirmed = || {
             GroupError::Unavailable(format!(
                 "leadership not confirmed within {:?}",

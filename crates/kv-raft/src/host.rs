@@ -2,18 +2,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use kv_storage::{GroupId, Store};
 use openraft::error::{InitializeError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy, Vote};
+use tokio::task::JoinSet;
 
 use crate::check_quorum::LeaderCheck;
 use crate::encoding::{decode, encode};
 use crate::network::{RpcKind, Transport};
+use crate::supervise::GroupFailure;
 use crate::types::TypeConfig;
+use crate::validate;
 use crate::{Group, GroupError, LogStore, StateMachine};
 
 /// Raft timing and log-compaction settings shared by every group of a node.
@@ -72,7 +76,9 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The groups hosted by one node, sharing its store and its HTTP client.
+/// The groups hosted by one node, sharing its store and its HTTP client. Clones share
+/// everything.
+#[derive(Clone)]
 pub struct RaftHost {
     node_id: u64,
     store: Store,
@@ -82,9 +88,15 @@ pub struct RaftHost {
     /// The leader lease (`election_max`): check-quorum's limit.
     lease: Duration,
     snapshot_root: PathBuf,
-    groups: RwLock<HashMap<GroupId, Group>>,
-    /// Serializes group creation so two callers never build the same group twice.
-    opening: tokio::sync::Mutex<()>,
+    groups: Arc<RwLock<HashMap<GroupId, Group>>>,
+    /// Serializes opening and closing groups, so two callers never build the same group twice.
+    opening: Arc<tokio::sync::Mutex<()>>,
+    /// Each opened Raft instance's number, to tell a group's instances apart.
+    generations: Arc<AtomicU64>,
+    /// Groups whose Raft core stopped by itself (see `supervise`).
+    pub(crate) failures: Arc<Mutex<HashMap<GroupId, GroupFailure>>>,
+    /// Per-group background tasks: the supervisors, and a restored leader's re-commit.
+    tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl RaftHost {
@@ -106,8 +118,11 @@ impl RaftHost {
             timeout: tuning.request_timeout,
             lease: tuning.election_max,
             snapshot_root,
-            groups: RwLock::default(),
-            opening: tokio::sync::Mutex::new(()),
+            groups: Arc::default(),
+            opening: Arc::default(),
+            generations: Arc::default(),
+            failures: Arc::default(),
+            tasks: Arc::default(),
         })
     }
 
@@ -158,6 +173,21 @@ impl RaftHost {
         if let Some(g) = self.group(id) {
             return Ok(g);
         }
+        let group = self.start(id).await?;
+        self.spawn(crate::supervise::supervise(self.clone(), group.clone()));
+        Ok(group)
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap finished tasks so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// Start a Raft instance for `id` from the store; the caller holds `opening` (and, but for
+    /// the supervisor restarting it, supervises it).
+    pub(crate) async fn start(&self, id: GroupId) -> Result<Group, GroupError> {
         let mut log = LogStore::new(id, self.store.clone());
         let restored = self.restored_leadership(&mut log).await?;
         let sm = StateMachine::open(id, self.store.clone(), &self.snapshot_root).await?;
@@ -172,12 +202,14 @@ impl RaftHost {
         .map_err(|e| GroupError::Stopped(e.to_string()))?;
         let group = Group {
             id,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
             raft,
             store: self.store.clone(),
             transport: self.transport.clone(),
             timeout: self.timeout,
             gate: Arc::default(),
             check: LeaderCheck::new(self.lease, restored),
+            reads: Arc::default(),
         };
         self.groups
             .write()
@@ -186,10 +218,47 @@ impl RaftHost {
         if restored.is_some() {
             // Ends within the request timeout, committed or not.
             let restarted = group.clone();
-            tokio::spawn(async move { restarted.recommit_after_restart().await });
+            self.spawn(async move { restarted.recommit_after_restart().await });
         }
         tracing::info!(node = self.node_id, group = %id, "group started");
         Ok(group)
+    }
+
+    /// The hosted instance of `id` if it is `group`'s (not stopped and replaced since).
+    pub(crate) fn is_current(&self, group: &Group) -> bool {
+        self.group(group.id)
+            .is_some_and(|g| g.generation == group.generation)
+    }
+
+    /// Take `group`'s instance out of the registry if it is still the current one.
+    pub(crate) fn remove_if_current(&self, group: &Group) -> bool {
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        if groups
+            .get(&group.id)
+            .is_some_and(|g| g.generation == group.generation)
+        {
+            groups.remove(&group.id);
+            return true;
+        }
+        false
+    }
+
+    /// Groups whose Raft core stopped by itself, with why, and whether they are running again.
+    pub fn failures(&self) -> Vec<GroupFailure> {
+        let mut all: Vec<GroupFailure> = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by_key(|f| f.group);
+        all
+    }
+
+    /// The serialization lock of opening and closing groups.
+    pub(crate) async fn lock_opening(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.opening.clone().lock_owned().await
     }
 
     /// If the stored vote makes this node the group's leader (openraft then restores it as
@@ -245,21 +314,25 @@ impl RaftHost {
         match kind {
             RpcKind::Append => {
                 let req: AppendEntriesRequest<TypeConfig> = decode(body).map_err(bad)?;
+                validate::append(&req)?;
                 self.heard_from(&req.vote);
                 enc(encode(&g.raft.append_entries(req).await))
             }
             RpcKind::Vote => {
                 let req: VoteRequest<u64> = decode(body).map_err(bad)?;
+                validate::vote(&req)?;
                 self.heard_from(&req.vote);
                 enc(encode(&g.raft.vote(req).await))
             }
             RpcKind::Snapshot => {
                 let req: InstallSnapshotRequest<TypeConfig> = decode(body).map_err(bad)?;
+                validate::snapshot(&req)?;
                 self.heard_from(&req.vote);
                 enc(encode(&g.raft.install_snapshot(req).await))
             }
             RpcKind::TimeoutNow => {
                 let leader_term: u64 = decode(body).map_err(bad)?;
+                validate::timeout_now_term(leader_term)?;
                 let term = g.raft.metrics().borrow().current_term;
                 // A late request (its transfer timed out, someone else was elected since)
                 // must not disrupt a newer term.
@@ -309,12 +382,20 @@ impl RaftHost {
                 return Err(kv_storage::StorageError::from(e).into());
             }
         }
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         tracing::info!(node = self.node_id, group = %id, "group closed and its data dropped");
         Ok(())
     }
 
     /// Stop every group's Raft instance.
     pub async fn shutdown(&self) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .abort_all();
         let groups: Vec<Group> = self
             .groups
             .write()

@@ -20,9 +20,12 @@ mod host;
 mod log_store;
 mod network;
 mod peer_health;
+mod read_index;
 mod state_machine;
+mod supervise;
 mod transfer;
 mod types;
+mod validate;
 
 pub use error::GroupError;
 pub use group::{Group, GroupStatus};
@@ -31,6 +34,7 @@ pub use log_store::LogStore;
 pub use network::{RpcKind, Transport};
 pub use peer_health::PeerHealth;
 pub use state_machine::StateMachine;
+pub use supervise::GroupFailure;
 pub use types::{Request, Response, TypeConfig};
 
 /// The Raft node id (a cluster member id).

@@ -95,3 +95,25 @@ async fn a_leader_with_one_follower_left_keeps_leading() {
     assert!(!group.reaches_quorum(&[other]), "without the last follower");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_reads_share_leadership_confirmations() {
+    let cluster = TestCluster::start(&VOTERS).await;
+    let leader = cluster.create_group(GROUP, &VOTERS).await;
+    let group = cluster.group(leader, GROUP);
+    group.write(put("k")).await.unwrap();
+    let before = group.read_rounds();
+    let reads: Vec<_> = (0..200)
+        .map(|_| {
+            let group = group.clone();
+            tokio::spawn(async move { group.get(b"k".to_vec(), false).await })
+        })
+        .collect();
+    for read in reads {
+        let record = read.await.unwrap().unwrap();
+        assert_eq!(record.map(|r| r.value), Some(b"v".to_vec()));
+    }
+    let rounds = group.read_rounds() - before;
+    assert!((1..50).contains(&rounds), "{rounds} rounds for 200 reads");
+    cluster.shutdown().await;
+}

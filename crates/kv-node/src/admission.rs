@@ -1,0 +1,67 @@
+//! How much client work a node takes on at once, per kind of request. Over the limit, a request
+//! is refused at once with `429` and `Retry-After` (JSON) instead of queueing: a burst then
+//! cannot pile up work that starves the Raft cores' heartbeats and votes, which have no limit
+//! here (peer RPCs are never admitted through these gates).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// One gate per kind of request.
+pub struct Admission {
+    /// Key requests from clients.
+    requests: Arc<Semaphore>,
+    /// Operations forwarded by other nodes (scan pages included).
+    forwarded: Arc<Semaphore>,
+    scans: Arc<Semaphore>,
+    /// Cluster status and membership changes.
+    admin: Arc<Semaphore>,
+}
+
+/// Cluster status pages and membership changes served at once.
+const MAX_ADMIN: usize = 16;
+
+impl Admission {
+    pub fn new(limits: &Limits) -> Self {
+        Admission {
+            requests: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            forwarded: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            scans: Arc::new(Semaphore::new(limits.max_concurrent_scans)),
+            admin: Arc::new(Semaphore::new(MAX_ADMIN)),
+        }
+    }
+}
+
+async fn admit(gate: &Arc<Semaphore>, what: &'static str, req: Request, next: Next) -> Response {
+    let Ok(_permit) = gate.clone().try_acquire_owned() else {
+        metrics::counter!("kv_requests_refused_total", "kind" => what).increment(1);
+        return ApiError::Overloaded(format!(
+            "this node is serving as many {what} as it takes; retry"
+        ))
+        .into_response();
+    };
+    next.run(req).await
+}
+
+pub async fn requests(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    admit(&st.admission.requests, "requests", req, next).await
+}
+
+pub async fn forwarded(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    admit(&st.admission.forwarded, "forwarded operations", req, next).await
+}
+
+pub async fn scans(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    admit(&st.admission.scans, "scans", req, next).await
+}
+
+pub async fn admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    admit(&st.admission.admin, "cluster requests", req, next).await
+}
