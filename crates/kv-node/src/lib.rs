@@ -27,6 +27,9 @@ pub mod peer_api;
 pub mod peers;
 pub mod placement;
 pub mod routes;
+// Not yet serving `Node::start`, which still uses `axum::serve`.
+#[allow(dead_code)]
+mod server;
 pub mod state;
 #[cfg(feature = "test-util")]
 pub mod testing;
