@@ -27,8 +27,6 @@ pub mod peer_api;
 pub mod peers;
 pub mod placement;
 pub mod routes;
-// Not yet serving `Node::start`, which still uses `axum::serve`.
-#[allow(dead_code)]
 mod server;
 pub mod state;
 #[cfg(feature = "test-util")]
@@ -117,13 +115,15 @@ impl Node {
         let addr = listener.local_addr()?;
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
         let router = app(state.clone());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let limits = server::ServerLimits {
+            max_connections: config.limits.max_connections,
+            header_read_timeout: config.limits.client_timeout,
+            key_prefix: Some("/v1/kv/"),
+            ..server::ServerLimits::default()
+        };
+        let server = tokio::spawn(server::serve(listener, router, limits, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
         tracing::info!(node = config.id, %addr, "listening");
 
         metadata::open(&state).await?;

@@ -41,6 +41,21 @@ pub(crate) struct HeadLimits {
     pub(crate) max_target_bytes: usize,
     /// Header fields per head (and trailer fields per chunked body).
     pub(crate) max_headers: usize,
+    /// Targets under this prefix name a key: one too long is answered as the key route answers
+    /// an over-long key (413), whatever its length.
+    pub(crate) key_prefix: Option<&'static str>,
+}
+
+impl HeadLimits {
+    /// The violation of a target, starting with `target`, that is over the limit.
+    fn target_too_long(&self, target: &[u8]) -> Violation {
+        match self.key_prefix {
+            Some(prefix) if target.starts_with(prefix.as_bytes()) => Violation::KeyTooLong,
+            _ => Violation::TargetTooLong {
+                limit: self.max_target_bytes,
+            },
+        }
+    }
 }
 
 /// Why a connection stops being read. `Display` is the message sent to the client.
@@ -57,6 +72,9 @@ pub(crate) enum Violation {
     Fragment,
     #[error("the request target is longer than {limit} bytes")]
     TargetTooLong { limit: usize },
+    /// A target too long under [`HeadLimits::key_prefix`]: its key is over any key limit.
+    #[error("the key in the path exceeds the limit on key size")]
+    KeyTooLong,
     #[error("the request head (request line and header fields) is larger than {limit} bytes")]
     HeadTooLarge { limit: usize },
     #[error("the request has more than {limit} header fields")]
@@ -76,6 +94,7 @@ impl Violation {
                 Some((StatusCode::BAD_REQUEST, "bad_request"))
             }
             Violation::TargetTooLong { .. } => Some((StatusCode::URI_TOO_LONG, "uri_too_long")),
+            Violation::KeyTooLong => Some((StatusCode::PAYLOAD_TOO_LARGE, "too_large")),
             Violation::HeadTooLarge { .. } | Violation::TooManyHeaders { .. } => Some((
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
@@ -408,9 +427,7 @@ impl HeadScan {
                         return Err(Violation::Malformed("invalid method"));
                     }
                     (_, Some(start), None) if i + 1 - start > limits.max_target_bytes => {
-                        return Err(Violation::TargetTooLong {
-                            limit: limits.max_target_bytes,
-                        });
+                        return Err(limits.target_too_long(&buf[start..]));
                     }
                     _ => {}
                 },
@@ -442,11 +459,9 @@ impl HeadScan {
             Phase::Leading => too_large,
             // The target has not ended: it is what is too long.
             Phase::RequestLine {
-                target_start: Some(_),
+                target_start: Some(start),
                 target_end: None,
-            } => Violation::TargetTooLong {
-                limit: limits.max_target_bytes,
-            },
+            } => limits.target_too_long(held.get(start..).unwrap_or_default()),
             Phase::RequestLine { .. } => Violation::Malformed("request line never ends"),
             Phase::Fields(_) => {
                 let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
@@ -473,9 +488,7 @@ fn check_request_line(line: &[u8], limits: &HeadLimits) -> Result<(), Violation>
         return Err(Violation::Malformed("incomplete request line"));
     };
     if target.len() > limits.max_target_bytes {
-        return Err(Violation::TargetTooLong {
-            limit: limits.max_target_bytes,
-        });
+        return Err(limits.target_too_long(target.as_bytes()));
     }
     if target.contains('#') {
         return Err(Violation::Fragment);

@@ -266,6 +266,7 @@ mod tests {
             max_head_bytes: 1024,
             max_target_bytes: 256,
             max_headers: 8,
+            key_prefix: None,
         }
     }
 

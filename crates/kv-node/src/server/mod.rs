@@ -75,6 +75,9 @@ pub struct ServerLimits {
     pub max_target_bytes: usize,
     /// Header fields per request.
     pub max_headers: usize,
+    /// Targets under this prefix name a key (`/v1/kv/`): one over the target limit is answered
+    /// `413 too_large`, as an over-long key is, instead of `414`.
+    pub key_prefix: Option<&'static str>,
 }
 
 impl Default for ServerLimits {
@@ -86,6 +89,7 @@ impl Default for ServerLimits {
             max_head_bytes: 64 * 1024,
             max_target_bytes: 16 * 1024,
             max_headers: 100,
+            key_prefix: None,
         }
     }
 }
@@ -97,6 +101,7 @@ impl ServerLimits {
             // `Framing` lowers this to hyper's own cap.
             max_target_bytes: self.max_target_bytes,
             max_headers: self.max_headers,
+            key_prefix: self.key_prefix,
         }
     }
 

@@ -7,6 +7,7 @@ fn limits() -> HeadLimits {
         max_head_bytes: 4096,
         max_target_bytes: 512,
         max_headers: 16,
+        key_prefix: Some("/v1/kv/"),
     }
 }
 
@@ -304,6 +305,7 @@ fn a_target_limit_above_hypers_own_is_lowered_to_it() {
         max_head_bytes: 1 << 20,
         max_target_bytes: 1 << 20,
         max_headers: 16,
+        key_prefix: None,
     });
     assert_eq!(framing.limits.max_target_bytes, HYPER_MAX_TARGET);
 }
@@ -471,4 +473,18 @@ proptest! {
         prop_assert_eq!(&passed, &good);
         prop_assert_eq!(violation, Some(expected));
     }
+}
+
+#[test]
+fn a_too_long_target_naming_a_key_is_an_over_long_key() {
+    let key = format!("GET /v1/kv/{} HTTP/1.1\r\n\r\n", "k".repeat(600));
+    let (_, violation, _) = feed_in_pieces(key.as_bytes(), &[]);
+    assert_eq!(violation, Some(Violation::KeyTooLong));
+    assert_eq!(
+        Violation::KeyTooLong.answer(),
+        Some((StatusCode::PAYLOAD_TOO_LARGE, "too_large"))
+    );
+    let other = format!("GET /v1/kx/{} HTTP/1.1\r\n\r\n", "k".repeat(600));
+    let (_, violation, _) = feed_in_pieces(other.as_bytes(), &[]);
+    assert_eq!(violation, Some(Violation::TargetTooLong { limit: 512 }));
 }
