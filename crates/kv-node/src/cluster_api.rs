@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,6 +11,7 @@ use kv_ring::PartitionId;
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::extract::{Params, PathParams};
 use crate::metadata;
 use crate::placement::{group_of, partition_of_group};
 use crate::state::AppState;
@@ -28,7 +28,7 @@ pub struct StatusParams {
 /// (each asked with `?scope=local`), so any node gives the whole picture.
 pub async fn status(
     State(st): State<AppState>,
-    axum::extract::Query(params): axum::extract::Query<StatusParams>,
+    Params(params): Params<StatusParams>,
 ) -> Json<ClusterStatus> {
     if params.scope.as_deref() == Some("local") {
         return Json(local_status(&st).await);
@@ -352,14 +352,12 @@ fn parse_wait(text: &str) -> Option<Duration> {
 /// `wait` runs out first; repeat the request to keep waiting.
 pub async fn leave(
     State(st): State<AppState>,
-    Path(id): Path<String>,
-    params: Result<Query<LeaveParams>, QueryRejection>,
+    PathParams(id): PathParams<String>,
+    Params(params): Params<LeaveParams>,
 ) -> Result<Response, ApiError> {
     let id: u64 = id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
         ApiError::bad_request("invalid_member", format!("{id:?} is not a node id"))
     })?;
-    let Query(params) =
-        params.map_err(|r| ApiError::bad_request("invalid_query", r.body_text()))?;
     let wait = match params.wait.as_deref() {
         None => DEFAULT_LEAVE_WAIT,
         Some(text) => parse_wait(text)

@@ -21,3 +21,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
             .map_err(|e| ApiError::bad_request("invalid_query", format!("bad query string: {e}")))
     }
 }
+
+/// Path parameters, deserialized into `T`.
+pub struct PathParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(PathParams(value)),
+            Err(rejection) => Err(ApiError::bad_request(
+                "invalid_path",
+                format!("bad path parameter: {rejection}"),
+            )),
+        }
+    }
+}

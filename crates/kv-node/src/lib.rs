@@ -118,6 +118,8 @@ impl Node {
         let limits = server::ServerLimits {
             max_connections: config.limits.max_connections,
             header_read_timeout: config.limits.client_timeout,
+            // The body timeout of the handlers answers 408 first; this only ends a stall.
+            stall_timeout: Some(config.limits.client_timeout * 2),
             key_prefix: Some("/v1/kv/"),
             ..server::ServerLimits::default()
         };

@@ -3,7 +3,7 @@
 //! forwards to the one that can serve them (see [`crate::ops`]).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kv_raft::{GroupError, RpcKind};
@@ -11,6 +11,7 @@ use kv_storage::GroupId;
 
 use crate::body::read_limited;
 use crate::error::ApiError;
+use crate::extract::PathParams;
 use crate::ops::{Forwarded, KeyOp};
 use crate::placement::partition_of_group;
 use crate::state::AppState;
@@ -23,7 +24,7 @@ pub fn peer_body_limit(st: &AppState) -> usize {
 
 pub async fn raft_rpc(
     State(st): State<AppState>,
-    Path((group, rpc)): Path<(String, String)>,
+    PathParams((group, rpc)): PathParams<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {

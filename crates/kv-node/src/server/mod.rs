@@ -66,9 +66,14 @@ pub struct ServerLimits {
     /// Connections open at once; one more is answered 503 and closed.
     pub max_connections: usize,
     /// A request head must arrive within this (counted from when the server is ready to read
-    /// it, so it also closes idle keep-alive connections). It is also how long a peer may stall a
+    /// it, so it also closes idle keep-alive connections). Unless [`ServerLimits::stall_timeout`]
+    /// says otherwise, it is also how long a peer may stall a
     /// request body the app is reading, or leave our response unread, before it is dropped.
     pub header_read_timeout: Duration,
+    /// How long a peer may stall a request body the app is reading, or leave our response
+    /// unread, before it is dropped (`None`: the header read timeout). A backstop for the app's
+    /// own body timeout, which answers first when it is shorter.
+    pub stall_timeout: Option<Duration>,
     /// Request line plus header fields.
     pub max_head_bytes: usize,
     /// The request target (path and query); at most 65534, hyper's own cap.
@@ -86,6 +91,7 @@ impl Default for ServerLimits {
         ServerLimits {
             max_connections: 4096,
             header_read_timeout: Duration::from_secs(10),
+            stall_timeout: None,
             max_head_bytes: 64 * 1024,
             max_target_bytes: 16 * 1024,
             max_headers: 100,
@@ -143,7 +149,7 @@ pub async fn serve(
         app: app.into_make_service_with_connect_info::<SocketAddr>(),
         http: limits.http1(),
         head_limits: limits.head_limits(),
-        stall_timeout: limits.header_read_timeout,
+        stall_timeout: limits.stall_timeout.unwrap_or(limits.header_read_timeout),
     });
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));

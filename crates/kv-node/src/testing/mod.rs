@@ -400,6 +400,11 @@ impl TestCluster {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Node `id`'s whole log so far.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default()
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -664,6 +669,70 @@ impl TestCluster {
         )
         .await
     }
+}
+
+/// An answer read off a raw connection (see [`raw_request`]).
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// Send `request` byte for byte to `addr` (no client library in between to normalize paths
+/// or headers) and read the answer until the server closes the connection, within `timeout`.
+/// The request should say `Connection: close`.
+pub async fn raw_request(addr: &str, request: &[u8], timeout: Duration) -> Result<RawResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        // The server may answer (and close) before it read everything: ignore write errors.
+        let _ = stream.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out).await;
+        anyhow::Ok(out)
+    };
+    let bytes = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| anyhow!("no complete answer within {timeout:?}"))??;
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut head = httparse::Response::new(&mut fields);
+    let len = match head.parse(&bytes)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => {
+            bail!("incomplete answer: {:?}", String::from_utf8_lossy(&bytes))
+        }
+    };
+    Ok(RawResponse {
+        status: head.code.unwrap_or(0),
+        headers: head
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+        body: bytes[len..].to_vec(),
+    })
 }
 
 /// A background writer started by [`TestCluster::start_writer`].
