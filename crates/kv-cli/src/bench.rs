@@ -74,6 +74,11 @@ pub struct BenchArgs {
     /// failover) instead of plain HTTP requests spread round-robin over the endpoints.
     #[arg(long)]
     pub via_client: bool,
+
+    /// Take keys in order (`0`, `1`, ...) instead of at random, wrapping at `--keys`: with
+    /// `--requests N --keys N` every key is written once (to load a data set).
+    #[arg(long)]
+    pub sequential: bool,
 }
 
 /// When a run stops by itself.
@@ -158,6 +163,7 @@ pub async fn run(
         value: Bytes::from(random_value(value_size)),
         args: args.clone(),
         issued: AtomicU64::new(0),
+        next_key: AtomicU64::new(0),
         limit: match stop {
             Stop::Requests(n) => Some(n),
             Stop::After(_) => None,
@@ -224,6 +230,8 @@ struct Plan {
     /// exactly `limit` requests are sent in all.
     issued: AtomicU64,
     limit: Option<u64>,
+    /// The next key of a `--sequential` run.
+    next_key: AtomicU64,
 }
 
 struct Worker {
@@ -278,7 +286,12 @@ impl Worker {
         } else {
             Op::Write
         };
-        let key = format!("{}{}", args.key_prefix, self.rng.random_range(0..args.keys));
+        let index = if args.sequential {
+            self.plan.next_key.fetch_add(1, Ordering::Relaxed) % args.keys
+        } else {
+            self.rng.random_range(0..args.keys)
+        };
+        let key = format!("{}{}", args.key_prefix, index);
         (op, key)
     }
 
