@@ -42,7 +42,7 @@ pub async fn route(
     deadline: Instant,
     unreachable: &[u64],
 ) -> Result<Route, ApiError> {
-    if let Some(group) = st.host.group(group_of(p)) {
+    if let Some(group) = local_group(st, p).await? {
         if !need_leader || group.is_leader() {
             return Ok(Route::Local(group));
         }
@@ -71,6 +71,22 @@ pub async fn route(
         )));
     }
     Ok(Route::Forward(candidates))
+}
+
+/// This node's group of partition `p`: the hosted one, or, if the map this node routes by makes
+/// it a replica but it has not opened the group yet (a new cluster, a node that just adopted a
+/// map), the group opened now. Forwarding instead would bounce the request between replicas
+/// that are all about to host it.
+pub async fn local_group(st: &AppState, p: PartitionId) -> Result<Option<Group>, ApiError> {
+    let id = group_of(p);
+    if let Some(group) = st.host.group(id) {
+        return Ok(Some(group));
+    }
+    let layout = st.layout();
+    if p.0 < layout.partitions() && layout.replicas(p).contains(&st.config.id) {
+        return Ok(Some(st.host.open_group(id).await?));
+    }
+    Ok(None)
 }
 
 /// What a forwarded operation answers with: relayed as an HTTP answer, or decoded.

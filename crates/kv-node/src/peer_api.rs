@@ -99,15 +99,8 @@ pub async fn forwarded(
 /// request of a new partition's leader can arrive before this node has adopted the map that
 /// creates it. Groups the current map does not assign here stay closed (404).
 async fn open_if_assigned(st: &AppState, group: GroupId) -> Result<(), ApiError> {
-    if st.host.group(group).is_some() {
-        return Ok(());
-    }
-    let Some(p) = partition_of_group(group) else {
-        return Ok(());
-    };
-    let layout = st.layout();
-    if p.0 < layout.partitions() && layout.replicas(p).contains(&st.config.id) {
-        st.host.open_group(group).await?;
+    if let Some(p) = partition_of_group(group) {
+        crate::forward::local_group(st, p).await?;
     }
     Ok(())
 }
