@@ -18,7 +18,7 @@ pub struct GroupFailure {
     pub group: GroupId,
     /// Why the core stopped, as openraft reported it.
     pub error: String,
-    /// Failures in a row (reset once the group has run for [`HEALTHY_AFTER`]).
+    /// Failures in a row (reset once the group has run for a minute without one).
     pub failures: u32,
     /// True from the failure until the group runs again.
     pub down: bool,
