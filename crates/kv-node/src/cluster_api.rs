@@ -5,11 +5,12 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use kv_client::api::{ClusterStatus, GroupStatus, LeaveResult, MapSummary, Member, MoveStatus};
 use kv_ring::PartitionId;
 use serde_json::json;
 
+use crate::auth::{Access, Caller, PeerProof, Role};
 use crate::error::ApiError;
 use crate::extract::{Params, PathParams};
 use crate::metadata;
@@ -34,6 +35,11 @@ pub async fn status(
         return Json(local_status(&st).await);
     }
     Json(cluster_view(&st).await)
+}
+
+/// `GET /internal/v1/view`: what this node sees, for its peers (status, drains, removals).
+pub async fn view(State(st): State<AppState>) -> Json<ClusterStatus> {
+    Json(local_status(&st).await)
 }
 
 /// The whole cluster as this node can see it: its own groups, the other groups from the
@@ -278,9 +284,11 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
 /// partitions then move in the background (see `moves` in `/v1/cluster`).
 pub async fn join(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<kv_client::api::JoinRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|r| ApiError::bad_request("invalid_json", r.body_text()))?;
+    let access = join_access(&caller, req.id)?;
     if let Some(addr) = meta_leader_elsewhere(&st)? {
         let body = serde_json::to_vec(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
         let mut headers = axum::http::HeaderMap::new();
@@ -295,11 +303,31 @@ pub async fn join(
             "/v1/cluster/nodes",
             headers,
             body.into(),
+            &access,
         )
         .await;
     }
     let epoch = metadata::add_member(&st, req.id, &req.addr).await?;
     Ok(Json(json!({"id": req.id, "addr": req.addr, "epoch": epoch})).into_response())
+}
+
+/// Who may add node `id`: an admin client; the node itself, proving it with its node
+/// certificate; or a member peer relaying the node's own request (when no client is named).
+fn join_access(caller: &Caller, id: u64) -> Result<Access, ApiError> {
+    let admin = caller.access(Role::Admin);
+    if admin.is_ok() {
+        return admin;
+    }
+    let itself = matches!(caller.peer, PeerProof::Stranger(n) | PeerProof::Member(n) if n == id);
+    let relayed = caller.client.is_none()
+        && matches!(
+            caller.peer,
+            PeerProof::Member(_) | PeerProof::Token | PeerProof::Unguarded
+        );
+    if itself || relayed {
+        return Ok(Access::All);
+    }
+    admin
 }
 
 /// The metadata leader's address when it is another node; `None` when this node leads.
@@ -352,9 +380,11 @@ fn parse_wait(text: &str) -> Option<Duration> {
 /// `wait` runs out first; repeat the request to keep waiting.
 pub async fn leave(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     PathParams(id): PathParams<String>,
     Params(params): Params<LeaveParams>,
 ) -> Result<Response, ApiError> {
+    let access = caller.access(Role::Admin)?;
     let id: u64 = id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
         ApiError::bad_request("invalid_member", format!("{id:?} is not a node id"))
     })?;
@@ -384,6 +414,7 @@ pub async fn leave(
                 &path,
                 axum::http::HeaderMap::new(),
                 bytes::Bytes::new(),
+                &access,
             )
             .await?;
             if !answer.status().is_success() {

@@ -106,6 +106,39 @@ pub struct Flags {
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `kv_node=debug`).
     #[arg(long, env = "KV_LOG")]
     pub log: Option<String>,
+    /// Certificate (PEM) the listener presents to clients; with --key-file, clients speak TLS.
+    #[arg(long, env = "KV_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "KV_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that sign client certificates.
+    #[arg(long, env = "KV_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by --trusted-ca-file on every connection.
+    #[arg(long, env = "KV_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
+    /// This node's certificate (PEM) towards its peers: CN or DNS SAN `node-<id>`, usages
+    /// serverAuth and clientAuth (`kv cert create-node` makes one). Peers then speak TLS and
+    /// prove who they are with theirs.
+    #[arg(long, env = "KV_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long, env = "KV_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that sign the node certificates of the cluster.
+    #[arg(long, env = "KV_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// A file holding the cluster secret peers send each other when they do not use TLS.
+    #[arg(long, env = "KV_PEER_TOKEN_FILE")]
+    pub peer_token_file: Option<PathBuf>,
+    /// TOML file of client tokens with their roles and key prefixes; without it every client
+    /// may do everything.
+    #[arg(long, env = "KV_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Serve /ready, /metrics and /v1/cluster without a token even with --auth-file.
+    #[arg(long, env = "KV_METRICS_PUBLIC", num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_public: Option<bool>,
 }
 
 /// Fully resolved node settings.
@@ -131,6 +164,52 @@ pub struct Config {
     pub cache_bytes: usize,
     pub limits: Limits,
     pub log: String,
+    pub tls: TlsFiles,
+    pub peer_token_file: Option<PathBuf>,
+    pub auth_file: Option<PathBuf>,
+    pub metrics_public: bool,
+}
+
+/// The PEM files of the node's TLS setup (see `tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub trusted_ca: Option<PathBuf>,
+    pub client_cert_auth: bool,
+    pub peer_cert: Option<PathBuf>,
+    pub peer_key: Option<PathBuf>,
+    pub peer_trusted_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Whether the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.peer_cert.is_some()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.cert.is_some() != self.key.is_some() {
+            anyhow::bail!("--cert-file and --key-file go together");
+        }
+        if self.peer_cert.is_some() != self.peer_key.is_some() {
+            anyhow::bail!("--peer-cert-file and --peer-key-file go together");
+        }
+        if self.peer_cert.is_some() && self.peer_trusted_ca.is_none() {
+            anyhow::bail!(
+                "--peer-cert-file needs --peer-trusted-ca-file to check the peers' certificates"
+            );
+        }
+        if self.client_cert_auth && self.trusted_ca.is_none() {
+            anyhow::bail!("--client-cert-auth needs --trusted-ca-file");
+        }
+        if self.trusted_ca.is_some() && !self.enabled() {
+            anyhow::bail!(
+                "--trusted-ca-file needs a TLS listener (--cert-file or --peer-cert-file)"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// How much work a node accepts at once, and how long it waits for a client.
@@ -201,6 +280,19 @@ impl Config {
         };
         ring.validate()
             .map_err(|e| anyhow::anyhow!("invalid placement settings: {e}"))?;
+        let tls = TlsFiles {
+            cert: flags.cert_file.or(file.cert_file),
+            key: flags.key_file.or(file.key_file),
+            trusted_ca: flags.trusted_ca_file.or(file.trusted_ca_file),
+            client_cert_auth: flags
+                .client_cert_auth
+                .or(file.client_cert_auth)
+                .unwrap_or(false),
+            peer_cert: flags.peer_cert_file.or(file.peer_cert_file),
+            peer_key: flags.peer_key_file.or(file.peer_key_file),
+            peer_trusted_ca: flags.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
+        };
+        tls.validate()?;
         let heartbeat = pick!(heartbeat_ms, 100);
         let election = pick!(election_timeout_ms, heartbeat * 5);
         if heartbeat == 0 || election <= heartbeat {
@@ -237,6 +329,10 @@ impl Config {
                 client_timeout: Duration::from_millis(pick!(client_timeout_ms, 10_000).max(1)),
             },
             log: pick!(log, "info".to_string()),
+            tls,
+            peer_token_file: flags.peer_token_file.or(file.peer_token_file),
+            auth_file: flags.auth_file.or(file.auth_file),
+            metrics_public: pick!(metrics_public, false),
         })
     }
 }

@@ -46,6 +46,12 @@ pub enum ApiError {
         message: String,
         leader: Option<u64>,
     },
+    /// No credentials, or unknown ones.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The credentials do not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     /// The request (its body) did not arrive in time.
     #[error("{0}")]
     RequestTimeout(String),
@@ -87,6 +93,8 @@ impl ApiError {
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Relayed(answer) => (answer.status, "relayed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -15,6 +15,7 @@ use kv_raft::{Group, GroupError};
 use kv_ring::PartitionId;
 use tokio::time::Instant;
 
+use crate::auth::Access;
 use crate::error::{ApiError, PeerAnswer};
 use crate::ops::{Forwarded, KeyOp, MAX_HOPS};
 use crate::placement::group_of;
@@ -111,6 +112,7 @@ pub async fn serve<T, F, Fut>(
     p: PartitionId,
     op: &KeyOp,
     hops: u32,
+    access: &Access,
     local: F,
 ) -> Result<T, ApiError>
 where
@@ -128,12 +130,14 @@ where
                     Ok(answer) => Ok(answer),
                     Err(GroupError::NotLeader {
                         leader: Some((id, addr)),
-                    }) if id != st.config.id => Ok(forward_any(st, &[(id, addr)], op, hops).await?),
+                    }) if id != st.config.id => {
+                        Ok(forward_any(st, &[(id, addr)], op, hops, access).await?)
+                    }
                     Err(e) => Err(e.into()),
                 }
             }
         };
-        match forward_any(st, &targets, op, hops).await {
+        match forward_any(st, &targets, op, hops, access).await {
             Err(ForwardError::Unreachable(e)) if Instant::now() >= deadline => return Err(e),
             // None of them took it: route again without them.
             Err(ForwardError::Unreachable(_)) => {
@@ -167,6 +171,7 @@ async fn forward_any<T: Answer>(
     targets: &[(u64, String)],
     op: &KeyOp,
     hops: u32,
+    access: &Access,
 ) -> Result<T, ForwardError> {
     if hops >= MAX_HOPS {
         return Err(ForwardError::Failed(ApiError::unavailable(format!(
@@ -176,6 +181,7 @@ async fn forward_any<T: Answer>(
     let body = postcard::to_stdvec(&Forwarded {
         hops: hops + 1,
         op: op.clone(),
+        caller: access.caller_name(),
     })
     .map_err(|e| ForwardError::Failed(ApiError::Internal(format!("encoding: {e}"))))?;
     let body = Bytes::from(body);
@@ -202,22 +208,28 @@ async fn forward_any<T: Answer>(
     Err(ForwardError::Unreachable(last))
 }
 
-/// Relay an administrative request (join, leave) this node has built itself to `addr`, and
-/// return the answer as is.
+/// Relay an administrative request (join, leave) this node has built itself to `addr`, on
+/// behalf of the client `access` names, and return the answer as is.
 pub async fn relay(
     st: &AppState,
     addr: &str,
     method: Method,
     path_and_query: &str,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Bytes,
+    access: &Access,
 ) -> Result<Response, ApiError> {
+    if let Some(name) = access.caller_name() {
+        if let Ok(value) = HeaderValue::from_str(&name) {
+            headers.insert(crate::auth::HEADER_CALLER, value);
+        }
+    }
     let answer = send(st, addr, method, path_and_query, headers, body).await?;
     Response::from_peer(answer)
 }
 
 /// Request headers a relayed administrative request keeps.
-const RELAYED_REQUEST_HEADERS: &[&str] = &["content-type"];
+const RELAYED_REQUEST_HEADERS: &[&str] = &["content-type", crate::auth::HEADER_CALLER];
 
 /// One request to a peer, its answer read whole, keeping the headers a client needs.
 async fn send(
@@ -228,7 +240,7 @@ async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<PeerAnswer, ForwardError> {
-    let url = format!("http://{addr}{path_and_query}");
+    let url = st.peer_url(addr, path_and_query);
     let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
         .map_err(|e| ForwardError::Failed(ApiError::Internal(format!("method: {e}"))))?;
     let mut out = st

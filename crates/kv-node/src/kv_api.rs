@@ -10,6 +10,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use base64::Engine as _;
 use kv_client::api::{
@@ -21,6 +22,7 @@ use kv_ring::PartitionId;
 use kv_storage::{Command, Condition, Outcome};
 use serde::Deserialize;
 
+use crate::auth::{Access, Caller, Role};
 use crate::error::{ApiError, PeerAnswer};
 use crate::extract::Params;
 use crate::forward::{serve, Answer};
@@ -181,12 +183,15 @@ pub struct NoParams {}
 
 pub async fn put_key(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     KeyPath(key): KeyPath,
     Params(NoParams {}): Params<NoParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let access = caller.access(Role::Readwrite)?;
     let key = validate_key(key)?;
+    access.require(Role::Readwrite, Some(&key))?;
     let cond = precondition(&headers, true)?;
     let session = session(&headers)?;
     let value = crate::body::read_limited(
@@ -203,33 +208,37 @@ pub async fn put_key(
         cond,
         session,
     };
-    execute(&st, op, 0).await
+    execute(&st, op, 0, &access).await
 }
 
 pub async fn delete_key(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     KeyPath(key): KeyPath,
     Params(NoParams {}): Params<NoParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let access = caller.access(Role::Readwrite)?;
     let op = KeyOp::Delete {
         key: validate_key(key)?,
         cond: precondition(&headers, false)?,
         session: session(&headers)?,
     };
-    execute(&st, op, 0).await
+    execute(&st, op, 0, &access).await
 }
 
 pub async fn get_key(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     KeyPath(key): KeyPath,
     Params(params): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
+    let access = caller.access(Role::Readonly)?;
     let op = KeyOp::Get {
         key: validate_key(key)?,
         stale: stale(params.consistency.as_deref())?,
     };
-    execute(&st, op, 0).await
+    execute(&st, op, 0, &access).await
 }
 
 /// `PUT/GET/DELETE /v1/kv/` with nothing after the slash.
@@ -237,21 +246,29 @@ pub async fn empty_key() -> ApiError {
     ApiError::bad_request("empty_key", "the key must not be empty")
 }
 
-/// Serve a key operation `op` that has been forwarded `hops` times: here if this node can,
-/// else on the node that can. The answer is the client's, whichever node built it.
-pub async fn execute(st: &AppState, op: KeyOp, hops: u32) -> Result<Response, ApiError> {
-    let key = match &op {
-        KeyOp::Get { key, .. } | KeyOp::Put { key, .. } | KeyOp::Delete { key, .. } => key,
+/// Serve a key operation `op` that has been forwarded `hops` times, on behalf of a client
+/// whose rights are `access`: here if this node can, else on the node that can. Whichever node
+/// serves it checks the rights, and the answer is the client's, whichever node built it.
+pub async fn execute(
+    st: &AppState,
+    op: KeyOp,
+    hops: u32,
+    access: &Access,
+) -> Result<Response, ApiError> {
+    let (key, role) = match &op {
+        KeyOp::Get { key, .. } => (key, Role::Readonly),
+        KeyOp::Put { key, .. } | KeyOp::Delete { key, .. } => (key, Role::Readwrite),
         KeyOp::ScanPage(_) => {
             return Err(ApiError::Internal(
                 "a scan page is not a key operation".into(),
             ))
         }
     };
+    access.require(role, Some(key))?;
     let p = st.layout().partition_of(key);
     let me = st.config.id;
     let local_op = op.clone();
-    serve(st, p, &op, hops, move |group| async move {
+    serve(st, p, &op, hops, access, move |group| async move {
         let mut resp = on_replica(group, local_op).await?;
         let h = resp.headers_mut();
         h.insert(HEADER_PARTITION, HeaderValue::from(p.0));
@@ -443,11 +460,19 @@ impl Answer for Page {
     }
 }
 
-/// One partition's page, from its leader (or any replica for stale reads), wherever it is.
-pub async fn scan_page(st: &AppState, req: PageRequest, hops: u32) -> Result<Page, ApiError> {
+/// One partition's page, from its leader (or any replica for stale reads), wherever it is,
+/// holding only keys `access` covers.
+pub async fn scan_page(
+    st: &AppState,
+    req: PageRequest,
+    hops: u32,
+    access: &Access,
+) -> Result<Page, ApiError> {
+    access.require(Role::Readonly, None)?;
     let p = PartitionId(req.partition);
     let op = KeyOp::ScanPage(req.clone());
-    serve(st, p, &op, hops, move |group| async move {
+    let allowed = access.clone();
+    serve(st, p, &op, hops, access, move |group| async move {
         let limit = req.limit as usize;
         let max_bytes = usize::try_from(req.max_bytes).unwrap_or(usize::MAX);
         // One more than asked: tells whether the partition holds more.
@@ -464,10 +489,16 @@ pub async fn scan_page(st: &AppState, req: PageRequest, hops: u32) -> Result<Pag
         rows.truncate(limit);
         let rows = rows
             .into_iter()
-            .map(|(key, record)| Row {
-                key,
-                version: record.version,
-                value: (!req.keys_only).then(|| serde_bytes::ByteBuf::from(record.value)),
+            // The cursor moves past keys the caller may not see, without showing them.
+            .map(|(key, record)| {
+                let visible = allowed.covers(&key);
+                Row {
+                    value: (visible && !req.keys_only)
+                        .then(|| serde_bytes::ByteBuf::from(record.value)),
+                    version: if visible { record.version } else { 0 },
+                    hidden: !visible,
+                    key,
+                }
             })
             .collect();
         Ok(Page { rows, more })
@@ -490,8 +521,10 @@ struct Source {
 /// Each partition is asked for pages of what the merge needs, not for the whole `limit`.
 pub async fn scan(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Params(params): Params<ScanParams>,
 ) -> Result<Response, ApiError> {
+    let access = caller.access(Role::Readonly)?;
     let limit = params.limit()?;
     let stale = stale(params.consistency.as_deref())?;
     let start_after = params.start_after()?;
@@ -501,6 +534,15 @@ pub async fn scan(
         return Err(ApiError::TooLarge(
             "the prefix is longer than any key".into(),
         ));
+    }
+    if let Access::Grant(grant) = &access {
+        if !grant.overlaps(&prefix) {
+            return Err(ApiError::Forbidden(format!(
+                "token {:?} may not read keys with prefix {:?}",
+                grant.name,
+                String::from_utf8_lossy(&prefix)
+            )));
+        }
     }
     let budget = st.config.max_scan_bytes;
     let partitions = st.layout().partitions();
@@ -536,7 +578,7 @@ pub async fn scan(
                 keys_only,
                 stale,
             };
-            scan_page(&st, req, 0)
+            scan_page(&st, req, 0, &access)
         }))
         .await?;
         for (i, page) in refill.into_iter().zip(pages) {
@@ -567,6 +609,9 @@ pub async fn scan(
             let Some(row) = next.rows.pop_front() else {
                 break 'merge;
             };
+            if row.hidden {
+                continue;
+            }
             bytes += row.size();
             items.push(scan_item(row));
         }

@@ -11,6 +11,7 @@
 //! `testing` (feature `test-util`) starts whole clusters of real processes for tests.
 
 mod admission;
+pub mod auth;
 mod body;
 pub mod cluster_api;
 pub mod config;
@@ -31,6 +32,7 @@ mod server;
 pub mod state;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -71,6 +73,7 @@ pub struct Node {
     server: JoinHandle<std::io::Result<()>>,
     reconciler: JoinHandle<()>,
     balancer: JoinHandle<()>,
+    reloader: JoinHandle<()>,
 }
 
 impl Node {
@@ -90,24 +93,41 @@ impl Node {
             }
             StorageKind::Memory => Store::memory()?,
         };
-        let http = reqwest::Client::builder()
-            // Peer traffic is plain HTTP today: no system CA store is needed (minimal images
-            // have none). Cluster TLS will configure its own CA here.
-            .tls_certs_only(Vec::new())
-            .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()
-            .context("cannot build the HTTP client")?;
+        let tls = match config.tls.enabled() {
+            true => Some(tls::Tls::load(config.tls.clone()).context("cannot set up TLS")?),
+            false => None,
+        };
+        let auth = auth::Auth::load(
+            config.auth_file.clone(),
+            config.peer_token_file.clone(),
+            tls.is_some(),
+            config.metrics_public,
+        )
+        .context("cannot read the auth files")?;
+        warn_if_open(&config, &auth);
+        let http = peer_client(&auth, tls.as_deref())?;
+        let scheme = match tls {
+            Some(_) => kv_raft::Scheme::Https,
+            None => kv_raft::Scheme::Http,
+        };
         let host = Arc::new(RaftHost::new(
             config.id,
             store,
             http.clone(),
+            scheme,
             &config.raft,
             config.data_dir.join("snapshots"),
         )?);
         let layout = Layout::compute(config.initial_cluster.clone(), config.ring)?;
-        let state = AppState::new(config.clone(), host.clone(), http, layout, metrics_handle());
+        let state = AppState::new(
+            config.clone(),
+            host.clone(),
+            http,
+            layout,
+            metrics_handle(),
+            auth,
+            tls.clone(),
+        );
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -123,9 +143,10 @@ impl Node {
             key_prefix: Some("/v1/kv/"),
             ..server::ServerLimits::default()
         };
-        let server = tokio::spawn(server::serve(listener, router, limits, async move {
+        let server = tokio::spawn(server::serve(listener, router, limits, tls, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
+        let reloader = tokio::spawn(reload_on_sighup(state.clone(), shutdown.subscribe()));
         tracing::info!(node = config.id, %addr, "listening");
 
         metadata::open(&state).await?;
@@ -151,6 +172,7 @@ impl Node {
             server,
             reconciler,
             balancer,
+            reloader,
         })
     }
 
@@ -168,6 +190,7 @@ impl Node {
         let _ = self.shutdown.send(true);
         let _ = self.reconciler.await;
         let _ = self.balancer.await;
+        let _ = self.reloader.await;
         self.state.moves.abort_all();
         self.state.background.abort_all();
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
@@ -176,6 +199,82 @@ impl Node {
         }
         self.state.host.shutdown().await;
         Ok(())
+    }
+}
+
+/// The node's one HTTP client, for everything it sends to peers: with the node certificate and
+/// the peer CA when the cluster speaks TLS, and the cluster secret when it has one.
+fn peer_client(auth: &auth::Auth, tls: Option<&tls::Tls>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(secret) = auth.peer_token() {
+        let mut value = reqwest::header::HeaderValue::from_bytes(&secret)
+            .context("the peer token must be printable ASCII")?;
+        value.set_sensitive(true);
+        headers.insert(auth::HEADER_PEER_TOKEN, value);
+    }
+    let builder = reqwest::Client::builder()
+        .default_headers(headers)
+        .connect_timeout(Duration::from_secs(1))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true);
+    let builder = match tls.and_then(tls::Tls::peer_client_config) {
+        Some(config) => builder.tls_backend_preconfigured(config),
+        // Plain HTTP: no CA store is needed (minimal images have none).
+        None => builder.tls_certs_only(Vec::new()),
+    };
+    builder.build().context("cannot build the HTTP client")
+}
+
+/// Say once, at start, what is not protected.
+fn warn_if_open(config: &Config, auth: &auth::Auth) {
+    if !config.tls.enabled() {
+        tracing::warn!(
+            "TLS is off: requests and replication travel in clear text (see --cert-file, --peer-cert-file)"
+        );
+        if !auth.peers_guarded() {
+            tracing::warn!(
+                "peer routes are open to anyone who reaches this port: set --peer-token-file or node certificates"
+            );
+        }
+    }
+    if !auth.tokens_required() {
+        tracing::warn!("no --auth-file: every client may read, write and change membership");
+    }
+}
+
+/// Reload the TLS files and the auth files on SIGHUP, until shutdown.
+async fn reload_on_sighup(st: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; certificates reload only on restart");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let Some(tls) = &st.tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificates")
+                    }
+                }
+            }
+            match st.auth.reload() {
+                Ok(()) => tracing::info!("SIGHUP: auth files reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: auth reload failed; keeping the old tokens")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (st, stop.wait_for(|s| *s).await);
     }
 }
 

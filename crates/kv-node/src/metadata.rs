@@ -137,7 +137,7 @@ async fn notice_removal(st: &AppState) -> anyhow::Result<()> {
     for addr in peers {
         let answer = st
             .http
-            .get(format!("http://{addr}/v1/cluster/map"))
+            .get(st.peer_url(&addr, "/internal/v1/map"))
             .timeout(Duration::from_secs(1))
             .send()
             .await;
@@ -568,7 +568,7 @@ pub async fn join_loop(st: AppState, via: String, mut stop: tokio::sync::watch::
     loop {
         let attempt = st
             .http
-            .post(format!("http://{via}/v1/cluster/nodes"))
+            .post(st.peer_url(&via, "/v1/cluster/nodes"))
             .timeout(st.config.raft.request_timeout * 2)
             .json(&body)
             .send()

@@ -379,7 +379,7 @@ async fn confirm_epoch(st: &AppState, epoch: u64) -> anyhow::Result<()> {
     }
     let theirs: kv_client::api::MapSummary = st
         .http
-        .get(format!("http://{addr}/v1/cluster/map"))
+        .get(st.peer_url(&addr, "/internal/v1/map"))
         .timeout(Duration::from_secs(2))
         .send()
         .await?

@@ -23,6 +23,9 @@ pub struct Forwarded {
     /// Forwards behind it, this one included.
     pub hops: u32,
     pub op: KeyOp,
+    /// The client it is done for (its token's name), when tokens are required: the serving
+    /// node checks that client's rights.
+    pub caller: Option<String>,
 }
 
 /// A client write's identity for exactly-once application.
@@ -100,6 +103,10 @@ pub struct Row {
     pub version: u64,
     /// Absent for `keys_only` pages.
     pub value: Option<serde_bytes::ByteBuf>,
+    /// A key the caller may not see: only its position is used (to continue the page), its
+    /// version and value are left out and it is not shown.
+    #[serde(default)]
+    pub hidden: bool,
 }
 
 impl Row {

@@ -84,14 +84,16 @@ pub async fn forwarded(
         ApiError::bad_request("invalid_forward", format!("undecodable operation: {e}"))
     })?;
     forwarded.validate(&st.config, st.layout().partitions())?;
+    // The forwarding peer is authenticated (peer routes); the client it names is checked here.
+    let access = st.auth.access_of(forwarded.caller.as_deref())?;
     match forwarded.op {
         KeyOp::ScanPage(req) => {
-            let page = crate::kv_api::scan_page(&st, req, forwarded.hops).await?;
+            let page = crate::kv_api::scan_page(&st, req, forwarded.hops, &access).await?;
             let bytes = postcard::to_stdvec(&page)
                 .map_err(|e| ApiError::Internal(format!("encoding a page: {e}")))?;
             Ok((StatusCode::OK, bytes).into_response())
         }
-        op => crate::kv_api::execute(&st, op, forwarded.hops).await,
+        op => crate::kv_api::execute(&st, op, forwarded.hops, &access).await,
     }
 }
 

@@ -9,7 +9,7 @@ use crate::state::AppState;
 /// Whether a kv node answers `GET /health` at `addr` within a second.
 pub async fn answers_health(st: &AppState, addr: &str) -> bool {
     st.http
-        .get(format!("http://{addr}/health"))
+        .get(st.peer_url(addr, "/health"))
         .timeout(Duration::from_secs(1))
         .send()
         .await
@@ -27,7 +27,7 @@ pub struct Identity {
 pub async fn identity(st: &AppState, addr: &str) -> Option<Identity> {
     let answer = st
         .http
-        .get(format!("http://{addr}/health"))
+        .get(st.peer_url(addr, "/health"))
         .timeout(Duration::from_secs(1))
         .send()
         .await
@@ -43,7 +43,7 @@ pub async fn identity(st: &AppState, addr: &str) -> Option<Identity> {
     })
 }
 
-/// What every other member of the map sees (`/v1/cluster?scope=local`), asked concurrently;
+/// What every other member of the map sees (`/internal/v1/view`), asked concurrently;
 /// members that do not answer within two seconds are left out (a loaded node builds its view
 /// slowly: one Raft round trip per hosted group).
 pub async fn member_views(st: &AppState) -> Vec<ClusterStatus> {
@@ -57,7 +57,7 @@ pub async fn member_views(st: &AppState) -> Vec<ClusterStatus> {
     let answers = futures::future::join_all(peers.iter().map(|addr| async move {
         let answer = st
             .http
-            .get(format!("http://{addr}/v1/cluster?scope=local"))
+            .get(st.peer_url(addr, "/internal/v1/view"))
             .timeout(Duration::from_secs(2))
             .send()
             .await

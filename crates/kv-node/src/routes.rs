@@ -10,7 +10,7 @@ use axum::Router;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admission, cluster_api, kv_api, peer_api};
+use crate::{admission, auth, cluster_api, kv_api, peer_api};
 
 pub fn app(state: AppState) -> Router {
     let keys = Router::new()
@@ -30,19 +30,28 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             admission::scans,
         ));
-    let admin = Router::new()
+    let status = Router::new()
         .route("/v1/cluster", get(cluster_api::status))
         .route("/v1/cluster/map", get(cluster_api::map))
+        .route("/ready", get(cluster_api::ready))
+        .route("/metrics", get(cluster_api::metrics))
+        .route_layer(middleware::from_fn(auth::status_readers));
+    let membership = Router::new()
         .route("/v1/cluster/nodes", post(cluster_api::join))
-        .route("/v1/cluster/nodes/{id}", delete(cluster_api::leave))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            admission::admin,
-        ));
+        .route("/v1/cluster/nodes/{id}", delete(cluster_api::leave));
+    let admin =
+        Router::new()
+            .merge(status)
+            .merge(membership)
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                admission::admin,
+            ));
     // Peer routes read their bodies themselves, within limits of their own. Raft RPCs pass no
-    // gate: heartbeats and votes must flow whatever the client load.
+    // admission gate: heartbeats and votes must flow whatever the client load.
     let peer = Router::new()
         .route("/raft/{group}/{rpc}", post(peer_api::raft_rpc))
+        .route("/internal/v1/view", get(cluster_api::view))
         .merge(
             Router::new()
                 .route(crate::forward::FORWARD_PATH, post(peer_api::forwarded))
@@ -51,12 +60,19 @@ pub fn app(state: AppState) -> Router {
                     admission::forwarded,
                 )),
         )
+        .route_layer(middleware::from_fn(auth::peers_only))
         .layer(axum::extract::DefaultBodyLimit::disable());
+    // A node the cluster removed must still learn that it was, so the map is shown to any node
+    // certificate of the cluster's CA (or holder of the cluster secret).
+    let peer_map = Router::new()
+        .route("/internal/v1/map", get(cluster_api::map))
+        .route_layer(middleware::from_fn(auth::nodes_only));
     Router::new()
         .merge(keys)
         .merge(scans)
         .merge(admin)
         .merge(peer)
+        .merge(peer_map)
         .route(
             "/v1/kv/",
             get(kv_api::empty_key)
@@ -64,10 +80,12 @@ pub fn app(state: AppState) -> Router {
                 .delete(kv_api::empty_key),
         )
         .route("/health", get(cluster_api::health))
-        .route("/ready", get(cluster_api::ready))
-        .route("/metrics", get(cluster_api::metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_request,

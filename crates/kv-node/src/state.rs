@@ -25,6 +25,10 @@ pub struct AppState {
     pub admission: Arc<crate::admission::Admission>,
     /// The cluster's id, once this node has adopted a map that carries one.
     cluster_id: Arc<std::sync::OnceLock<u64>>,
+    /// Tokens, the peer secret, and who may do what.
+    pub auth: Arc<crate::auth::Auth>,
+    /// The certificates of the listener and of connections to peers, if TLS is on.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// One-off background tasks of a node (each ends by itself; shutdown aborts the rest).
@@ -53,6 +57,8 @@ impl AppState {
         http: reqwest::Client,
         layout: Layout,
         metrics: metrics_exporter_prometheus::PrometheusHandle,
+        auth: Arc<crate::auth::Auth>,
+        tls: Option<Arc<crate::tls::Tls>>,
     ) -> Self {
         AppState {
             moves: Arc::new(Moves::new(config.max_moves)),
@@ -64,7 +70,15 @@ impl AppState {
             metrics,
             background: Arc::default(),
             cluster_id: Arc::default(),
+            auth,
+            tls,
         }
+    }
+
+    /// The URL of `path` on peer `addr` (`https` when the cluster speaks TLS).
+    pub fn peer_url(&self, addr: &str, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}{path}")
     }
 
     /// The current cluster layout: the metadata group's map once adopted, before that the

@@ -144,7 +144,12 @@ fn forwarded_op(rng: &mut StdRng, key: &str) -> Vec<u8> {
             session: None,
         },
     };
-    postcard::to_stdvec(&Forwarded { hops: 1, op }).unwrap()
+    postcard::to_stdvec(&Forwarded {
+        hops: 1,
+        op,
+        caller: None,
+    })
+    .unwrap()
 }
 
 /// Bytes that make trouble in paths, queries and headers.

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::check_quorum::LeaderCheck;
 use crate::encoding::{decode, encode};
-use crate::network::{RpcKind, Transport};
+use crate::network::{RpcKind, Scheme, Transport};
 use crate::supervise::GroupFailure;
 use crate::types::TypeConfig;
 use crate::validate;
@@ -100,12 +100,13 @@ pub struct RaftHost {
 }
 
 impl RaftHost {
-    /// A host for node `node_id` with no groups yet, talking to peers with `http`; snapshots go
-    /// under `snapshot_root`.
+    /// A host for node `node_id` with no groups yet, talking to peers with `http` by `scheme`;
+    /// snapshots go under `snapshot_root`.
     pub fn new(
         node_id: u64,
         store: Store,
         http: reqwest::Client,
+        scheme: Scheme,
         tuning: &RaftTuning,
         snapshot_root: PathBuf,
     ) -> Result<Self, GroupError> {
@@ -113,7 +114,7 @@ impl RaftHost {
             node_id,
             store,
             // Two missed heartbeats in a row: one timed-out RPC on a busy machine is not enough.
-            transport: Transport::new(http, tuning.heartbeat * 2),
+            transport: Transport::new(http, scheme, tuning.heartbeat * 2),
             config: Arc::new(tuning.config()?),
             timeout: tuning.request_timeout,
             lease: tuning.election_max,

@@ -31,7 +31,7 @@ pub use error::GroupError;
 pub use group::{Group, GroupStatus};
 pub use host::{RaftHost, RaftTuning};
 pub use log_store::LogStore;
-pub use network::{RpcKind, Transport};
+pub use network::{RpcKind, Scheme, Transport};
 pub use peer_health::PeerHealth;
 pub use state_machine::StateMachine;
 pub use supervise::GroupFailure;

@@ -1,6 +1,6 @@
 //! HTTP transport between the groups of different nodes.
 //!
-//! Wire format: `POST http://{addr}/raft/{group}/{rpc}` with the postcard-encoded openraft
+//! Wire format: `POST http(s)://{addr}/raft/{group}/{rpc}` with the postcard-encoded openraft
 //! request as body; the answer is `200` with the postcard-encoded
 //! `Result<response, RaftError>`. Any other status means the peer could not handle it (for
 //! example it does not host the group yet) and counts as a network error, so openraft retries.
@@ -77,20 +77,39 @@ fn post_rpc(
         .body(body)
 }
 
+/// How peers are reached: plain HTTP, or HTTPS (the HTTP client then carries the TLS setup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// The node's one pooled HTTP client for Raft traffic, and what that traffic shows of each
 /// peer's reachability. Cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
     http: reqwest::Client,
+    scheme: Scheme,
     peers: Arc<PeerHealth>,
 }
 
 impl Transport {
-    /// Wrap the node's HTTP client; a peer whose RPCs fail for `down_after` counts as
-    /// unreachable (see [`PeerHealth`]).
-    pub fn new(http: reqwest::Client, down_after: Duration) -> Self {
+    /// Wrap the node's HTTP client, reaching peers by `scheme`; a peer whose RPCs fail for
+    /// `down_after` counts as unreachable (see [`PeerHealth`]).
+    pub fn new(http: reqwest::Client, scheme: Scheme, down_after: Duration) -> Self {
         Transport {
             http,
+            scheme,
             peers: Arc::new(PeerHealth::new(down_after)),
         }
     }
@@ -111,7 +130,8 @@ impl Transport {
     ) -> Result<(), GroupError> {
         let body = encode(&term).map_err(|e| GroupError::BadRequest(e.to_string()))?;
         let url = format!(
-            "http://{addr}/raft/{}/{}",
+            "{}://{addr}/raft/{}/{}",
+            self.scheme.as_str(),
             group.0,
             RpcKind::TimeoutNow.as_str()
         );
@@ -154,7 +174,12 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
         PeerClient {
             group: self.group,
             target,
-            base: format!("http://{}/raft/{}", node.addr, self.group.0),
+            base: format!(
+                "{}://{}/raft/{}",
+                self.transport.scheme.as_str(),
+                node.addr,
+                self.group.0
+            ),
             transport: self.transport.clone(),
         }
     }

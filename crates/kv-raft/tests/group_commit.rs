@@ -31,6 +31,7 @@ async fn concurrent_appends_of_two_groups_on_one_redb_store_are_all_acknowledged
         NODE,
         store.clone(),
         transport,
+        kv_raft::Scheme::Http,
         &tuning,
         dir.path().join("snapshots"),
     )

@@ -123,6 +123,7 @@ async fn a_group_whose_raft_core_fails_is_reported_and_restarted_with_its_data()
         1,
         store,
         reqwest::Client::new(),
+        kv_raft::Scheme::Http,
         &RaftTuning::default(),
         dir.path().join("snapshots"),
     )

@@ -41,6 +41,7 @@ use tracing::Instrument;
 
 use self::framing::HeadLimits;
 use self::head_guard::HeadGuard;
+use crate::tls::{Presented, Tls};
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -137,16 +138,21 @@ impl ServerLimits {
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
 /// requests finish (idle connections close at once) and returns; connections still busy after
-/// 10 s are dropped. Handlers can extract `ConnectInfo<SocketAddr>`. Accept errors are logged
-/// and retried, so this only returns once shut down; the `Result` matches `axum::serve`.
+/// 10 s are dropped. With `tls`, every connection starts with a TLS handshake (within the header
+/// read timeout) under the current server configuration; a client that does not speak TLS is
+/// disconnected. Handlers can extract `ConnectInfo<Conn>`: the peer's address and what its
+/// client certificate proves. Accept errors are logged and retried, so this only returns once
+/// shut down; the `Result` matches `axum::serve`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServerLimits,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let handshake_timeout = limits.header_read_timeout;
     let front = Arc::new(Front {
-        app: app.into_make_service_with_connect_info::<SocketAddr>(),
+        app: app.into_make_service_with_connect_info::<Conn>(),
         http: limits.http1(),
         head_limits: limits.head_limits(),
         stall_timeout: limits.stall_timeout.unwrap_or(limits.header_read_timeout),
@@ -197,12 +203,45 @@ pub async fn serve(
             Ok(permit) => {
                 let front = front.clone();
                 let stop = stop_rx.clone();
+                let tls = tls.clone();
                 connections.spawn(
                     async move {
                         let _permit = permit;
-                        // A TLS acceptor would wrap `stream` here, with its own handshake
-                        // timeout, before HTTP.
-                        front.serve_connection(stream, peer, stop).await;
+                        let config = tls.as_ref().and_then(|t| t.server_config());
+                        let (Some(tls), Some(config)) = (tls, config) else {
+                            let conn = Conn {
+                                remote: peer,
+                                presented: Presented::default(),
+                            };
+                            front.serve_connection(stream, conn, stop).await;
+                            return;
+                        };
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let presented = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(|certs| tls.identify(certs))
+                            .unwrap_or_default();
+                        let conn = Conn {
+                            remote: peer,
+                            presented,
+                        };
+                        front.serve_connection(stream, conn, stop).await;
                     }
                     .instrument(span),
                 );
@@ -244,9 +283,23 @@ pub async fn serve(
     Ok(())
 }
 
+/// What handlers learn of the connection a request came on (`ConnectInfo<Conn>`).
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub remote: SocketAddr,
+    /// What its client certificate proves, if it presented one.
+    pub presented: Presented,
+}
+
+impl axum::extract::connect_info::Connected<Conn> for Conn {
+    fn connect_info(conn: Conn) -> Self {
+        conn
+    }
+}
+
 /// What every connection of one listener shares.
 struct Front {
-    app: IntoMakeServiceWithConnectInfo<Router, SocketAddr>,
+    app: IntoMakeServiceWithConnectInfo<Router, Conn>,
     http: http1::Builder,
     head_limits: HeadLimits,
     stall_timeout: Duration,
@@ -256,7 +309,7 @@ impl Front {
     /// Serves one connection until it closes, or until `stop` turns true and the request in
     /// flight (if any) is answered. Bad request heads are answered here, after hyper has
     /// answered every valid request before them.
-    async fn serve_connection<S>(&self, io: S, peer: SocketAddr, mut stop: watch::Receiver<bool>)
+    async fn serve_connection<S>(&self, io: S, peer: Conn, mut stop: watch::Receiver<bool>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {

@@ -27,7 +27,7 @@ fn test_app(gate: Gate) -> Router {
         .route("/echo", post(|body: Bytes| async move { body }))
         .route(
             "/peer",
-            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+            get(|ConnectInfo(conn): ConnectInfo<super::Conn>| async move { conn.remote.to_string() }),
         )
         .route(
             "/slow",
@@ -55,9 +55,15 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let gate = Gate::default();
         let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(serve(listener, test_app(gate.clone()), limits, async {
-            let _ = stopped.await;
-        }));
+        let served = tokio::spawn(serve(
+            listener,
+            test_app(gate.clone()),
+            limits,
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         TestServer {
             addr,
             gate,

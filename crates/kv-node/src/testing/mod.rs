@@ -3,8 +3,10 @@
 //! wipe nodes. Waiting is always on a condition ([`wait_until`]), never a fixed sleep.
 #![allow(clippy::unwrap_used)]
 
+mod certs;
 mod netlab;
 
+pub use certs::{CertFiles, TestCa};
 pub use netlab::NetLab;
 
 use std::collections::BTreeMap;
@@ -34,6 +36,15 @@ pub struct ClusterOptions {
     /// Run every node in a network namespace of its own (see [`NetLab`]), so a test can cut
     /// nodes off with [`TestCluster::isolate`]. Needs root.
     pub network_namespaces: bool,
+    /// TLS for clients and peers: a CA made for the test signs every node's certificate (for
+    /// 127.0.0.1 and localhost), which serves clients and proves the node to its peers.
+    pub tls: bool,
+    /// Without TLS: a cluster secret (`--peer-token-file`) guards the peer routes.
+    pub peer_token: bool,
+    /// The text of an `--auth-file`.
+    pub auth_file: Option<String>,
+    /// A token the harness sends with its own requests (status, readiness, reads, writes).
+    pub token: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -50,6 +61,10 @@ impl Default for ClusterOptions {
             request_timeout_ms: 2_000,
             extra_args: Vec::new(),
             network_namespaces: false,
+            tls: false,
+            peer_token: false,
+            auth_file: None,
+            token: None,
         }
     }
 }
@@ -78,8 +93,44 @@ pub struct TestCluster {
     opts: ClusterOptions,
     nodes: BTreeMap<u64, TestNode>,
     http: reqwest::Client,
+    /// The CA of a TLS cluster, to make more certificates with.
+    ca: Option<TestCa>,
+    /// The security flags every node gets.
+    security_args: Vec<String>,
     /// Declared last: dropped after the node processes are killed.
     lab: Option<NetLab>,
+}
+
+/// The certificates and secret files a cluster's options ask for, and the flags naming them.
+fn security(
+    dir: &Path,
+    opts: &ClusterOptions,
+    nodes: &BTreeMap<u64, TestNode>,
+) -> Result<(Option<TestCa>, Vec<String>)> {
+    let mut args = Vec::new();
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let ca = if opts.tls {
+        let ca = TestCa::new(&dir.join("certs"), "ca")?;
+        args.extend(["--trusted-ca-file".into(), path(&ca.cert_file)]);
+        args.extend(["--peer-trusted-ca-file".into(), path(&ca.cert_file)]);
+        for id in nodes.keys() {
+            ca.node(*id, &["127.0.0.1", "localhost"], &format!("node-{id}"))?;
+        }
+        Some(ca)
+    } else {
+        None
+    };
+    if opts.peer_token {
+        let file = dir.join("peer-token");
+        std::fs::write(&file, format!("{:032x}\n", rand::random::<u128>()))?;
+        args.extend(["--peer-token-file".into(), path(&file)]);
+    }
+    if let Some(text) = &opts.auth_file {
+        let file = dir.join("auth.toml");
+        std::fs::write(&file, text)?;
+        args.extend(["--auth-file".into(), path(&file)]);
+    }
+    Ok((ca, args))
 }
 
 /// The `kv-node` binary: `$KV_NODE_BIN`, or the one built next to the running test.
@@ -152,15 +203,30 @@ impl TestCluster {
                 },
             );
         }
-        let http = reqwest::Client::builder()
+        let (ca, security_args) = security(dir.path(), &opts, &nodes)?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &opts.token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+            );
+        }
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
-            .build()?;
+            .default_headers(headers);
+        if let Some(ca) = &ca {
+            let pem = std::fs::read(&ca.cert_file)?;
+            http = http.tls_certs_only([reqwest::Certificate::from_pem(&pem)?]);
+        }
+        let http = http.build()?;
         let mut cluster = TestCluster {
             dir,
             bin: bin.to_path_buf(),
             opts,
             nodes,
             http,
+            ca,
+            security_args,
             lab,
         };
         let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
@@ -200,6 +266,29 @@ impl TestCluster {
             Some(via) => ("--join", via.clone()),
             None => ("--initial-cluster", initial),
         };
+        let node_certs: Vec<String> = match self.ca.as_ref().and_then(|ca| ca.cert_file.parent()) {
+            Some(certs) => {
+                let cert = certs
+                    .join(format!("node-{id}.crt"))
+                    .to_string_lossy()
+                    .into_owned();
+                let key = certs
+                    .join(format!("node-{id}.key"))
+                    .to_string_lossy()
+                    .into_owned();
+                vec![
+                    "--cert-file".into(),
+                    cert.clone(),
+                    "--key-file".into(),
+                    key.clone(),
+                    "--peer-cert-file".into(),
+                    cert,
+                    "--peer-key-file".into(),
+                    key,
+                ]
+            }
+            None => Vec::new(),
+        };
         let mut command = match &self.lab {
             Some(lab) => lab.command(id, &self.bin),
             None => Command::new(&self.bin),
@@ -229,6 +318,8 @@ impl TestCluster {
             .arg(o.logs_kept.to_string())
             .arg("--request-timeout-ms")
             .arg(o.request_timeout_ms.to_string())
+            .args(&self.security_args)
+            .args(node_certs)
             .args(&o.extra_args)
             .env(
                 "KV_LOG",
@@ -292,7 +383,13 @@ impl TestCluster {
 
     /// `http://host:port` of node `id`.
     pub fn url(&self, id: u64) -> String {
-        format!("http://{}", self.nodes[&id].addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.nodes[&id].addr)
+    }
+
+    /// The CA of a TLS cluster (see [`ClusterOptions::tls`]).
+    pub fn ca(&self) -> Option<&TestCa> {
+        self.ca.as_ref()
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -348,6 +445,11 @@ impl TestCluster {
     /// SIGSTOP node `id`: it keeps its sockets but answers nothing until [`Self::resume`].
     pub fn pause(&self, id: u64) -> Result<()> {
         self.signal(id, "-STOP")
+    }
+
+    /// SIGHUP node `id`: it reloads its certificates and auth files.
+    pub fn hup(&self, id: u64) -> Result<()> {
+        self.signal(id, "-HUP")
     }
 
     /// SIGCONT node `id` after [`Self::pause`].
@@ -711,12 +813,16 @@ pub async fn raw_request(addr: &str, request: &[u8], timeout: Duration) -> Resul
     let bytes = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| anyhow!("no complete answer within {timeout:?}"))??;
+    parse_response(&bytes)
+}
+
+fn parse_response(bytes: &[u8]) -> Result<RawResponse> {
     let mut fields = [httparse::EMPTY_HEADER; 64];
     let mut head = httparse::Response::new(&mut fields);
-    let len = match head.parse(&bytes)? {
+    let len = match head.parse(bytes)? {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => {
-            bail!("incomplete answer: {:?}", String::from_utf8_lossy(&bytes))
+            bail!("incomplete answer: {:?}", String::from_utf8_lossy(bytes))
         }
     };
     Ok(RawResponse {
@@ -733,6 +839,60 @@ pub async fn raw_request(addr: &str, request: &[u8], timeout: Duration) -> Resul
             .collect(),
         body: bytes[len..].to_vec(),
     })
+}
+
+/// What a TLS client presents and trusts, for [`tls_request`].
+pub struct TlsClient<'a> {
+    /// The CA the server's certificate must chain to.
+    pub ca: &'a Path,
+    /// A client certificate to present.
+    pub identity: Option<&'a CertFiles>,
+}
+
+/// [`raw_request`] over TLS. Also returns the certificate the server presented (DER).
+pub async fn tls_request(
+    addr: &str,
+    client: &TlsClient<'_>,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<(RawResponse, Vec<u8>)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(client.ca)? {
+        roots.add(cert?)?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match client.identity {
+        Some(files) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(&files.cert)?.collect::<Result<_, _>>()?;
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&files.key)?)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("127.0.0.1".to_string())?;
+        let mut tls = connector.connect(name, tcp).await?;
+        let presented = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default();
+        let _ = tls.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        anyhow::Ok((out, presented))
+    };
+    let (bytes, presented) = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| anyhow!("no complete answer within {timeout:?}"))??;
+    Ok((parse_response(&bytes)?, presented))
 }
 
 /// A background writer started by [`TestCluster::start_writer`].

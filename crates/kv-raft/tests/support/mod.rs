@@ -79,8 +79,15 @@ impl TestCluster {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::redb(&dir.path().join("node.redb")).unwrap();
             let http = reqwest::Client::builder().build().unwrap();
-            let host =
-                RaftHost::new(id, store, http, tuning, dir.path().join("snapshots")).unwrap();
+            let host = RaftHost::new(
+                id,
+                store,
+                http,
+                kv_raft::Scheme::Http,
+                tuning,
+                dir.path().join("snapshots"),
+            )
+            .unwrap();
             let host = Arc::new(host);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();
