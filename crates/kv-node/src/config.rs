@@ -195,6 +195,11 @@ impl TlsFiles {
         if self.peer_cert.is_some() != self.peer_key.is_some() {
             anyhow::bail!("--peer-cert-file and --peer-key-file go together");
         }
+        if self.cert.is_some() && self.peer_cert.is_none() {
+            anyhow::bail!(
+                "--cert-file makes the listener speak TLS, and peers share it: give the nodes certificates too (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file)"
+            );
+        }
         if self.peer_cert.is_some() && self.peer_trusted_ca.is_none() {
             anyhow::bail!(
                 "--peer-cert-file needs --peer-trusted-ca-file to check the peers' certificates"
@@ -406,6 +411,32 @@ mod tests {
         for spec in ["", "1", "x=a:1", "0=a:1", "1=a:1,1=b:2", "1=nohost"] {
             assert!(parse_members(spec).is_err(), "{spec:?} accepted");
         }
+    }
+
+    #[test]
+    fn tls_flags_must_come_in_working_sets() {
+        let err = |args: &[&str]| resolve(args).unwrap_err().to_string();
+        assert!(err(&["--cert-file", "a.crt"]).contains("--key-file"));
+        assert!(err(&["--cert-file", "a.crt", "--key-file", "a.key"]).contains("--peer-cert-file"));
+        assert!(
+            err(&["--peer-cert-file", "n.crt", "--peer-key-file", "n.key"])
+                .contains("--peer-trusted-ca-file")
+        );
+        assert!(err(&["--client-cert-auth"]).contains("--trusted-ca-file"));
+        assert!(err(&["--trusted-ca-file", "ca.crt"]).contains("TLS listener"));
+        let ok = resolve(&[
+            "--peer-cert-file",
+            "n.crt",
+            "--peer-key-file",
+            "n.key",
+            "--peer-trusted-ca-file",
+            "ca.crt",
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            "ca.crt",
+        ])
+        .unwrap();
+        assert!(ok.tls.enabled() && ok.tls.client_cert_auth);
     }
 
     #[test]
