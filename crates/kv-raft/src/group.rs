@@ -12,6 +12,7 @@ use tokio::sync::RwLock;
 
 use crate::check_quorum::LeaderCheck;
 use crate::network::Transport;
+use crate::proposer::Proposer;
 use crate::read_index::ReadBatcher;
 use crate::types::{Request, Response, TypeConfig};
 use crate::GroupError;
@@ -36,6 +37,15 @@ pub struct Group {
     pub(crate) check: Arc<LeaderCheck>,
     /// Reads waiting for a leadership confirmation (see `read_index`).
     pub(crate) reads: Arc<ReadBatcher>,
+    /// Writes waiting to be proposed (see `proposer`).
+    pub(crate) proposer: Arc<Proposer>,
+}
+
+/// A proposal handed to openraft, waiting for its commit.
+pub(crate) struct Submitted {
+    answer: <openraft::raft::responder::OneshotResponder<TypeConfig> as openraft::raft::responder::Responder<TypeConfig>>::Receiver,
+    /// Held until the proposal is done: a leadership transfer waits for it.
+    _gate: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 /// A group's Raft state as this node sees it.
@@ -110,29 +120,67 @@ impl Group {
     /// within the group's request timeout. Fails at once with [`GroupError::NotLeader`] on a
     /// leader cut off from its quorum (check-quorum), also while the write is in flight: its
     /// outcome is then unknown, as after a timeout.
+    /// Concurrent writes go into the log together (see `proposer`).
     pub async fn write(&self, cmd: Command) -> Result<(Outcome, u64), GroupError> {
-        match self.propose(Request::Kv(cmd)).await? {
-            (Response::Kv(outcome), index) => Ok((outcome, index)),
-            (Response::None, _) => Err(GroupError::Stopped("write produced no outcome".into())),
-        }
+        self.proposer.write(self, cmd).await
     }
 
     /// Commit `req` and return what applying it produced, with its log index.
-    async fn propose(&self, req: Request) -> Result<(Response, u64), GroupError> {
-        let attempt = async {
-            let _open = self.gate.read().await;
-            self.regain_quorum().await?;
+    pub(crate) async fn propose(&self, req: Request) -> Result<(Response, u64), GroupError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let submitted = self.submit(req, deadline).await?;
+        self.committed(submitted, deadline).await
+    }
+
+    /// Hand `req` to openraft (in the order of calls: openraft appends in the order it receives),
+    /// without waiting for the commit; within the group's request timeout. Waits while a
+    /// leadership transfer runs; the returned proposal keeps transfers out until it is done.
+    pub(crate) async fn submit(
+        &self,
+        req: Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<Submitted, GroupError> {
+        let timed_out =
+            || GroupError::Unavailable(format!("write not committed within {:?}", self.timeout));
+        let gate = tokio::time::timeout_at(deadline, self.gate.clone().read_owned())
+            .await
+            .map_err(|_| timed_out())?;
+        tokio::time::timeout_at(deadline, self.regain_quorum())
+            .await
+            .map_err(|_| timed_out())??;
+        let answer = self
+            .raft
+            .client_write_ff(req)
+            .await
+            .map_err(|f| GroupError::Stopped(f.to_string()))?;
+        Ok(Submitted {
+            answer,
+            _gate: gate,
+        })
+    }
+
+    /// Wait for a submitted proposal's commit and apply, until `deadline`; fails at once on a
+    /// leader cut off from its quorum (the outcome is then unknown, as after a timeout).
+    pub(crate) async fn committed(
+        &self,
+        submitted: Submitted,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Response, u64), GroupError> {
+        let answer = async {
             tokio::select! {
-                written = self.raft.client_write(req) => written.map_err(write_error),
+                answer = submitted.answer => match answer {
+                    Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+                    Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
+                    Err(_) => Err(shutting_down()),
+                },
                 lost = self.quorum_lost() => Err(lost),
             }
         };
-        let resp = tokio::time::timeout(self.timeout, attempt)
+        tokio::time::timeout_at(deadline, answer)
             .await
             .map_err(|_| {
                 GroupError::Unavailable(format!("write not committed within {:?}", self.timeout))
-            })??;
-        Ok((resp.data, resp.log_id.index))
+            })?
     }
 
     /// Ok unless this replica is openraft's leader but has not heard from a quorum for a lease

@@ -211,6 +211,7 @@ impl RaftHost {
             gate: Arc::default(),
             check: LeaderCheck::new(self.lease, restored),
             reads: Arc::default(),
+            proposer: Arc::default(),
         };
         self.groups
             .write()

@@ -20,6 +20,7 @@ mod host;
 mod log_store;
 mod network;
 mod peer_health;
+mod proposer;
 mod read_index;
 mod state_machine;
 mod supervise;

@@ -174,6 +174,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
+/// Where an applied entry's answer comes from, among the outcomes of its commands.
+enum Slot {
+    None,
+    One(usize),
+    /// The first outcome and how many.
+    Batch(usize, usize),
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
@@ -187,21 +195,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // One response slot per entry; `Some(n)` marks the n-th command's outcome.
-        let mut slots: Vec<Option<usize>> = Vec::new();
+        // One response slot per entry: the range of its commands' outcomes, and whether it was
+        // a batch (answered with all of them) or a single command.
+        let mut slots: Vec<Slot> = Vec::new();
         let mut commands: Vec<(u64, Command)> = Vec::new();
         let mut last = None;
         for entry in entries {
             last = Some(entry.log_id);
+            let index = entry.log_id.index;
             match entry.payload {
-                EntryPayload::Blank | EntryPayload::Normal(Request::Noop) => slots.push(None),
+                EntryPayload::Blank | EntryPayload::Normal(Request::Noop) => slots.push(Slot::None),
                 EntryPayload::Normal(Request::Kv(cmd)) => {
-                    slots.push(Some(commands.len()));
-                    commands.push((entry.log_id.index, cmd));
+                    slots.push(Slot::One(commands.len()));
+                    commands.push((index, cmd));
+                }
+                // Every command of a batch is applied at the entry's index, in order (a batch
+                // holds each key at most once, so versions stay unique per key).
+                EntryPayload::Normal(Request::Batch(cmds)) => {
+                    slots.push(Slot::Batch(commands.len(), cmds.len()));
+                    commands.extend(cmds.into_iter().map(|cmd| (index, cmd)));
                 }
                 EntryPayload::Membership(m) => {
                     self.membership = Membership::new(Some(entry.log_id), m);
-                    slots.push(None);
+                    slots.push(Slot::None);
                 }
             }
         }
@@ -225,15 +241,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .into_iter()
             .map(Some)
             .collect::<Vec<_>>();
+        let mut take = |n: usize| outcomes.get_mut(n).and_then(Option::take);
         Ok(slots
             .into_iter()
-            .map(|slot| {
-                match slot
-                    .and_then(|n| outcomes.get_mut(n))
-                    .and_then(Option::take)
-                {
-                    Some(outcome) => Response::Kv(outcome),
-                    None => Response::None,
+            .map(|slot| match slot {
+                Slot::None => Response::None,
+                Slot::One(n) => take(n).map_or(Response::None, Response::Kv),
+                Slot::Batch(start, len) => {
+                    Response::Batch((start..start + len).filter_map(&mut take).collect())
                 }
             })
             .collect())

@@ -12,6 +12,9 @@ pub enum Request {
     /// its own term (see `Group::read_barrier`). Appended after `Kv`, so entries written
     /// before it existed still decode.
     Noop,
+    /// Writes proposed together (see `proposer`), applied in order at the entry's index; no
+    /// two touch the same key. Appended last, like `Noop`.
+    Batch(Vec<Command>),
 }
 
 impl std::fmt::Display for Request {
@@ -19,6 +22,7 @@ impl std::fmt::Display for Request {
         match self {
             Request::Kv(cmd) => write_command(f, cmd),
             Request::Noop => write!(f, "noop"),
+            Request::Batch(cmds) => write!(f, "batch of {} writes", cmds.len()),
         }
     }
 }
@@ -51,6 +55,8 @@ fn write_command(f: &mut std::fmt::Formatter<'_>, cmd: &Command) -> std::fmt::Re
 pub enum Response {
     /// Result of a [`Request::Kv`].
     Kv(Outcome),
+    /// Results of a [`Request::Batch`], in its order.
+    Batch(Vec<Outcome>),
     /// Blank and membership entries produce nothing.
     None,
 }
