@@ -130,12 +130,13 @@ enum Driver {
 }
 
 /// Checks that every endpoint is healthy, runs the load until it stops, and reports it.
-/// `timeout` bounds each HTTP request, or with `--via-client` each client call (retries
-/// included); `json` turns the progress line off.
+/// `client` (plain HTTP, with a timeout on each request) and `kv` (for `--via-client`, with a
+/// deadline on each call, retries included) carry the same endpoints and credentials; `json`
+/// turns the progress line off.
 pub async fn run(
     client: &Client,
+    kv: kv_client::ClientBuilder,
     endpoints: &[Endpoint],
-    timeout: Duration,
     args: &BenchArgs,
     json: bool,
 ) -> Result<Report, CliError> {
@@ -144,11 +145,7 @@ pub async fn run(
     }
     endpoints::check_health(client, endpoints).await?;
     let driver = if args.via_client {
-        let kv = kv_client::Client::builder()
-            .endpoints(endpoints.iter().map(|e| e.as_str().to_owned()))
-            .timeout(timeout)
-            .build()?;
-        Driver::Client(kv)
+        Driver::Client(kv.build()?)
     } else {
         Driver::Http(client.clone())
     };

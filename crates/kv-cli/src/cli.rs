@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::bench::BenchArgs;
-use crate::duration;
 use crate::endpoints::Endpoint;
+use crate::{auth, certs, duration};
 
 /// The exit codes, as `kv --help` lists them.
 pub const EXIT_CODES: &str = "\
@@ -20,7 +20,8 @@ Exit codes:
   3  precondition failed (cas, create, delete --if-version)
   4  cluster unavailable or unreachable (no leader or quorum, connection refused, timeout),
      or a `cluster leave` whose drain has not finished within --timeout
-  5  any other error (invalid input such as a value too large, server error, local I/O)
+  5  any other error (invalid input such as a value too large, a token or certificate that
+     is refused or not trusted, server error, local I/O, a file `kv cert` will not replace)
 
 Errors are one line on stderr starting with `error: `; with --json, also one JSON object
 {\"error\": kind, \"message\": text} on stdout.";
@@ -61,6 +62,45 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// CA certificate (PEM) that signed the nodes' certificates: trusted for https://
+    /// endpoints instead of the system's roots.
+    #[arg(long, global = true, env = "KV_CACERT", value_name = "PATH")]
+    pub cacert: Option<PathBuf>,
+
+    /// Client certificate (PEM) to present to nodes that ask for one (needs --key).
+    #[arg(
+        long = "cert",
+        global = true,
+        env = "KV_CERT",
+        value_name = "PATH",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    // Named `client_key`, not `key`: global flags share the subcommands' namespace, where
+    // `key` is the key commands' argument.
+    /// Private key (PEM) of --cert.
+    #[arg(
+        long = "key",
+        global = true,
+        env = "KV_KEY",
+        value_name = "PATH",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+
+    /// Token sent as `Authorization: Bearer TOKEN` with every request (in the clear over
+    /// http://).
+    #[arg(
+        long,
+        global = true,
+        env = "KV_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        value_parser = auth::parse_token,
+    )]
+    pub token: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -91,6 +131,122 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Drive load against the cluster and report throughput and latency.
     Bench(BenchArgs),
+    /// Make the certificates of a TLS cluster: a CA, node and client certificates (PEM files).
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Make client tokens and the hashes that a node's auth file holds.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+/// `kv cert` subcommands. Each writes `<DIR>/<NAME>.crt` and `<DIR>/<NAME>.key` (the key
+/// readable by its owner only) and refuses to replace a file unless --overwrite.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Make a CA (self-signed) to sign node or client certificates: ca.crt, ca.key. Use one
+    /// for the nodes (the peer CA) and, in another --dir, one for clients, or one for both.
+    CreateCa(CreateCaArgs),
+    /// Make node N's certificate, signed by the CA: node-N.crt, node-N.key. It names node-N
+    /// and every --host, and serves both as the node's server certificate and as its client
+    /// certificate towards its peers.
+    CreateNode(CreateNodeArgs),
+    /// Make the client certificate of NAME, signed by the CA: client-NAME.crt, client-NAME.key.
+    CreateClient(CreateClientArgs),
+}
+
+/// Where `kv cert` writes, and whether it may replace files.
+#[derive(Debug, Clone, Args)]
+pub struct CertFiles {
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "./certs")]
+    pub dir: PathBuf,
+    /// Replace files that already exist.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// The CA that signs, for `kv cert create-node` and `create-client`.
+#[derive(Debug, Clone, Args)]
+pub struct CertSigner {
+    /// The CA's certificate (by default `ca.crt` in --dir).
+    #[arg(long, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+    /// The CA's private key (by default `ca.key` in --dir).
+    #[arg(long, value_name = "PATH")]
+    pub ca_key: Option<PathBuf>,
+}
+
+/// Flags of `kv cert create-ca`.
+#[derive(Debug, Clone, Args)]
+pub struct CreateCaArgs {
+    /// The CA's common name.
+    #[arg(long, default_value = certs::DEFAULT_CA_NAME, value_parser = parse_ca_name)]
+    pub name: String,
+    /// Days the CA is valid.
+    #[arg(long, default_value_t = certs::DEFAULT_CA_DAYS, value_parser = clap::value_parser!(u32).range(1..=i64::from(certs::MAX_DAYS)))]
+    pub days: u32,
+    #[command(flatten)]
+    pub files: CertFiles,
+}
+
+/// Flags of `kv cert create-node`.
+#[derive(Debug, Clone, Args)]
+pub struct CreateNodeArgs {
+    /// The node's id (its certificate names `node-<N>`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
+    /// A name or IP address clients and peers reach the node by; repeat for each.
+    #[arg(long = "host", value_name = "HOST", required = true, value_parser = certs::parse_host)]
+    pub hosts: Vec<String>,
+    /// Days the certificate is valid.
+    #[arg(long, default_value_t = certs::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=i64::from(certs::MAX_DAYS)))]
+    pub days: u32,
+    #[command(flatten)]
+    pub signer: CertSigner,
+    #[command(flatten)]
+    pub files: CertFiles,
+}
+
+/// Flags of `kv cert create-client`.
+#[derive(Debug, Clone, Args)]
+pub struct CreateClientArgs {
+    /// The client's name (its certificate's common name): letters, digits, `.`, `_`, `-`; not
+    /// `node-<N>`.
+    #[arg(value_parser = parse_client_name)]
+    pub name: String,
+    /// Days the certificate is valid.
+    #[arg(long, default_value_t = certs::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=i64::from(certs::MAX_DAYS)))]
+    pub days: u32,
+    #[command(flatten)]
+    pub signer: CertSigner,
+    #[command(flatten)]
+    pub files: CertFiles,
+}
+
+fn parse_ca_name(input: &str) -> Result<String, String> {
+    certs::check_ca_name(input).map(|()| input.to_owned())
+}
+
+fn parse_client_name(input: &str) -> Result<String, String> {
+    certs::check_client_name(input).map(|()| input.to_owned())
+}
+
+/// `kv auth` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Print the hash of TOKEN as a node's auth file holds it: sha256:<64 hex digits>.
+    HashToken(HashTokenArgs),
+    /// Make a random token (32 random bytes, URL-safe base64 without padding); prints the
+    /// token on the first line and its hash (as `hash-token` prints it) on the second.
+    NewToken,
+}
+
+/// Flags of `kv auth hash-token`.
+#[derive(Debug, Clone, Args)]
+pub struct HashTokenArgs {
+    /// The token; `-` reads it from stdin (one line), which keeps it out of the shell history.
+    #[arg(value_parser = auth::parse_token)]
+    pub token: String,
 }
 
 /// Flags of `kv get`.
@@ -331,6 +487,108 @@ mod tests {
             panic!("not leave")
         };
         assert_eq!((args.id, args.force), (4, true));
+    }
+
+    #[test]
+    fn credentials_are_global_and_cert_needs_key() {
+        let cli = parse(&[
+            "get", "k", "--cacert", "ca.crt", "--cert", "c.crt", "--key", "c.key", "--token", "t0k",
+        ])
+        .unwrap();
+        assert_eq!(cli.cacert, Some(PathBuf::from("ca.crt")));
+        assert_eq!(cli.client_cert, Some(PathBuf::from("c.crt")));
+        assert_eq!(cli.client_key, Some(PathBuf::from("c.key")));
+        assert_eq!(cli.token.as_deref(), Some("t0k"));
+        let Command::Get(args) = cli.command else {
+            panic!("not get")
+        };
+        assert_eq!(args.key, "k");
+        for bad in [
+            &["--cert", "c.crt", "get", "k"][..],
+            &["get", "k", "--key", "c.key"],
+            &["--token", "two words", "get", "k"],
+            &["--token", "", "get", "k"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn cert_and_auth_commands_parse_with_their_defaults() {
+        let cli = parse(&["cert", "create-ca"]).unwrap();
+        let Command::Cert(CertCommand::CreateCa(args)) = cli.command else {
+            panic!("not create-ca")
+        };
+        assert_eq!(args.name, "kv-ca");
+        assert_eq!(args.days, 3650);
+        assert_eq!(args.files.dir, PathBuf::from("./certs"));
+        assert!(!args.files.overwrite);
+
+        let cli = parse(&[
+            "cert",
+            "create-node",
+            "--id",
+            "3",
+            "--host",
+            "127.0.0.1",
+            "--host",
+            "LocalHost",
+        ])
+        .unwrap();
+        let Command::Cert(CertCommand::CreateNode(args)) = cli.command else {
+            panic!("not create-node")
+        };
+        assert_eq!((args.id, args.days), (3, 365));
+        assert_eq!(args.hosts, ["127.0.0.1", "localhost"]);
+        assert_eq!(args.signer.ca_cert, None);
+
+        let cli = parse(&[
+            "cert",
+            "create-client",
+            "app",
+            "--days",
+            "30",
+            "--overwrite",
+        ])
+        .unwrap();
+        let Command::Cert(CertCommand::CreateClient(args)) = cli.command else {
+            panic!("not create-client")
+        };
+        assert_eq!((args.name.as_str(), args.days), ("app", 30));
+        assert!(args.files.overwrite);
+
+        let cli = parse(&["auth", "hash-token", "abc"]).unwrap();
+        let Command::Auth(AuthCommand::HashToken(args)) = cli.command else {
+            panic!("not hash-token")
+        };
+        assert_eq!(args.token, "abc");
+        assert!(matches!(
+            parse(&["auth", "new-token"]).unwrap().command,
+            Command::Auth(AuthCommand::NewToken)
+        ));
+    }
+
+    #[test]
+    fn bad_cert_and_auth_command_lines_are_usage_errors() {
+        for bad in [
+            &["cert", "create-node", "--id", "0", "--host", "h"][..],
+            &["cert", "create-node", "--id", "1"],
+            &["cert", "create-node", "--id", "1", "--host", "h:7001"],
+            &["cert", "create-node", "--host", "h"],
+            &["cert", "create-client", "node-2"],
+            &["cert", "create-client", "a/b"],
+            &["cert", "create-client"],
+            &["cert", "create-ca", "--days", "0"],
+            &["cert", "create-ca", "--name", ""],
+            &["auth", "hash-token"],
+            &["auth", "hash-token", "a b"],
+            &["auth"],
+            &["cert"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
     }
 
     #[test]

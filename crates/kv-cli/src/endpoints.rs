@@ -1,5 +1,5 @@
-//! Where the cluster is: the nodes named by `--endpoints`, the one pooled HTTP client, and
-//! the start-up health check.
+//! Where the cluster is: the nodes named by `--endpoints`, the one pooled HTTP client (with
+//! the same credentials as kv-client), and the start-up health check.
 
 use std::fmt;
 use std::time::Duration;
@@ -78,16 +78,19 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// The process's one HTTP client: pooled keep-alive connections, `timeout` on every request.
-pub fn http_client(timeout: Duration) -> anyhow::Result<Client> {
-    Client::builder()
+/// The process's one HTTP client: pooled keep-alive connections, `timeout` on every request,
+/// and the credentials of `kv` (trusted CA, client certificate, token) taken from the
+/// kv-client builder, so plain requests present exactly what kv-client would.
+pub fn http_client(kv: &kv_client::ClientBuilder, timeout: Duration) -> Result<Client, CliError> {
+    Ok(kv
+        .http_client_builder()?
         .timeout(timeout)
         .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(30))
         .user_agent(concat!("kv-cli/", env!("CARGO_PKG_VERSION")))
         .build()
-        .context("building the HTTP client")
+        .context("building the HTTP client")?)
 }
 
 /// Asks every endpoint for `GET /health`; the first that fails to answer `2xx` is reported as

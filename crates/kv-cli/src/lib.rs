@@ -8,11 +8,20 @@
 //! stderr), through plain HTTP over the [`endpoints`] or, with `--via-client`, through
 //! `kv_client`.
 //!
+//! For a TLS cluster, `cert` makes the certificates ([`certs`] the PEM, [`cert_files`] the
+//! files) and `auth` the client tokens ([`auth`]). The global `--cacert`, `--cert`, `--key`
+//! and `--token` flags give every command that talks to a node the same credentials: they are
+//! set on one `kv_client::ClientBuilder`, which also configures `bench`'s own HTTP client.
+//!
 //! Exit codes (also in `kv --help`, see [`cli::EXIT_CODES`]): 0 success, 1 not found, 2 bad
 //! usage (clap), 3 precondition failed, 4 the cluster is unavailable or unreachable, 5 any other
-//! failure. Failures are one `error: ...` line on stderr.
+//! failure (refused tokens and certificates included: retrying cannot fix them). Failures are
+//! one `error: ...` line on stderr.
 
+pub mod auth;
 pub mod bench;
+pub mod cert_files;
+pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod duration;
@@ -53,8 +62,9 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn dispatch(cli: &Cli) -> Result<(), CliError> {
     let outcome = match &cli.command {
         Command::Bench(args) => {
-            let http = endpoints::http_client(cli.timeout)?;
-            let report = bench::run(&http, &cli.endpoints, cli.timeout, args, cli.json).await?;
+            let kv = client_builder(cli)?;
+            let http = endpoints::http_client(&kv, cli.timeout)?;
+            let report = bench::run(&http, kv, &cli.endpoints, args, cli.json).await?;
             let text = if cli.json {
                 report.json()?
             } else {
@@ -69,6 +79,8 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
         Command::Delete(args) => keys::delete(&client(cli)?, args).await?,
         Command::Scan(args) => keys::scan(&client(cli)?, args).await?,
         Command::Cluster(command) => cluster::run(&client(cli)?, command).await?,
+        Command::Cert(command) => cert_files::run(command)?,
+        Command::Auth(command) => auth::run(command)?,
     };
     if cli.json {
         return print(format!("{}\n", outcome.json()).as_bytes());
@@ -88,12 +100,31 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
     print(&text)
 }
 
-/// The kv-client for the global flags: `--endpoints`, and `--timeout` as each call's deadline.
+/// The kv-client for the global flags.
 fn client(cli: &Cli) -> Result<kv_client::Client, CliError> {
-    Ok(kv_client::Client::builder()
+    Ok(client_builder(cli)?.build()?)
+}
+
+/// A kv-client builder for the global flags: `--endpoints`, `--timeout` as each call's
+/// deadline, and the credentials (`--cacert`, `--cert` with `--key`, `--token`), the files
+/// read now. clap has made sure that `--cert` and `--key` come together.
+fn client_builder(cli: &Cli) -> Result<kv_client::ClientBuilder, CliError> {
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read(path).with_context(|| format!("reading {flag} {}", path.display()))
+    };
+    let mut builder = kv_client::Client::builder()
         .endpoints(cli.endpoints.iter().map(|e| e.as_str().to_owned()))
-        .timeout(cli.timeout)
-        .build()?)
+        .timeout(cli.timeout);
+    if let Some(path) = &cli.cacert {
+        builder = builder.ca_cert_pem(read(path, "--cacert")?);
+    }
+    if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        builder = builder.client_cert_pem(read(cert, "--cert")?, read(key, "--key")?);
+    }
+    if let Some(token) = &cli.token {
+        builder = builder.token(token.clone());
+    }
+    Ok(builder)
 }
 
 fn print(bytes: &[u8]) -> Result<(), CliError> {

@@ -2,6 +2,7 @@
 //! ([`Outcome::human`]) or as one JSON object ([`Outcome::json`]).
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use kv_client::api::{ClusterStatus, DeleteResult, ScanItem, ScanResult, WriteResult};
 use serde_json::json;
@@ -24,6 +25,16 @@ pub enum Outcome {
     Status(ClusterStatus),
     /// `cluster join` / `leave`: what was done.
     Done(String),
+    /// `cert create-*`: the certificate of `subject` (its common name) and its key, written.
+    Issued {
+        subject: String,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// `auth hash-token`: the token's line for an auth file.
+    TokenHash(String),
+    /// `auth new-token`: a fresh token and its hash.
+    NewToken { token: String, hash: String },
 }
 
 impl Outcome {
@@ -36,13 +47,19 @@ impl Outcome {
             Outcome::Scan(scan) => scan_table(scan).into_bytes(),
             Outcome::Status(status) => status_tables(status).into_bytes(),
             Outcome::Done(message) => format!("{message}\n").into_bytes(),
+            Outcome::Issued { cert, key, .. } => {
+                format!("wrote {}\nwrote {}\n", cert.display(), key.display()).into_bytes()
+            }
+            Outcome::TokenHash(hash) => format!("{hash}\n").into_bytes(),
+            Outcome::NewToken { token, hash } => format!("{token}\n{hash}\n").into_bytes(),
         }
     }
 
     /// The output for scripts: one JSON object. `get` gives `{"key","version","value"}` (or
     /// `value_b64`, standard base64, when the value is not UTF-8, as scans do), writes the server's answer
     /// (`{"key","version"}`, deletes with `"deleted":true`), `scan` and `cluster status` the
-    /// server's JSON.
+    /// server's JSON; `cert create-*` `{"subject","cert","key"}` (the paths written), `auth
+    /// hash-token` `{"hash"}`, `auth new-token` `{"token","hash"}`.
     pub fn json(&self) -> serde_json::Value {
         let encoded = match self {
             Outcome::Value { key, value } => serde_json::to_value(item(key, value)),
@@ -58,6 +75,13 @@ impl Outcome {
             Outcome::Scan(scan) => serde_json::to_value(scan),
             Outcome::Status(status) => serde_json::to_value(status),
             Outcome::Done(message) => Ok(json!({ "ok": true, "message": message })),
+            Outcome::Issued { subject, cert, key } => Ok(json!({
+                "subject": subject,
+                "cert": cert.to_string_lossy(),
+                "key": key.to_string_lossy(),
+            })),
+            Outcome::TokenHash(hash) => Ok(json!({ "hash": hash })),
+            Outcome::NewToken { token, hash } => Ok(json!({ "token": token, "hash": hash })),
         };
         encoded.expect("API types always encode as JSON")
     }

@@ -10,6 +10,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, IF_MATCH, IF_NONE_MA
 use reqwest::{Method, StatusCode, Url};
 
 use crate::api::{ClusterStatus, DeleteResult, JoinRequest, LeaveResult, ScanResult, WriteResult};
+use crate::credentials::Credentials;
 use crate::error::{Error, Result};
 use crate::retry::{self, Backoff, Deadline};
 use crate::routing::Router;
@@ -54,13 +55,33 @@ pub struct ScanOptions {
     pub consistency: Consistency,
 }
 
-/// Configures a [`Client`]: the nodes to start from, the deadline of each call, and whether to
-/// route by the partition map.
+/// Configures a [`Client`]: the nodes to start from, the deadline of each call, whether to
+/// route by the partition map, and the credentials: the CA to trust for `https://` endpoints,
+/// a client certificate for mutual TLS, and a bearer token.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = kv_client::Client::builder()
+///     .endpoints(["https://node-1.example:7001"])
+///     .ca_cert_pem(std::fs::read("certs/ca.crt")?)
+///     .client_cert_pem(
+///         std::fs::read("certs/client-app.crt")?,
+///         std::fs::read("certs/client-app.key")?,
+///     )
+///     .token(std::env::var("KV_TOKEN")?)
+///     .build()?;
+/// # drop(client);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Its `Debug` output never shows the key or the token.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     endpoints: Vec<String>,
     timeout: Duration,
     discovery: bool,
+    credentials: Credentials,
 }
 
 impl Default for ClientBuilder {
@@ -69,6 +90,7 @@ impl Default for ClientBuilder {
             endpoints: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             discovery: true,
+            credentials: Credentials::default(),
         }
     }
 }
@@ -100,8 +122,47 @@ impl ClientBuilder {
         self
     }
 
-    /// Builds the client. Fails with [`Error::InvalidInput`] on no endpoint, a malformed one, or
-    /// a zero timeout. Does no I/O: the map is learned on the first request.
+    /// Trust only the CA certificates in `pem` (one or more PEM `CERTIFICATE` blocks) for
+    /// `https://` endpoints, instead of the system's roots: a node's certificate must be signed
+    /// by one of them and name the host (or IP address) the client connects to. Replaces any
+    /// set before.
+    pub fn ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.credentials.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Present this certificate to nodes that ask for one (mutual TLS): `cert_pem` holds the
+    /// certificate, leaf first, and `key_pem` its private key (PKCS#8, SEC1 or PKCS#1 PEM).
+    /// Replaces any set before.
+    pub fn client_cert_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.credentials.client_cert = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Send `Authorization: Bearer <token>` with every request, including the client's own
+    /// `GET /v1/cluster`. The token must be printable ASCII without spaces. Over `http://`
+    /// endpoints it travels in the clear.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.credentials.token = Some(token.into());
+        self
+    }
+
+    /// A reqwest builder with this builder's credentials already applied (trusted CAs, client
+    /// certificate, the token as a default header) and nothing else, for a program that sends
+    /// its own HTTP requests to the nodes beside a [`Client`] (as `kv bench` does) and must
+    /// present the same credentials. Fails as [`build`](Self::build) does on bad PEM or token.
+    pub fn http_client_builder(&self) -> Result<reqwest::ClientBuilder> {
+        self.credentials.apply(reqwest::Client::builder())
+    }
+
+    /// Builds the client. Fails with [`Error::InvalidInput`] on no endpoint, a malformed one, a
+    /// zero timeout or a token that cannot be sent, and with [`Error::Tls`] on a CA
+    /// certificate, client certificate or key that is not valid PEM or a key that does not
+    /// belong to its certificate. Does no I/O: the map is learned on the first request.
     pub fn build(self) -> Result<Client> {
         if self.endpoints.is_empty() {
             return Err(Error::InvalidInput("no endpoints given".into()));
@@ -114,7 +175,8 @@ impl ClientBuilder {
             .iter()
             .map(|e| normalize_endpoint(e).map(Arc::from))
             .collect::<Result<Vec<Arc<str>>>>()?;
-        let http = reqwest::Client::builder()
+        let http = self
+            .http_client_builder()?
             .connect_timeout(self.timeout.min(MAX_CONNECT_TIMEOUT))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))
@@ -504,6 +566,8 @@ impl Client {
                     });
                 }
                 Err(Failure::TimedOut) => last = Error::Timeout,
+                // Another attempt would meet the same certificates.
+                Err(Failure::Tls(message)) => return Err(Error::Tls(message)),
             }
             if deadline.passed() {
                 return Err(last);
@@ -577,6 +641,32 @@ mod tests {
                 .build(),
             Err(Error::InvalidInput(_))
         ));
+    }
+
+    #[test]
+    fn builder_refuses_bad_credentials_and_hides_them() {
+        let builder = || Client::builder().endpoints(["https://127.0.0.1:1"]);
+        assert!(matches!(
+            builder().ca_cert_pem("junk").build(),
+            Err(Error::Tls(_))
+        ));
+        assert!(matches!(
+            builder().client_cert_pem("junk", "junk").build(),
+            Err(Error::Tls(_))
+        ));
+        assert!(matches!(
+            builder().token("two words").build(),
+            Err(Error::InvalidInput(_))
+        ));
+        let with_secrets = builder()
+            .client_cert_pem("cert", "PRIVATE-KEY-BYTES")
+            .token("s3cret");
+        let debug = format!("{with_secrets:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("PRIVATE"),
+            "{debug}"
+        );
+        assert!(builder().token("s3cret").build().is_ok());
     }
 
     #[test]

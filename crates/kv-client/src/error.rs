@@ -11,6 +11,9 @@ use std::fmt;
 /// - [`Unavailable`](Error::Unavailable), [`Transport`](Error::Transport) and
 ///   [`Timeout`](Error::Timeout) are what remained after retrying until the deadline. A write
 ///   that ends with one of them may or may not have been applied.
+/// - [`Unauthorized`](Error::Unauthorized) and [`Tls`](Error::Tls) say the credentials are
+///   missing, wrong or not trusted; they are not retried either: fix the token, certificates
+///   or CA and call again.
 /// - [`Server`](Error::Server) is an answer the client does not understand or a server bug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -34,6 +37,17 @@ pub enum Error {
     /// the last node tried and how many others failed too.
     #[error("{0}")]
     Transport(String),
+    /// The node refused the request's credentials (`401`: no token or an unknown one; `403`:
+    /// this client may not do that). The server's message.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// TLS could not be set up. From [`ClientBuilder::build`](crate::ClientBuilder::build): a
+    /// CA certificate, client certificate or key that is not valid PEM, or a key that does not
+    /// belong to its certificate. From a call: the handshake with a node failed (its
+    /// certificate is not signed by a trusted CA or does not name the host, or the node did
+    /// not accept this client's certificate); the message names the node.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The deadline passed while waiting for an answer.
     #[error("timed out waiting for an answer")]
     Timeout,
@@ -45,8 +59,8 @@ pub enum Error {
 
 impl Error {
     /// A short, stable name for the kind of failure (`not_found`, `precondition_failed`,
-    /// `unavailable`, `invalid_input`, `transport`, `timeout`, `server`), for logs, metrics
-    /// and scripts.
+    /// `unavailable`, `invalid_input`, `transport`, `unauthorized`, `tls`, `timeout`,
+    /// `server`), for logs, metrics and scripts.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::NotFound(_) => "not_found",
@@ -54,6 +68,8 @@ impl Error {
             Error::Unavailable(_) => "unavailable",
             Error::InvalidInput(_) => "invalid_input",
             Error::Transport(_) => "transport",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Tls(_) => "tls",
             Error::Timeout => "timeout",
             Error::Server { .. } => "server",
         }
@@ -118,5 +134,7 @@ mod tests {
         assert_eq!(Error::Timeout.kind(), "timeout");
         assert!(Error::Transport("x".into()).is_unavailable());
         assert!(!Error::InvalidInput("x".into()).is_unavailable());
+        assert!(!Error::Tls("x".into()).is_unavailable());
+        assert_eq!(Error::Unauthorized("x".into()).kind(), "unauthorized");
     }
 }

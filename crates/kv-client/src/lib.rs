@@ -10,6 +10,12 @@
 //!
 //! Start from [`Client::builder`]; every call returns [`Result`] with one [`Error`] enum.
 //!
+//! For a cluster that serves TLS, give `https://` endpoints and the CA that signed the nodes'
+//! certificates ([`ClientBuilder::ca_cert_pem`]); where the nodes ask for client certificates,
+//! add one ([`ClientBuilder::client_cert_pem`]); where they ask for a token,
+//! [`ClientBuilder::token`] sends it as `Authorization: Bearer` (`credentials`). TLS is
+//! rustls with the aws-lc-rs provider.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), kv_client::Error> {
 //! use std::time::Duration;
@@ -36,6 +42,7 @@
 
 pub mod api;
 mod client;
+mod credentials;
 mod error;
 mod retry;
 mod routing;

@@ -322,7 +322,11 @@ impl Router {
                     }
                 }
                 Ok(_) => {}
-                Err(transport::Failure::Connect(_) | transport::Failure::Lost(_)) => {
+                Err(
+                    transport::Failure::Connect(_)
+                    | transport::Failure::Lost(_)
+                    | transport::Failure::Tls(_),
+                ) => {
                     self.suspect(&source);
                 }
                 Err(transport::Failure::TimedOut) => {}

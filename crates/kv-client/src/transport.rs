@@ -9,6 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::api::{ErrorBody, HEADER_NODE};
+use crate::credentials;
 use crate::error::{one_line, Error};
 
 /// Longest server error text kept in an [`Error`] when the answer is not the usual JSON.
@@ -31,6 +32,9 @@ pub(crate) enum Failure {
     Lost(String),
     /// No answer within the attempt's time.
     TimedOut,
+    /// The TLS handshake was refused, by this client (the node's certificate is not trusted)
+    /// or by the node (this client's certificate, or the lack of one).
+    Tls(String),
 }
 
 /// Sends one request to the node at `base` (a base URL) and reads its answer to the end (so
@@ -63,6 +67,9 @@ pub(crate) async fn send(
 fn failure(base: &str, err: reqwest::Error) -> Failure {
     if err.is_timeout() {
         return Failure::TimedOut;
+    }
+    if let Some(tls) = credentials::tls_failure(&err) {
+        return Failure::Tls(format!("handshake with {base} failed: {tls}"));
     }
     // The innermost cause says what happened ("Connection refused (os error 111)"); the
     // layers above it are the HTTP stack's.
@@ -138,6 +145,7 @@ impl Reply {
             StatusCode::PRECONDITION_FAILED => Error::PreconditionFailed {
                 current: body.current_version.flatten(),
             },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Unauthorized(body.message),
             status if crate::retry::is_retryable(status) => Error::Unavailable(body.message),
             status if status.is_client_error() => Error::InvalidInput(body.message),
             status => Error::Server {
@@ -187,6 +195,12 @@ mod tests {
         assert_eq!(r.into_error(), Error::InvalidInput("value too big".into()));
         let r = reply(405, r#"{"error":"method_not_allowed","message":"nope"}"#);
         assert_eq!(r.into_error(), Error::InvalidInput("nope".into()));
+        let r = reply(401, r#"{"error":"unauthorized","message":"no token"}"#);
+        assert_eq!(r.into_error(), Error::Unauthorized("no token".into()));
+        assert_eq!(
+            reply(403, "").into_error(),
+            Error::Unauthorized("403 Forbidden".into())
+        );
         let r = reply(503, r#"{"error":"unavailable","message":"no leader"}"#);
         assert_eq!(r.into_error(), Error::Unavailable("no leader".into()));
         let r = reply(404, r#"{"error":"no_route","message":"no route"}"#);

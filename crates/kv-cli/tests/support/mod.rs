@@ -1,18 +1,20 @@
 //! Test support for `kv` integration tests: a real cluster (through `kv_node::testing`), a
-//! fake node speaking the client API on a free loopback port, runners for the built `kv`
-//! binary, and `wait_until`.
+//! fake node speaking the client API on a free loopback port (over HTTP, or over TLS with
+//! client certificates and a token), runners for the built `kv` binary, and `wait_until`.
 
 #![allow(dead_code)] // each test file uses a different part
 #![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path as UrlPath, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -39,6 +41,19 @@ pub struct Seen {
     pub puts: AtomicU64,
     pub gets: AtomicU64,
     pub stale_gets: AtomicU64,
+    /// TLS connections whose client presented a certificate the node accepted.
+    pub client_certs: AtomicU64,
+}
+
+/// What a TLS fake node serves with and asks for.
+pub struct TlsSetup<'a> {
+    /// The node's certificate and key (PEM files).
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    /// The CA that must have signed every client's certificate.
+    pub client_ca: &'a Path,
+    /// The token every request must carry as `Authorization: Bearer`; others get `401`.
+    pub token: &'a str,
 }
 
 struct NodeState {
@@ -62,18 +77,93 @@ impl Drop for FakeNode {
 impl FakeNode {
     pub async fn start(behaviour: Behaviour) -> FakeNode {
         let seen = Arc::new(Seen::default());
-        let state = Arc::new(NodeState {
-            behaviour,
-            seen: Arc::clone(&seen),
-        });
-        let app = Router::new()
-            .route("/health", get(|| async { "ok" }))
-            .route("/v1/kv/{*key}", get(read).put(write))
-            .with_state(state);
+        let app = app(behaviour, &seen);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
+        });
+        FakeNode {
+            endpoint,
+            seen,
+            server,
+        }
+    }
+
+    /// A fake node serving HTTPS as `tls` says: a client must present a certificate signed by
+    /// the client CA and the token. Its endpoint is `https://127.0.0.1:<port>`.
+    pub async fn start_tls(behaviour: Behaviour, tls: TlsSetup<'_>) -> FakeNode {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(tls.client_ca).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .unwrap();
+        let chain = CertificateDer::pem_file_iter(tls.cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(tls.key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let seen = Arc::new(Seen::default());
+        let expected = format!("Bearer {}", tls.token);
+        let app = app(behaviour, &seen).layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let authorized = request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                async move {
+                    if authorized {
+                        next.run(request).await
+                    } else {
+                        failure(
+                            StatusCode::UNAUTHORIZED,
+                            "unauthorized",
+                            "missing or unknown token",
+                        )
+                    }
+                }
+            },
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("https://{}", listener.local_addr().unwrap());
+        let counted = Arc::clone(&seen);
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, app, seen) = (acceptor.clone(), app.clone(), Arc::clone(&counted));
+                tokio::spawn(async move {
+                    // Refused handshakes are what some tests are about.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if tls.get_ref().1.peer_certificates().is_some() {
+                        seen.client_certs.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
         });
         FakeNode {
             endpoint,
@@ -91,15 +181,27 @@ impl FakeNode {
     }
 }
 
+/// The fake node's routes: `/health`, and GET and PUT of keys, answered as `behaviour` says.
+fn app(behaviour: Behaviour, seen: &Arc<Seen>) -> Router {
+    let state = Arc::new(NodeState {
+        behaviour,
+        seen: Arc::clone(seen),
+    });
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/kv/{*key}", get(read).put(write))
+        .with_state(state)
+}
+
 async fn write(
     State(state): State<Arc<NodeState>>,
-    Path(key): Path<String>,
+    UrlPath(key): UrlPath<String>,
     _value: Bytes,
 ) -> Response {
     state.seen.puts.fetch_add(1, Ordering::SeqCst);
     match state.behaviour {
         Behaviour::Healthy => axum::Json(WriteResult { key, version: 1 }).into_response(),
-        Behaviour::Fail(status) => failure(status),
+        Behaviour::Fail(status) => failure(status, "unavailable", "no leader yet"),
     }
 }
 
@@ -110,14 +212,14 @@ async fn read(State(state): State<Arc<NodeState>>, RawQuery(query): RawQuery) ->
     }
     match state.behaviour {
         Behaviour::Healthy => ([(header::ETAG, "\"1\"")], vec![b'v'; 200]).into_response(),
-        Behaviour::Fail(status) => failure(status),
+        Behaviour::Fail(status) => failure(status, "unavailable", "no leader yet"),
     }
 }
 
-fn failure(status: StatusCode) -> Response {
+fn failure(status: StatusCode, error: &str, message: &str) -> Response {
     let body = ErrorBody {
-        error: "unavailable".to_owned(),
-        message: "no leader yet".to_owned(),
+        error: error.to_owned(),
+        message: message.to_owned(),
         current_version: None,
         leader: None,
     };
@@ -137,6 +239,10 @@ pub fn kv_command(args: &[&str]) -> tokio::process::Command {
         .args(args)
         .env_remove("KV_ENDPOINTS")
         .env_remove("KV_TIMEOUT")
+        .env_remove("KV_CACERT")
+        .env_remove("KV_CERT")
+        .env_remove("KV_KEY")
+        .env_remove("KV_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -237,6 +343,10 @@ pub fn kv_sync(args: &[&str]) -> assert_cmd::Command {
         .args(args)
         .env_remove("KV_ENDPOINTS")
         .env_remove("KV_TIMEOUT")
+        .env_remove("KV_CACERT")
+        .env_remove("KV_CERT")
+        .env_remove("KV_KEY")
+        .env_remove("KV_TOKEN")
         .timeout(RUN_LIMIT);
     command
 }
