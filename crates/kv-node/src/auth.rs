@@ -44,6 +44,17 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// The name the auth file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Readonly => "readonly",
+            Role::Readwrite => "readwrite",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 /// One token of the auth file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -349,8 +360,10 @@ impl Access {
         };
         if g.role < role {
             return Err(forbidden(format!(
-                "token {:?} is {:?}; this needs {role:?}",
-                g.name, g.role
+                "token {:?} is {}; this needs {}",
+                g.name,
+                g.role.as_str(),
+                role.as_str()
             )));
         }
         if let Some(key) = key {

@@ -87,7 +87,10 @@ async fn concurrent_appends_of_two_groups_on_one_redb_store_are_all_acknowledged
         // Index 0 holds the initial membership, 1 the leader's blank entry; the writes come
         // after, batched into fewer entries than writes.
         let (_, last) = bounds.unwrap();
-        assert!((2..=WRITES_PER_GROUP + 1).contains(&last), "{id}: last log index {last}");
+        assert!(
+            (2..=WRITES_PER_GROUP + 1).contains(&last),
+            "{id}: last log index {last}"
+        );
     }
     host.shutdown().await;
 }

@@ -294,6 +294,15 @@ impl RealCluster {
     /// Starts the cluster and waits until every node is ready. Fails with a clear message when
     /// the `kv-node` binary has not been built into this target directory.
     pub fn start() -> RealCluster {
+        Self::start_with(ClusterOptions {
+            nodes: 3,
+            partitions: 4,
+            ..Default::default()
+        })
+    }
+
+    /// [`RealCluster::start`] with other options (TLS, tokens).
+    pub fn start_with(opts: ClusterOptions) -> RealCluster {
         let bin = kv_node_bin();
         assert!(
             bin.exists(),
@@ -307,13 +316,7 @@ impl RealCluster {
             .enable_all()
             .build()
             .unwrap();
-        let cluster = runtime
-            .block_on(TestCluster::start(ClusterOptions {
-                nodes: 3,
-                partitions: 4,
-                ..Default::default()
-            }))
-            .unwrap();
+        let cluster = runtime.block_on(TestCluster::start(opts)).unwrap();
         RealCluster { cluster, runtime }
     }
 
