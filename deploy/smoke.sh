@@ -15,7 +15,8 @@
 #   7. node5 leaves (`DELETE /v1/cluster/nodes/5`): the answer comes once its partitions moved
 #      off it; it is stopped and every earlier write still reads through the other four;
 #   8. tear everything down (`down -v --remove-orphans`, also on failure or Ctrl-C) and check
-#      that no container, network or volume of the project is left.
+#      that no container, network or volume of the project is left;
+#   9. run deploy/smoke-tls.sh: the TLS variant (docker-compose.tls.yml) on the same image.
 #
 # Every wait has a deadline. Prints `smoke: PASS` last on success; exits non-zero otherwise.
 #
@@ -95,6 +96,10 @@ cleanup() {
         fi
     fi
     rm -rf "$work"
+    if ((rc == 0)); then
+        log "the TLS variant: deploy/smoke-tls.sh"
+        bash deploy/smoke-tls.sh || rc=1
+    fi
     if ((rc == 0)); then
         echo "smoke: PASS ($(elapsed)s)"
     else

@@ -14,6 +14,7 @@
 mod check_quorum;
 mod compaction;
 mod encoding;
+mod entry_cache;
 mod error;
 mod group;
 mod host;

@@ -15,6 +15,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, Vote};
 
 use crate::encoding::{decode, encode, sto_err};
+use crate::entry_cache::EntryCache;
 use crate::types::{Entry, LogId, StorageIoError, TypeConfig};
 
 /// Appended entries not yet known durable: index -> (append sequence, encoded entry).
@@ -29,6 +30,8 @@ pub struct LogStore {
     group: GroupId,
     store: Store,
     pending: Arc<Mutex<Pending>>,
+    /// The recent tail of the log, decoded (see `entry_cache`).
+    cache: Arc<Mutex<EntryCache>>,
     seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -38,8 +41,14 @@ impl LogStore {
             group,
             store,
             pending: Arc::default(),
+            cache: Arc::default(),
             seq: Arc::default(),
         }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, EntryCache> {
+        // Every change is a whole split or insert: a poisoned lock is still usable.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -93,6 +102,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
+        if let Some(cached) = self.cache().get(from, to, usize::MAX) {
+            return Ok(cached);
+        }
         let stored = self.read_range(from, to).await?;
         self.decode_entries(stored, usize::MAX)
     }
@@ -106,6 +118,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageIoError> {
+        if let Some(cached) = self.cache().get(start, end, APPEND_BATCH_BYTES) {
+            return Ok(cached);
+        }
         let stored = self.read_range(start, end).await?;
         self.decode_entries(stored, APPEND_BATCH_BYTES)
     }
@@ -260,12 +275,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut encoded = Vec::new();
+        let mut decoded = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
             let bytes = encode(&entry)
                 .map_err(|e| sto_err(ErrorSubject::LogIndex(index), ErrorVerb::Write, e))?;
+            decoded.push((entry, bytes.len()));
             encoded.push((index, bytes));
         }
+        self.cache().appended(decoded);
         let indexes: Vec<u64> = encoded.iter().map(|(i, _)| *i).collect();
         {
             let mut pending = self.pending();
@@ -293,12 +311,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageIoError> {
+        self.cache().truncate(log_id.index);
         self.pending().retain(|i, _| *i < log_id.index);
         let batch = WriteBatch::new(self.group, true).op(Op::TruncateLog { from: log_id.index });
         self.write(batch, ErrorSubject::Logs).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageIoError> {
+        self.cache().purge(log_id.index);
         self.pending().retain(|i, _| *i > log_id.index);
         let value =
             encode(&log_id).map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
