@@ -48,14 +48,18 @@ pub fn token_hash(token: &str) -> String {
         })
 }
 
-/// A fresh token: [`TOKEN_BYTES`] from the operating system's random source, URL-safe base64
-/// without padding (43 characters, all safe in a header, a URL or a shell).
+/// A fresh token: `kv_` and [`TOKEN_BYTES`] from the operating system's random source in
+/// URL-safe base64 without padding (46 characters, all safe in a header, a URL or a shell;
+/// the prefix keeps it from starting with `-`, which a command line would take for a flag).
 pub fn new_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; TOKEN_BYTES];
     rand::rngs::OsRng
         .try_fill_bytes(&mut bytes)
         .context("reading the system's random source")?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    Ok(format!(
+        "kv_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
 }
 
 /// Checks a token for `--token` and `hash-token`: printable ASCII without spaces, the only
@@ -98,7 +102,8 @@ mod tests {
         let a = new_token().unwrap();
         let b = new_token().unwrap();
         assert_ne!(a, b);
-        assert_eq!(a.len(), 43);
+        assert_eq!(a.len(), 46);
+        assert!(a.starts_with("kv_"));
         assert!(a
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));

@@ -260,7 +260,7 @@ fn auth_new_token_prints_a_fresh_token_and_its_hash() {
     let [token, hash] = lines[..] else {
         panic!("two lines expected: {out:?}");
     };
-    assert_eq!(token.len(), 43);
+    assert_eq!(token.len(), 46);
     assert_eq!(
         success(&mut kv_sync(&["auth", "hash-token", token])),
         format!("{hash}\n")
