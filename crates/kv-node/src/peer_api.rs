@@ -48,20 +48,56 @@ pub async fn raft_rpc(
         "peer message",
     )
     .await?;
-    // What replication moves onto this node: log entries (append) and snapshots, per kind of
-    // group. A join's data movement shows up here on the new node.
+    count_received(group, kind, body.len());
+    match st.host.handle_rpc(group, kind, &body).await {
+        Ok(bytes) => Ok((StatusCode::OK, bytes).into_response()),
+        Err(GroupError::UnknownGroup(g)) => Err(unknown_group(&st, g)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /raft/batch`: the calls of every group a peer sends this node at once (see
+/// `kv_raft::channel`), each handled as its own `POST /raft/{group}/{rpc}` would be; the
+/// answer holds one result per call, in order.
+pub async fn raft_batch(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // A batch is at most 1 MiB of calls, or one call as large as a single request may be.
+    let limit = peer_body_limit(&st) + (1 << 20);
+    let body = read_limited(
+        &headers,
+        body,
+        limit,
+        st.config.body_timeout(),
+        "peer batch",
+    )
+    .await?;
+    let prepare = |group: GroupId, kind: RpcKind, len: usize| {
+        let st = st.clone();
+        async move {
+            open_if_assigned(&st, group)
+                .await
+                .map_err(|e| GroupError::Unavailable(e.to_string()))?;
+            count_received(group.0, kind, len);
+            Ok(())
+        }
+    };
+    let answer = kv_raft::channel::serve_batch(&st.host, &body, prepare).await?;
+    Ok((StatusCode::OK, answer).into_response())
+}
+
+/// What replication moves onto this node: log entries (append) and snapshots, per kind of
+/// group. A join's data movement shows up here on the new node.
+fn count_received(group: u64, kind: RpcKind, len: usize) {
     let groups = if group == crate::metadata::META_GROUP.0 {
         "metadata"
     } else {
         "partition"
     };
     metrics::counter!("kv_raft_received_bytes_total", "rpc" => kind.as_str(), "groups" => groups)
-        .increment(body.len() as u64);
-    match st.host.handle_rpc(group, kind, &body).await {
-        Ok(bytes) => Ok((StatusCode::OK, bytes).into_response()),
-        Err(GroupError::UnknownGroup(g)) => Err(unknown_group(&st, g)),
-        Err(e) => Err(e.into()),
-    }
+        .increment(len as u64);
 }
 
 fn unknown_group(st: &AppState, group: u64) -> ApiError {

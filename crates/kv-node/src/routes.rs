@@ -51,6 +51,7 @@ pub fn app(state: AppState) -> Router {
     // admission gate: heartbeats and votes must flow whatever the client load.
     let peer = Router::new()
         .route("/raft/{group}/{rpc}", post(peer_api::raft_rpc))
+        .route("/raft/batch", post(peer_api::raft_batch))
         .route("/internal/v1/view", get(cluster_api::view))
         .merge(
             Router::new()
@@ -134,6 +135,7 @@ const ROUTES: &[&str] = &[
     "/ready",
     "/metrics",
     "/raft/{group}/{rpc}",
+    "/raft/batch",
     "/internal/v1/kv",
     "/internal/v1/view",
     "/internal/v1/map",

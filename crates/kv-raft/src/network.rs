@@ -21,6 +21,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::channel::Channels;
 use crate::encoding::{decode, encode};
 use crate::peer_health::PeerHealth;
 use crate::types::TypeConfig;
@@ -101,16 +102,20 @@ pub struct Transport {
     http: reqwest::Client,
     scheme: Scheme,
     peers: Arc<PeerHealth>,
+    /// One batching channel per peer for appends, votes and timeout-now (see `channel`).
+    channels: Channels,
 }
 
 impl Transport {
     /// Wrap the node's HTTP client, reaching peers by `scheme`; a peer whose RPCs fail for
     /// `down_after` counts as unreachable (see [`PeerHealth`]).
     pub fn new(http: reqwest::Client, scheme: Scheme, down_after: Duration) -> Self {
+        let peers = Arc::new(PeerHealth::new(down_after));
         Transport {
+            channels: Channels::new(http.clone(), scheme, peers.clone()),
             http,
             scheme,
-            peers: Arc::new(PeerHealth::new(down_after)),
+            peers,
         }
     }
 
@@ -129,26 +134,14 @@ impl Transport {
         timeout: Duration,
     ) -> Result<(), GroupError> {
         let body = encode(&term).map_err(|e| GroupError::BadRequest(e.to_string()))?;
-        let url = format!(
-            "{}://{addr}/raft/{}/{}",
-            self.scheme.as_str(),
-            group.0,
-            RpcKind::TimeoutNow.as_str()
-        );
         let unavailable =
             |what: String| GroupError::Unavailable(format!("timeout-now to {addr}: {what}"));
-        let resp = post_rpc(&self.http, &url, body, timeout)
-            .send()
+        // The target's id is not known here; 0 names no peer in the reachability record.
+        let bytes = self
+            .channels
+            .call(0, addr, group, RpcKind::TimeoutNow, body, timeout)
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
-        if !status.is_success() {
-            return Err(unavailable(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&bytes)
-            )));
-        }
+            .map_err(unavailable)?;
         decode::<()>(&bytes).map_err(|e| unavailable(format!("bad answer: {e}")))
     }
 
@@ -174,6 +167,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
         PeerClient {
             group: self.group,
             target,
+            addr: node.addr.clone(),
             base: format!(
                 "{}://{}/raft/{}",
                 self.transport.scheme.as_str(),
@@ -189,6 +183,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
 pub struct PeerClient {
     group: GroupId,
     target: u64,
+    addr: String,
     base: String,
     transport: Transport,
 }
@@ -206,6 +201,32 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let body = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let bytes = if kind == RpcKind::Snapshot {
+            self.single(kind, body, timeout).await?
+        } else {
+            self.transport
+                .channels
+                .call(self.target, &self.addr, self.group, kind, body, timeout)
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?
+        };
+        let result: Result<Resp, RaftError<u64, E>> =
+            decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl PeerClient {
+    /// One RPC in a request of its own (snapshots: large, and not to hold back the channel).
+    async fn single<E>(
+        &self,
+        kind: RpcKind,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        E: std::error::Error,
+    {
         let url = format!("{}/{}", self.base, kind.as_str());
         let peers = &self.transport.peers;
         let resp = post_rpc(&self.transport.http, &url, body, timeout)
@@ -239,9 +260,7 @@ impl PeerClient {
                 &std::io::Error::other(msg),
             )));
         }
-        let result: Result<Resp, RaftError<u64, E>> =
-            decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        Ok(bytes.to_vec())
     }
 }
 

@@ -1,9 +1,13 @@
 //! A cluster of [`RaftHost`]s on loopback for kv-raft's integration tests.
 //!
 //! kv-raft has no server of its own, so each host sits behind a tiny axum server that routes
-//! `POST /raft/{group}/{rpc}` to [`RaftHost::handle_rpc`], as kv-node's peer routes do. Every
+//! `POST /raft/{group}/{rpc}` to [`RaftHost::handle_rpc`] and `POST /raft/batch` to
+//! [`kv_raft::channel::serve_batch`], as kv-node's peer routes do. Every
 //! node has its own redb store in a temp dir and listens on a free port. Timings are short
 //! (heartbeat 50 ms, election 300-600 ms) so elections and lease waits stay quick.
+
+// Every test binary compiles this module and uses a part of it.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -65,6 +69,15 @@ async fn raft_rpc(
     }
 }
 
+/// `POST /raft/batch`, as kv-node serves it (without its on-demand opening of groups).
+async fn raft_batch(State(host): State<Arc<RaftHost>>, body: Bytes) -> Response {
+    let served = kv_raft::channel::serve_batch(&host, &body, |_, _, _| async { Ok(()) }).await;
+    match served {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
 impl TestCluster {
     /// Start one node per id, each with its own store and server on a free loopback port.
     pub async fn start(ids: &[u64]) -> TestCluster {
@@ -92,6 +105,7 @@ impl TestCluster {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();
             let app = Router::new()
+                .route("/raft/batch", post(raft_batch))
                 .route("/raft/{group}/{rpc}", post(raft_rpc))
                 .with_state(host.clone());
             let server = servers.spawn(async move {

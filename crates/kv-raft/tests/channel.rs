@@ -1,0 +1,112 @@
+//! The per-peer channel (`kv_raft::channel`) on real groups over HTTP: while one group streams
+//! a large snapshot to a node, the other groups that node shares with its peers keep their
+//! leaders (their heartbeats travel on the channel, the snapshot beside it), and every write
+//! is applied once.
+
+// Helpers here are test code too (clippy only exempts `#[test]` fns themselves).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use kv_raft::RaftTuning;
+use kv_storage::{Command, Condition, GroupId};
+use support::{fast_tuning, wait_until, TestCluster, SETTLE};
+
+/// The group whose state travels as a snapshot.
+const BIG: GroupId = GroupId(1);
+/// Groups that must keep their leaders meanwhile.
+const OTHERS: std::ops::RangeInclusive<u64> = 2..=9;
+/// Values written into `BIG`: 240 x 64 KiB, about 15 MiB of state.
+const VALUES: usize = 240;
+const VALUE_BYTES: usize = 64 << 10;
+
+fn put(key: &str, value: Vec<u8>) -> Command {
+    Command::Put {
+        key: key.as_bytes().to_vec(),
+        value,
+        cond: Condition::Always,
+    }
+}
+
+/// (term, leader) of every other group as each node sees it.
+fn leaderships(cluster: &TestCluster) -> BTreeMap<(u64, u64), (u64, Option<u64>)> {
+    let mut seen = BTreeMap::new();
+    for node in 1..=3 {
+        for g in OTHERS {
+            let m = cluster
+                .group(node, GroupId(g))
+                .raft()
+                .metrics()
+                .borrow()
+                .clone();
+            seen.insert((node, g), (m.current_term, m.current_leader));
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_snapshot_does_not_starve_the_heartbeats_of_other_groups() {
+    let tuning = RaftTuning {
+        snapshot_after_logs: 50,
+        logs_kept_after_snapshot: 0,
+        ..fast_tuning()
+    };
+    let cluster = TestCluster::start_with(&[1, 2, 3], &tuning).await;
+    // BIG lives on nodes 1 and 2 first; node 3 will get it as a snapshot.
+    let leader = cluster.create_group(BIG, &[1, 2]).await;
+    for g in OTHERS {
+        cluster.create_group(GroupId(g), &[1, 2, 3]).await;
+    }
+    let big = cluster.group(leader, BIG);
+    // One at a time: each write its own entry, so the log passes the snapshot threshold.
+    let mut versions = Vec::new();
+    for i in 0..VALUES {
+        let value = vec![(i % 251) as u8; VALUE_BYTES];
+        let (_, index) = big.write(put(&format!("big-{i}"), value)).await.unwrap();
+        versions.push(index);
+    }
+    // The log behind the snapshot is gone: node 3 can only catch up from a snapshot.
+    wait_until(
+        "the leader purges its log behind a snapshot",
+        SETTLE,
+        || {
+            let s = big.raft().metrics().borrow().purged.map(|p| p.index);
+            std::future::ready(s.is_some_and(|p| p > 0))
+        },
+    )
+    .await;
+
+    let before = leaderships(&cluster);
+    big.add_learner(3, cluster.addr(3), true).await.unwrap();
+    let on_three = cluster.group(3, BIG);
+    assert!(
+        on_three
+            .raft()
+            .metrics()
+            .borrow()
+            .snapshot
+            .is_some_and(|s| s.index > 0),
+        "node 3 caught up from a snapshot"
+    );
+    assert_eq!(
+        leaderships(&cluster),
+        before,
+        "no other group changed term or leader while the snapshot streamed"
+    );
+
+    // Every value arrived, applied once: each key at the version its write was acknowledged
+    // with (a version is the index of the entry that last wrote the key).
+    for (i, version) in versions.into_iter().enumerate() {
+        let record = on_three
+            .get(format!("big-{i}").into_bytes(), true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.version, version, "big-{i} applied once");
+        assert_eq!(record.value, vec![(i % 251) as u8; VALUE_BYTES]);
+    }
+    cluster.shutdown().await;
+}
