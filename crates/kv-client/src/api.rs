@@ -117,7 +117,11 @@ pub struct Health {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub id: u64,
+    /// Where its peers reach it (its peer listener, if it has one apart).
     pub addr: String,
+    /// Where clients reach it, when that is not `addr` (a peer listener apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
 }
 
 /// Answer to `DELETE /v1/cluster/nodes/{id}`.

@@ -424,6 +424,8 @@ impl Client {
         let request = JoinRequest {
             id,
             addr: addr.to_owned(),
+            // A node with a peer listener apart publishes its client address itself.
+            client_addr: None,
         };
         let body = serde_json::to_vec(&request)
             .map_err(|e| Error::InvalidInput(format!("cannot encode the request: {e}")))?;

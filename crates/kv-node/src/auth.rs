@@ -468,8 +468,11 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
 fn caller(st: &AppState, presented: &Presented, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let auth = &st.auth;
     let peer = if auth.peers_tls {
+        // A node that joins knows no members until it adopts the cluster's map (which comes
+        // from them): until then every node certificate of the peer CA may reach it.
+        let joining = st.config.join.is_some() && st.epoch().is_none();
         match presented.node {
-            Some(n) if st.layout().members.contains_key(&n) => PeerProof::Member(n),
+            Some(n) if joining || st.layout().members.contains_key(&n) => PeerProof::Member(n),
             Some(n) => PeerProof::Stranger(n),
             None => PeerProof::None,
         }

@@ -90,11 +90,25 @@ pub async fn cluster_view(st: &AppState) -> ClusterStatus {
 /// `GET /v1/cluster/map`: the map this node routes by, in short. Cheap: peers poll it to
 /// compare epochs.
 pub async fn map(State(st): State<AppState>) -> Json<MapSummary> {
-    Json(map_summary(&st))
+    Json(map_summary(&st, Addresses::Clients))
+}
+
+/// `GET /internal/v1/map`: the map with the addresses peers reach the members at.
+pub async fn peer_map(State(st): State<AppState>) -> Json<MapSummary> {
+    Json(map_summary(&st, Addresses::Peers))
+}
+
+/// Which of a member's addresses a map summary lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addresses {
+    /// Where clients reach it (the user-facing routes).
+    Clients,
+    /// Where peers reach it.
+    Peers,
 }
 
 /// The map this node routes by, in short.
-pub fn map_summary(st: &AppState) -> MapSummary {
+pub fn map_summary(st: &AppState, addresses: Addresses) -> MapSummary {
     let layout = st.layout();
     let params = layout.placement.params();
     MapSummary {
@@ -104,7 +118,10 @@ pub fn map_summary(st: &AppState) -> MapSummary {
             .iter()
             .map(|(id, addr)| Member {
                 id: *id,
-                addr: addr.clone(),
+                addr: match addresses {
+                    Addresses::Clients => layout.client_addr(*id).unwrap_or(addr).to_string(),
+                    Addresses::Peers => addr.clone(),
+                },
             })
             .collect(),
         partitions: params.partitions,
@@ -149,7 +166,7 @@ async fn local_status(st: &AppState) -> ClusterStatus {
             }),
         }
     }
-    let map = map_summary(st);
+    let map = map_summary(st, Addresses::Clients);
     ClusterStatus {
         node: st.config.id,
         members: map.members,
@@ -307,7 +324,7 @@ pub async fn join(
         )
         .await;
     }
-    let epoch = metadata::add_member(&st, req.id, &req.addr).await?;
+    let epoch = metadata::add_member(&st, req.id, &req.addr, req.client_addr.as_deref()).await?;
     Ok(Json(json!({"id": req.id, "addr": req.addr, "epoch": epoch})).into_response())
 }
 

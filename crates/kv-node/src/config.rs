@@ -35,12 +35,21 @@ pub struct Flags {
     /// This node's id (a positive integer, unique in the cluster).
     #[arg(long, env = "KV_ID")]
     pub id: Option<u64>,
-    /// Address to listen on for clients and peers.
+    /// Address to listen on for clients (and for peers, without --listen-peer).
     #[arg(long, env = "KV_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Address peers and forwarded clients use to reach this node (default: --listen).
+    /// Address clients (and peers, without --listen-peer) use to reach this node (default:
+    /// --listen).
     #[arg(long, env = "KV_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Listen for peers (Raft, forwarding, membership) on this address of their own, like
+    /// etcd's 2380; the --listen address then serves clients only.
+    #[arg(long, env = "KV_LISTEN_PEER")]
+    pub listen_peer: Option<SocketAddr>,
+    /// Address peers use to reach this node's peer listener (default: --listen-peer). This is
+    /// the address --initial-cluster and --join name.
+    #[arg(long, env = "KV_ADVERTISE_PEER", requires = "listen_peer")]
+    pub advertise_peer: Option<String>,
     /// Directory for the node's data (redb file, snapshots).
     #[arg(long, env = "KV_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -145,8 +154,15 @@ pub struct Flags {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub id: u64,
+    /// The client listener (also the peers' without a peer listener).
     pub listen: SocketAddr,
+    /// Where clients reach this node.
     pub advertise: String,
+    /// The peer listener, if peers have one of their own.
+    pub listen_peer: Option<SocketAddr>,
+    /// Where peers reach this node: its address in the cluster map (= `advertise` without a
+    /// peer listener).
+    pub peer_advertise: String,
     pub data_dir: PathBuf,
     /// Initial members: id -> address (just this node when joining).
     pub initial_cluster: BTreeMap<u64, String>,
@@ -262,18 +278,32 @@ impl Config {
         }
         let listen: SocketAddr = pick!(listen, SocketAddr::from(([127, 0, 0, 1], 7001)));
         let advertise = pick!(advertise, listen.to_string());
+        let listen_peer = flags.listen_peer.or(file.listen_peer);
+        let peer_advertise = match (flags.advertise_peer.or(file.advertise_peer), listen_peer) {
+            (Some(_), None) => anyhow::bail!("--advertise-peer needs --listen-peer"),
+            (Some(addr), Some(_)) => addr,
+            (None, Some(peer)) => peer.to_string(),
+            (None, None) => advertise.clone(),
+        };
+        if listen_peer.is_some_and(|p| p == listen) {
+            anyhow::bail!("--listen-peer must differ from --listen (or leave it out to share one)");
+        }
         let join = flags.join.or(file.join);
         let initial_cluster = match flags.initial_cluster.or(file.initial_cluster) {
             Some(_) if join.is_some() => {
                 anyhow::bail!("use either --join or --initial-cluster, not both")
             }
             Some(spec) => parse_members(&spec)?,
-            None => BTreeMap::from([(id, advertise.clone())]),
+            None => BTreeMap::from([(id, peer_advertise.clone())]),
+        };
+        let advertise_flag = match listen_peer {
+            Some(_) => "--advertise-peer",
+            None => "--advertise",
         };
         match initial_cluster.get(&id) {
-            Some(addr) if *addr == advertise => {}
+            Some(addr) if *addr == peer_advertise => {}
             Some(addr) => anyhow::bail!(
-                "--initial-cluster gives node {id} the address {addr}, but it advertises {advertise} (set --advertise)"
+                "--initial-cluster gives node {id} the address {addr}, but it advertises {peer_advertise} to peers (set {advertise_flag})"
             ),
             None => anyhow::bail!("--initial-cluster does not include this node's id {id}"),
         }
@@ -317,6 +347,8 @@ impl Config {
             id,
             listen,
             advertise,
+            listen_peer,
+            peer_advertise,
             data_dir: pick!(data_dir, PathBuf::from("./data")),
             initial_cluster,
             join,
@@ -453,5 +485,43 @@ mod tests {
         assert_eq!(c.ring.partitions, 4);
         std::fs::write(&path, "bogus = 1\n").unwrap();
         assert!(resolve(&["--config", path.to_str().unwrap()]).is_err());
+    }
+
+    #[test]
+    fn a_peer_listener_apart_is_the_member_address() {
+        let c = resolve(&[
+            "--listen",
+            "0.0.0.0:2379",
+            "--advertise",
+            "db1:2379",
+            "--listen-peer",
+            "0.0.0.0:2380",
+            "--advertise-peer",
+            "db1:2380",
+            "--initial-cluster",
+            "1=db1:2380,2=db2:2380",
+        ])
+        .unwrap();
+        assert_eq!(c.advertise, "db1:2379");
+        assert_eq!(c.peer_advertise, "db1:2380");
+        assert_eq!(c.listen_peer.unwrap().port(), 2380);
+        assert_eq!(c.initial_cluster[&1], "db1:2380");
+        // Without --advertise-peer, peers use --listen-peer.
+        let c = resolve(&["--listen-peer", "127.0.0.1:7101"]).unwrap();
+        assert_eq!(c.peer_advertise, "127.0.0.1:7101");
+        assert_eq!(c.advertise, "127.0.0.1:7001");
+        assert_eq!(c.initial_cluster[&1], "127.0.0.1:7101");
+
+        let err = |args: &[&str]| resolve(args).unwrap_err().to_string();
+        assert!(err(&["--advertise-peer", "db1:2380"]).contains("--listen-peer"));
+        assert!(err(&["--listen-peer", "127.0.0.1:7001"]).contains("must differ"));
+        // --initial-cluster names members by their peer addresses.
+        let wrong = err(&[
+            "--listen-peer",
+            "127.0.0.1:7101",
+            "--initial-cluster",
+            "1=127.0.0.1:7001",
+        ]);
+        assert!(wrong.contains("--advertise-peer"), "{wrong}");
     }
 }

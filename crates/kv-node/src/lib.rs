@@ -1,6 +1,7 @@
 //! The kv store server. One `kv-node` process is one cluster member: it hosts the Raft groups
 //! of the partitions the ring assigns it, serves the HTTP/JSON client API for every key (serving
-//! what it leads, forwarding the rest), and answers its peers' Raft RPCs on the same listener.
+//! what it leads, forwarding the rest), and answers its peers' Raft RPCs on the same listener or,
+//! with `--listen-peer`, on one of their own ([`routes::Surface`]).
 //!
 //! Membership lives in the metadata group ([`metadata`]: the partition map, joins and leaves);
 //! [`moves`] brings each partition's replicas to the map when it changes, and [`leadership`]
@@ -69,8 +70,10 @@ fn metrics_handle() -> PrometheusHandle {
 pub struct Node {
     state: AppState,
     addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
     shutdown: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    peer_server: Option<JoinHandle<std::io::Result<()>>>,
     reconciler: JoinHandle<()>,
     balancer: JoinHandle<()>,
     reloader: JoinHandle<()>,
@@ -133,8 +136,19 @@ impl Node {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-        let router = app(state.clone());
+        let peer_listener = match config.listen_peer {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen for peers on {at}"))?,
+            ),
+            None => None,
+        };
+        let peer_addr = peer_listener
+            .as_ref()
+            .map(tokio::net::TcpListener::local_addr)
+            .transpose()?;
+        let (shutdown, stop) = tokio::sync::watch::channel(false);
         let limits = server::ServerLimits {
             max_connections: config.limits.max_connections,
             header_read_timeout: config.limits.client_timeout,
@@ -143,11 +157,39 @@ impl Node {
             key_prefix: Some("/v1/kv/"),
             ..server::ServerLimits::default()
         };
-        let server = tokio::spawn(server::serve(listener, router, limits, tls, async move {
+        let until_stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stop.wait_for(|s| *s).await;
-        }));
+        };
+        let client_surface = match peer_listener {
+            Some(_) => routes::Surface::Clients,
+            None => routes::Surface::Shared,
+        };
+        let server = tokio::spawn(server::serve(
+            listener,
+            routes::router(state.clone(), client_surface),
+            limits.clone(),
+            tls.clone().map(|t| (t, tls::Side::Clients)),
+            until_stopped(stop.clone()),
+        ));
+        let peer_server = peer_listener.map(|listener| {
+            tokio::spawn(server::serve(
+                listener,
+                routes::router(state.clone(), routes::Surface::Peers),
+                server::ServerLimits {
+                    key_prefix: None,
+                    ..limits
+                },
+                tls.clone().map(|t| (t, tls::Side::Peers)),
+                until_stopped(stop),
+            ))
+        });
         let reloader = tokio::spawn(reload_on_sighup(state.clone(), shutdown.subscribe()));
-        tracing::info!(node = config.id, %addr, "listening");
+        match peer_addr {
+            Some(peers) => {
+                tracing::info!(node = config.id, %addr, %peers, "listening for clients and, apart, for peers")
+            }
+            None => tracing::info!(node = config.id, %addr, "listening"),
+        }
 
         metadata::open(&state).await?;
         let reconciler = tokio::spawn(metadata::reconcile_loop(
@@ -168,17 +210,24 @@ impl Node {
         Ok(Node {
             state,
             addr,
+            peer_addr,
             shutdown,
             server,
+            peer_server,
             reconciler,
             balancer,
             reloader,
         })
     }
 
-    /// The address the node listens on.
+    /// The address the node listens on (for clients, when peers have a listener apart).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the peer listener, if peers have one apart (`--listen-peer`).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
     }
 
     pub fn state(&self) -> &AppState {
@@ -193,8 +242,20 @@ impl Node {
         let _ = self.reloader.await;
         self.state.moves.abort_all();
         self.state.background.abort_all();
-        match tokio::time::timeout(Duration::from_secs(10), self.server).await {
-            Ok(joined) => joined??,
+        let servers = async {
+            let peers = async {
+                match self.peer_server {
+                    Some(server) => server.await,
+                    None => Ok(Ok(())),
+                }
+            };
+            let (clients, peers) = tokio::join!(self.server, peers);
+            clients??;
+            peers??;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), servers).await {
+            Ok(done) => done?,
             Err(_) => tracing::warn!("in-flight requests did not finish within 10s"),
         }
         self.state.host.shutdown().await;

@@ -28,12 +28,19 @@ const MAP_KEY: &[u8] = b"cluster/map";
 const RECONCILE_EVERY: Duration = Duration::from_millis(100);
 /// How often a node checks whether the cluster removed it while it was away.
 const REMOVAL_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often a node with a peer listener apart checks that the map has its client address.
+const PUBLISH_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// What the metadata group stores under `cluster/map`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterMap {
-    /// Member id -> address.
+    /// Member id -> the address its peers reach it at.
     pub members: BTreeMap<u64, String>,
+    /// Where clients reach a member whose peer listener is apart (`--listen-peer`); members
+    /// absent here serve clients at their member address. Each such member publishes its own
+    /// (see `publish_client_addr`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub clients: BTreeMap<u64, String>,
     /// Ring parameters and partition -> replicas.
     pub placement: Placement,
     /// How many membership changes led to this map; 0 is the map the cluster was created with,
@@ -89,6 +96,7 @@ pub async fn reconcile_loop(st: AppState, mut stop: tokio::sync::watch::Receiver
     let mut interval = tokio::time::interval(RECONCILE_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_removal_check = tokio::time::Instant::now();
+    let mut last_publish_check = None::<tokio::time::Instant>;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -96,6 +104,12 @@ pub async fn reconcile_loop(st: AppState, mut stop: tokio::sync::watch::Receiver
         }
         if let Err(e) = reconcile_once(&st).await {
             tracing::debug!(node = st.config.id, error = %format!("{e:#}"), "metadata reconcile");
+        }
+        if last_publish_check.is_none_or(|at| at.elapsed() >= PUBLISH_CHECK_EVERY) {
+            last_publish_check = Some(tokio::time::Instant::now());
+            if let Err(e) = publish_client_addr(&st).await {
+                tracing::debug!(node = st.config.id, error = %format!("{e:#}"), "publishing the client address");
+            }
         }
         if last_removal_check.elapsed() >= REMOVAL_CHECK_EVERY {
             last_removal_check = tokio::time::Instant::now();
@@ -198,6 +212,7 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
             let map = ClusterMap {
                 members: layout.members,
                 placement: layout.placement,
+                clients: BTreeMap::new(),
                 generation: 0,
                 cluster_id: Some(rand::random()),
             };
@@ -294,6 +309,7 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
     let layout = Layout {
         members: map.members.clone(),
         placement: map.placement.clone(),
+        clients: map.clients.clone(),
     };
     if layout.placement.params() != st.config.ring {
         tracing::warn!(
@@ -360,13 +376,29 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
     Ok(())
 }
 
-/// On the metadata leader: add member `id` at `addr` by writing a new map (epoch + 1) with a
-/// placement recomputed over the new member set. Idempotent for the same id and address.
-pub async fn add_member(st: &AppState, id: u64, addr: &str) -> Result<u64, ApiError> {
-    if id == 0 || !addr.contains(':') {
+/// Whether `addr` looks like `host:port`: printable, at most 255 bytes, a numeric port.
+pub fn valid_addr(addr: &str) -> bool {
+    addr.len() <= 255
+        && addr.bytes().all(|b| b.is_ascii_graphic())
+        && addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// On the metadata leader: add member `id` at `addr` (and, with a peer listener apart, serving
+/// clients at `client_addr`) by writing a new map (epoch + 1) with a placement recomputed over
+/// the new member set. Idempotent for the same id and address; for a member already there, a
+/// new `client_addr` is recorded (that is how a member publishes it).
+pub async fn add_member(
+    st: &AppState,
+    id: u64,
+    addr: &str,
+    client_addr: Option<&str>,
+) -> Result<u64, ApiError> {
+    if id == 0 || !valid_addr(addr) || !client_addr.is_none_or(valid_addr) {
         return Err(ApiError::bad_request(
             "invalid_member",
-            format!("a member needs a positive id and a host:port address, got {id} at {addr:?}"),
+            format!("a member needs a positive id and host:port addresses, got {id} at {addr:?}"),
         ));
     }
     let taken = |a: &String| ApiError::Conflict {
@@ -392,17 +424,26 @@ pub async fn add_member(st: &AppState, id: u64, addr: &str) -> Result<u64, ApiEr
     if !known {
         check_identity(st, id, addr, current.and_then(|(_, m)| m.cluster_id)).await?;
     }
-    let epoch = change_members(st, |members| match members.get(&id) {
-        Some(a) if a == addr => Ok(None),
-        Some(a) => Err(taken(a)),
-        None => {
-            let mut next = members.clone();
-            next.insert(id, addr.to_string());
-            Ok(Some(next))
+    // Where clients reach it: recorded only when it differs from the member address.
+    let serves_clients_at = client_addr.filter(|c| *c != addr);
+    let epoch = change_members(st, |map| {
+        let mut next = map.clone();
+        match map.members.get(&id) {
+            Some(a) if a != addr => return Err(taken(a)),
+            Some(_) if map.clients.get(&id).map(String::as_str) == serves_clients_at => {
+                return Ok(None)
+            }
+            _ => {}
         }
+        next.members.insert(id, addr.to_string());
+        match serves_clients_at {
+            Some(c) => next.clients.insert(id, c.to_string()),
+            None => next.clients.remove(&id),
+        };
+        Ok(Some(next))
     })
     .await?;
-    tracing::info!(id, addr, epoch, "member added; partitions will move");
+    tracing::info!(id, addr, client_addr, epoch, "member added or updated");
     Ok(epoch)
 }
 
@@ -477,7 +518,8 @@ pub async fn remove_member(st: &AppState, id: u64, force: bool) -> Result<u64, A
             });
         }
     }
-    let epoch = change_members(st, |members| {
+    let epoch = change_members(st, |map| {
+        let members = &map.members;
         if !members.contains_key(&id) {
             return Err(ApiError::NotFound {
                 code: "not_member",
@@ -494,8 +536,9 @@ pub async fn remove_member(st: &AppState, id: u64, force: bool) -> Result<u64, A
                 ),
             });
         }
-        let mut next = members.clone();
-        next.remove(&id);
+        let mut next = map.clone();
+        next.members.remove(&id);
+        next.clients.remove(&id);
         Ok(Some(next))
     })
     .await?;
@@ -508,12 +551,12 @@ pub async fn remove_member(st: &AppState, id: u64, force: bool) -> Result<u64, A
     Ok(epoch)
 }
 
-/// Compare-and-set the map's member set on the metadata leader: `plan` sees the current
-/// members and returns the next ones (`None`: nothing to change). The placement is recomputed
-/// over the new members. Returns the epoch of the resulting map.
+/// Compare-and-set the map's member set on the metadata leader: `plan` sees the current map
+/// and returns the next one's members and client addresses (`None`: nothing to change). The
+/// placement is recomputed over the new members. Returns the epoch of the resulting map.
 async fn change_members<F>(st: &AppState, mut plan: F) -> Result<u64, ApiError>
 where
-    F: FnMut(&BTreeMap<u64, String>) -> Result<Option<BTreeMap<u64, String>>, ApiError>,
+    F: FnMut(&ClusterMap) -> Result<Option<ClusterMap>, ApiError>,
 {
     let group = st
         .host
@@ -525,12 +568,17 @@ where
             .await
             .map_err(|e| ApiError::unavailable(format!("{e:#}")))?
             .ok_or_else(|| ApiError::unavailable("no cluster map yet"))?;
-        let Some(members) = plan(&map.members)? else {
+        let Some(planned) = plan(&map)? else {
             return Ok(epoch);
         };
-        let layout = Layout::compute(members, map.placement.params())
+        let layout = Layout::compute(planned.members, map.placement.params())
             .map_err(|e| ApiError::bad_request("invalid_member", format!("{e:#}")))?;
         let next = ClusterMap {
+            clients: planned
+                .clients
+                .into_iter()
+                .filter(|(id, _)| layout.members.contains_key(id))
+                .collect(),
             members: layout.members,
             placement: layout.placement,
             generation: map.generation + 1,
@@ -558,12 +606,68 @@ where
     ))
 }
 
+/// What this node asks to be added as.
+fn join_request(st: &AppState) -> kv_client::api::JoinRequest {
+    let config = &st.config;
+    kv_client::api::JoinRequest {
+        id: config.id,
+        addr: config.peer_advertise.clone(),
+        client_addr: config
+            .listen_peer
+            .is_some()
+            .then(|| config.advertise.clone()),
+    }
+}
+
+/// A member with a peer listener apart makes sure the map says where clients reach it (kv-client
+/// routes by those addresses): when the map it adopted says otherwise, it asks the metadata
+/// leader to record its client address, as a join of a member already there.
+async fn publish_client_addr(st: &AppState) -> anyhow::Result<()> {
+    let config = &st.config;
+    let layout = st.layout();
+    if config.listen_peer.is_none()
+        || st.epoch().is_none()
+        || layout.addr(config.id) != Some(config.peer_advertise.as_str())
+        || layout.client_addr(config.id) == Some(config.advertise.as_str())
+    {
+        return Ok(());
+    }
+    let group = st
+        .host
+        .group(META_GROUP)
+        .ok_or_else(|| anyhow::anyhow!("no metadata group"))?;
+    let request = join_request(st);
+    if group.is_leader() {
+        add_member(
+            st,
+            request.id,
+            &request.addr,
+            request.client_addr.as_deref(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        return Ok(());
+    }
+    let Some((_, leader)) = group.leader() else {
+        return Ok(());
+    };
+    let answer = st
+        .http
+        .post(st.peer_url(&leader, "/v1/cluster/nodes"))
+        .timeout(st.config.raft.request_timeout)
+        .json(&request)
+        .send()
+        .await?;
+    if !answer.status().is_success() {
+        anyhow::bail!("the metadata leader answered {}", answer.status());
+    }
+    tracing::info!(client_addr = %config.advertise, "published this node's client address");
+    Ok(())
+}
+
 /// For a node started with `--join`: ask the cluster to add it, until it has.
 pub async fn join_loop(st: AppState, via: String, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let body = kv_client::api::JoinRequest {
-        id: st.config.id,
-        addr: st.config.advertise.clone(),
-    };
+    let body = join_request(&st);
     let mut pause = Duration::from_millis(100);
     loop {
         let attempt = st

@@ -9,9 +9,12 @@ use kv_storage::GroupId;
 /// The cluster layout this node routes by.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    /// Member id -> address (`host:port`).
+    /// Member id -> address (`host:port`) its peers reach it at.
     pub members: BTreeMap<u64, String>,
     pub placement: Placement,
+    /// Where clients reach the members that have a peer listener apart; the others serve
+    /// clients at their member address.
+    pub clients: BTreeMap<u64, String>,
 }
 
 impl Layout {
@@ -19,7 +22,11 @@ impl Layout {
         let ids: Vec<NodeId> = members.keys().map(|id| NodeId(*id)).collect();
         let placement = Placement::compute(&ids, params)
             .map_err(|e| anyhow::anyhow!("cannot place partitions: {e}"))?;
-        Ok(Layout { members, placement })
+        Ok(Layout {
+            members,
+            placement,
+            clients: BTreeMap::new(),
+        })
     }
 
     pub fn partitions(&self) -> u32 {
@@ -39,8 +46,17 @@ impl Layout {
             .unwrap_or_default()
     }
 
+    /// Where peers reach member `node`.
     pub fn addr(&self, node: u64) -> Option<&str> {
         self.members.get(&node).map(String::as_str)
+    }
+
+    /// Where clients reach member `node`.
+    pub fn client_addr(&self, node: u64) -> Option<&str> {
+        self.clients
+            .get(&node)
+            .or_else(|| self.members.get(&node))
+            .map(String::as_str)
     }
 
     /// Partitions that have `node` among their replicas.

@@ -1,4 +1,5 @@
-//! The HTTP surface: `app(state)` builds the router so tests can drive it without a socket.
+//! The HTTP surface: `app(state)` builds the router so tests can drive it without a socket;
+//! [`router`] builds the part one listener serves when peers have a listener of their own.
 
 use std::time::Instant;
 
@@ -12,7 +13,26 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{admission, auth, cluster_api, kv_api, peer_api};
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Clients and peers on one listener.
+    Shared,
+    /// Clients only: a node with a peer listener of its own (`--listen-peer`).
+    Clients,
+    /// Peers only: Raft RPCs, forwarded operations, maps and views, and the membership
+    /// routes that nodes relay to the metadata leader or send when they join, for node
+    /// credentials only.
+    Peers,
+}
+
+/// Every route, on one listener.
 pub fn app(state: AppState) -> Router {
+    router(state, Surface::Shared)
+}
+
+/// The routes of `surface`, with `/health` on every listener.
+pub fn router(state: AppState, surface: Surface) -> Router {
     let keys = Router::new()
         .route(
             "/v1/kv/{*key}",
@@ -36,17 +56,14 @@ pub fn app(state: AppState) -> Router {
         .route("/ready", get(cluster_api::ready))
         .route("/metrics", get(cluster_api::metrics))
         .route_layer(middleware::from_fn(auth::status_readers));
-    let membership = Router::new()
-        .route("/v1/cluster/nodes", post(cluster_api::join))
-        .route("/v1/cluster/nodes/{id}", delete(cluster_api::leave));
-    let admin =
+    let membership = || {
         Router::new()
-            .merge(status)
-            .merge(membership)
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                admission::admin,
-            ));
+            .route("/v1/cluster/nodes", post(cluster_api::join))
+            .route("/v1/cluster/nodes/{id}", delete(cluster_api::leave))
+    };
+    let admin = Router::new().merge(status).merge(membership()).route_layer(
+        middleware::from_fn_with_state(state.clone(), admission::admin),
+    );
     // Peer routes read their bodies themselves, within limits of their own. Raft RPCs pass no
     // admission gate: heartbeats and votes must flow whatever the client load.
     let peer = Router::new()
@@ -66,20 +83,30 @@ pub fn app(state: AppState) -> Router {
     // A node the cluster removed must still learn that it was, so the map is shown to any node
     // certificate of the cluster's CA (or holder of the cluster secret).
     let peer_map = Router::new()
-        .route("/internal/v1/map", get(cluster_api::map))
+        .route("/internal/v1/map", get(cluster_api::peer_map))
         .route_layer(middleware::from_fn(auth::nodes_only));
-    Router::new()
-        .merge(keys)
-        .merge(scans)
-        .merge(admin)
-        .merge(peer)
-        .merge(peer_map)
-        .route(
-            "/v1/kv/",
-            get(kv_api::empty_key)
-                .put(kv_api::empty_key)
-                .delete(kv_api::empty_key),
-        )
+    let clients = Router::new().merge(keys).merge(scans).merge(admin).route(
+        "/v1/kv/",
+        get(kv_api::empty_key)
+            .put(kv_api::empty_key)
+            .delete(kv_api::empty_key),
+    );
+    let peers = Router::new().merge(peer).merge(peer_map);
+    let routes = match surface {
+        Surface::Shared => clients.merge(peers),
+        Surface::Clients => clients,
+        // Joins and leaves relayed by members, and a joining node's own request: each handler
+        // checks who may do it (`cluster_api::join_access`).
+        Surface::Peers => peers.merge(
+            membership()
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    admission::admin,
+                ))
+                .route_layer(middleware::from_fn(auth::nodes_only)),
+        ),
+    };
+    routes
         .route("/health", get(cluster_api::health))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -78,8 +78,12 @@ fn certified_key(cert: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>, TlsE
 
 /// What is loaded from the files, replaced whole on reload.
 struct Loaded {
-    /// For the node's listener, which clients and peers share.
+    /// For the node's client listener, which peers share when they have no listener of their
+    /// own.
     server: Option<Arc<rustls::ServerConfig>>,
+    /// For a peer listener of its own (`--listen-peer`): the node certificate, and a node
+    /// certificate of the peer CA required from whoever connects.
+    peer_server: Option<Arc<rustls::ServerConfig>>,
     /// Chains to the peer CA only: tells peers from clients.
     peer_verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// Chains to the client CA only.
@@ -96,6 +100,15 @@ pub struct Presented {
     pub node: Option<u64>,
     /// A client certificate of the client CA: its common name.
     pub client: Option<String>,
+}
+
+/// Which listener a connection came in on: they present different certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client listener (shared with peers when they have none of their own).
+    Clients,
+    /// A peer listener of its own.
+    Peers,
 }
 
 /// The node's TLS state. Cheap to share.
@@ -149,6 +162,14 @@ impl Tls {
     /// The server configuration of the listener, if it speaks TLS.
     pub fn server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.loaded().server.clone()
+    }
+
+    /// The server configuration of the listener on `side`, if it speaks TLS.
+    pub fn server_config_for(&self, side: Side) -> Option<Arc<rustls::ServerConfig>> {
+        match side {
+            Side::Clients => self.server_config(),
+            Side::Peers => self.loaded().peer_server.clone(),
+        }
     }
 
     /// Whether peers talk to each other over TLS (then with node certificates).
@@ -273,6 +294,10 @@ fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
         .or_else(|| peer_key.clone())
         .map(|key| server_config(key, &cas, files.client_cert_auth))
         .transpose()?;
+    let peer_server = match (&peer_key, peer_ca) {
+        (Some(key), Some(ca)) => Some(server_config(key.clone(), &[ca], true)?),
+        _ => None,
+    };
     // Towards peers: present the node certificate; trust the peer CA, and the client CA too
     // when listeners present client-facing certificates.
     let mut outgoing_roots: Vec<&Path> = peer_ca.into_iter().collect();
@@ -291,6 +316,7 @@ fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
     };
     Ok(Loaded {
         server,
+        peer_server,
         peer_verifier,
         client_verifier,
         outgoing_key: peer_key,

@@ -489,3 +489,119 @@ async fn certificates_rotate_on_sighup_without_a_restart() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_can_listen_on_an_address_of_their_own() {
+    let mut c = start(ClusterOptions {
+        partitions: 4,
+        tls: true,
+        peer_listener: true,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let ca = c.ca().unwrap();
+    let ca_file = ca.cert_file.clone();
+    let member = ca.node(1, &["127.0.0.1"], "node-1-again").unwrap();
+
+    // Every member publishes where clients reach it; the map lists those addresses.
+    let clients_listed = |c: &TestCluster| {
+        c.ids()
+            .into_iter()
+            .map(|id| (id, c.node(id).addr.clone()))
+            .collect::<BTreeMap<u64, String>>()
+    };
+    let want = clients_listed(&c);
+    wait_until(TIMEOUT, "the map lists the client addresses", || async {
+        let listed: BTreeMap<u64, String> = c
+            .status(1)
+            .await?
+            .members
+            .into_iter()
+            .map(|m| (m.id, m.addr))
+            .collect();
+        Ok((listed == want).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Keys of every partition, written and read through every node's client listener: the
+    // nodes forward to each other over their peer listeners.
+    for id in c.ids() {
+        for k in 0..8 {
+            let key = format!("apart-{id}-{k}");
+            assert_eq!(c.put(id, &key, key.clone()).await.unwrap().status(), 200);
+        }
+    }
+    for id in c.ids() {
+        for k in 0..8 {
+            let key = format!("apart-{}-{k}", 1 + (id % 3));
+            assert_eq!(c.get(id, &key).await.unwrap().text().await.unwrap(), key);
+        }
+    }
+    // kv-client routes by the published addresses.
+    let client = kv_client::Client::builder()
+        .endpoints(vec![c.url(2)])
+        .ca_cert_pem(std::fs::read(&ca_file).unwrap())
+        .build()
+        .unwrap();
+    for k in 0..8 {
+        let key = format!("via-client-{k}");
+        client.put(&key, "yes").await.unwrap();
+        let got = client.get(&key).await.unwrap().unwrap();
+        assert_eq!(got.data.as_ref(), b"yes");
+    }
+
+    let tls = |identity| TlsClient {
+        ca: &ca_file,
+        identity,
+    };
+    let append = request("POST", "/raft/1/append", &[], &append_entries(1));
+    let health = request("GET", "/health", &[], b"");
+    let get = request("GET", "/v1/kv/apart-1-0", &[], b"");
+    // The client listener has no peer routes, even for a member's node certificate.
+    let (r, _) = tls_request(&c.node(2).addr, &tls(Some(&member)), &append, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.json().unwrap()["error"].clone()),
+        (404, "no_route".into())
+    );
+    // The peer listener takes no connection without a node certificate, and has no client
+    // routes.
+    let peer_addr = c.node(2).peer_addr.clone().unwrap();
+    assert!(tls_request(&peer_addr, &tls(None), &health, TIMEOUT)
+        .await
+        .is_err());
+    let (r, _) = tls_request(&peer_addr, &tls(Some(&member)), &get, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "{r:?}");
+    let (r, _) = tls_request(&peer_addr, &tls(Some(&member)), &health, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    // A node that joins with a listener of its own for peers: it is reached at both.
+    let id = c.add_node(1).await.unwrap();
+    let want = clients_listed(&c);
+    wait_until(
+        TIMEOUT,
+        "the map lists the new node's client address",
+        || async {
+            let listed: BTreeMap<u64, String> = c
+                .status(1)
+                .await?
+                .members
+                .into_iter()
+                .map(|m| (m.id, m.addr))
+                .collect();
+            Ok((listed == want).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.get(id, "apart-1-0").await.unwrap().text().await.unwrap(),
+        "apart-1-0"
+    );
+}

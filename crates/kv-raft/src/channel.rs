@@ -1,7 +1,7 @@
 //! One channel per peer, carrying every group: appends (heartbeats included), votes and
 //! timeout-now requests that any group of this node sends to one peer travel together in one
 //! HTTP request (`POST /raft/batch`), batched while the previous batch to that peer is in
-//! flight (natural batching, at most [`IN_FLIGHT`] batches out, no timer). A node leading many
+//! flight (natural batching, at most `IN_FLIGHT` = 2 batches out, no timer). A node leading many
 //! groups then sends its followers one message per round instead of one per group, and their
 //! heartbeats are coalesced into it.
 //!

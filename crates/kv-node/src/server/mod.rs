@@ -41,7 +41,7 @@ use tracing::Instrument;
 
 use self::framing::HeadLimits;
 use self::head_guard::HeadGuard;
-use crate::tls::{Presented, Tls};
+use crate::tls::{Presented, Side, Tls};
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -139,7 +139,7 @@ impl ServerLimits {
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
 /// requests finish (idle connections close at once) and returns; connections still busy after
 /// 10 s are dropped. With `tls`, every connection starts with a TLS handshake (within the header
-/// read timeout) under the current server configuration; a client that does not speak TLS is
+/// read timeout) under the current server configuration of that side; a client that does not speak TLS is
 /// disconnected. Handlers can extract `ConnectInfo<Conn>`: the peer's address and what its
 /// client certificate proves. Accept errors are logged and retried, so this only returns once
 /// shut down; the `Result` matches `axum::serve`.
@@ -147,7 +147,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServerLimits,
-    tls: Option<Arc<Tls>>,
+    tls: Option<(Arc<Tls>, Side)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let handshake_timeout = limits.header_read_timeout;
@@ -207,8 +207,10 @@ pub async fn serve(
                 connections.spawn(
                     async move {
                         let _permit = permit;
-                        let config = tls.as_ref().and_then(|t| t.server_config());
-                        let (Some(tls), Some(config)) = (tls, config) else {
+                        let config = tls
+                            .as_ref()
+                            .and_then(|(t, side)| t.server_config_for(*side));
+                        let (Some((tls, _)), Some(config)) = (tls, config) else {
                             let conn = Conn {
                                 remote: peer,
                                 presented: Presented::default(),

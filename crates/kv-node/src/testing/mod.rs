@@ -45,6 +45,9 @@ pub struct ClusterOptions {
     pub auth_file: Option<String>,
     /// A token the harness sends with its own requests (status, readiness, reads, writes).
     pub token: Option<String>,
+    /// Every node listens for peers on an address of its own (`--listen-peer`); `addr` then
+    /// serves clients only.
+    pub peer_listener: bool,
 }
 
 impl Default for ClusterOptions {
@@ -65,6 +68,7 @@ impl Default for ClusterOptions {
             peer_token: false,
             auth_file: None,
             token: None,
+            peer_listener: false,
         }
     }
 }
@@ -72,7 +76,10 @@ impl Default for ClusterOptions {
 /// One node of a [`TestCluster`].
 pub struct TestNode {
     pub id: u64,
+    /// Where clients reach it.
     pub addr: String,
+    /// Its peer listener, with [`ClusterOptions::peer_listener`].
+    pub peer_addr: Option<String>,
     pub data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -83,6 +90,11 @@ pub struct TestNode {
 impl TestNode {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Where its peers reach it: its member address.
+    pub fn member_addr(&self) -> &str {
+        self.peer_addr.as_deref().unwrap_or(&self.addr)
     }
 }
 
@@ -191,11 +203,17 @@ impl TestCluster {
                 Some(lab) => format!("{}:7001", lab.ip(i)),
                 None => format!("127.0.0.1:{}", free_port()),
             };
+            let peer_addr = match (&lab, opts.peer_listener) {
+                (_, false) => None,
+                (Some(lab), true) => Some(format!("{}:7002", lab.ip(i))),
+                (None, true) => Some(format!("127.0.0.1:{}", free_port())),
+            };
             nodes.insert(
                 i,
                 TestNode {
                     id: i,
                     addr,
+                    peer_addr,
                     data_dir: dir.path().join(format!("n{i}")),
                     log: dir.path().join(format!("n{i}.log")),
                     child: None,
@@ -243,7 +261,7 @@ impl TestCluster {
         self.nodes
             .values()
             .filter(|n| n.join.is_none())
-            .map(|n| format!("{}={}", n.id, n.addr))
+            .map(|n| format!("{}={}", n.id, n.member_addr()))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -289,6 +307,10 @@ impl TestCluster {
             }
             None => Vec::new(),
         };
+        let peer_listener: Vec<String> = match &node.peer_addr {
+            Some(peer) => vec!["--listen-peer".into(), peer.clone()],
+            None => Vec::new(),
+        };
         let mut command = match &self.lab {
             Some(lab) => lab.command(id, &self.bin),
             None => Command::new(&self.bin),
@@ -320,6 +342,7 @@ impl TestCluster {
             .arg(o.request_timeout_ms.to_string())
             .args(&self.security_args)
             .args(node_certs)
+            .args(peer_listener)
             .args(&o.extra_args)
             .env(
                 "KV_LOG",
@@ -348,12 +371,20 @@ impl TestCluster {
             bail!("nodes cannot join a cluster in network namespaces");
         }
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
-        let via_addr = self.nodes[&via].addr.clone();
+        if let Some(ca) = &self.ca {
+            ca.node(id, &["127.0.0.1", "localhost"], &format!("node-{id}"))?;
+        }
+        let via_addr = self.nodes[&via].member_addr().to_string();
+        let peer_addr = self
+            .opts
+            .peer_listener
+            .then(|| format!("127.0.0.1:{}", free_port()));
         self.nodes.insert(
             id,
             TestNode {
                 id,
                 addr: format!("127.0.0.1:{}", free_port()),
+                peer_addr,
                 data_dir: self.dir.path().join(format!("n{id}")),
                 log: self.dir.path().join(format!("n{id}.log")),
                 child: None,
