@@ -33,23 +33,25 @@ pub enum Route {
 }
 
 /// Where a request for partition `p` should go, leaving out the nodes in `unreachable` (this
-/// request found them so). `need_leader` is false for stale reads, which any replica may serve.
-/// Waits, until `deadline`, while the partition elects a leader; fails at once when this node
-/// knows it cannot reach a quorum of the partition's replicas.
+/// request found them so). Stale reads are served by any replica; linearizable reads by any
+/// replica that reaches the leader (a follower read: see `kv_raft::Group::read_barrier`);
+/// writes by the leader. Waits, until `deadline`, while the partition elects a leader; fails
+/// at once when this node knows it cannot reach a quorum of the partition's replicas.
 pub async fn route(
     st: &AppState,
     p: PartitionId,
-    need_leader: bool,
+    op: &KeyOp,
     deadline: Instant,
     unreachable: &[u64],
 ) -> Result<Route, ApiError> {
     if let Some(group) = local_group(st, p).await? {
-        if !need_leader || group.is_leader() {
+        if !op.needs_leader() || group.is_leader() {
             return Ok(Route::Local(group));
         }
         let wait = deadline.saturating_duration_since(Instant::now());
         return match group.usable_leader(wait, unreachable).await {
             Ok((id, _)) if id == st.config.id => Ok(Route::Local(group)),
+            Ok(_) if op.is_read() => Ok(Route::Local(group)),
             Ok(leader) => Ok(Route::Forward(vec![leader])),
             Err(e) => Err(ApiError::unavailable(format!("partition {}: {e}", p.0))),
         };
@@ -113,29 +115,34 @@ pub async fn serve<T, F, Fut>(
     op: &KeyOp,
     hops: u32,
     access: &Access,
-    local: F,
+    mut local: F,
 ) -> Result<T, ApiError>
 where
     T: Answer,
-    F: FnOnce(Group) -> Fut,
+    F: FnMut(Group) -> Fut,
     Fut: Future<Output = Result<T, GroupError>>,
 {
     let deadline = Instant::now() + st.config.raft.request_timeout;
     let mut unreachable: Vec<u64> = Vec::new();
     loop {
-        let targets = match route(st, p, op.needs_leader(), deadline, &unreachable).await? {
+        let targets = match route(st, p, op, deadline, &unreachable).await? {
             Route::Forward(targets) => targets,
-            Route::Local(group) => {
-                return match local(group).await {
-                    Ok(answer) => Ok(answer),
-                    Err(GroupError::NotLeader {
-                        leader: Some((id, addr)),
-                    }) if id != st.config.id => {
-                        Ok(forward_any(st, &[(id, addr)], op, hops, access).await?)
-                    }
-                    Err(e) => Err(e.into()),
+            Route::Local(group) => match local(group).await {
+                Ok(answer) => return Ok(answer),
+                // A read that found no read index at the leader (a follower read), or that
+                // leadership moved: the named node serves it; should it not be reached, the
+                // read is routed again (reads may run twice).
+                Err(GroupError::NotLeader {
+                    leader: Some((id, addr)),
+                }) if id != st.config.id && op.is_read() => vec![(id, addr)],
+                // A write follows the new leader once: it may have been proposed here.
+                Err(GroupError::NotLeader {
+                    leader: Some((id, addr)),
+                }) if id != st.config.id => {
+                    return Ok(forward_any(st, &[(id, addr)], op, hops, access).await?)
                 }
-            }
+                Err(e) => return Err(e.into()),
+            },
         };
         match forward_any(st, &targets, op, hops, access).await {
             Err(ForwardError::Unreachable(e)) if Instant::now() >= deadline => return Err(e),

@@ -268,12 +268,15 @@ pub async fn execute(
     let p = st.layout().partition_of(key);
     let me = st.config.id;
     let local_op = op.clone();
-    serve(st, p, &op, hops, access, move |group| async move {
-        let mut resp = on_replica(group, local_op).await?;
-        let h = resp.headers_mut();
-        h.insert(HEADER_PARTITION, HeaderValue::from(p.0));
-        h.insert(HEADER_NODE, HeaderValue::from(me));
-        Ok(resp)
+    serve(st, p, &op, hops, access, move |group| {
+        let local_op = local_op.clone();
+        async move {
+            let mut resp = on_replica(group, local_op).await?;
+            let h = resp.headers_mut();
+            h.insert(HEADER_PARTITION, HeaderValue::from(p.0));
+            h.insert(HEADER_NODE, HeaderValue::from(me));
+            Ok(resp)
+        }
     })
     .await
 }
@@ -472,36 +475,40 @@ pub async fn scan_page(
     let p = PartitionId(req.partition);
     let op = KeyOp::ScanPage(req.clone());
     let allowed = access.clone();
-    serve(st, p, &op, hops, access, move |group| async move {
-        let limit = req.limit as usize;
-        let max_bytes = usize::try_from(req.max_bytes).unwrap_or(usize::MAX);
-        // One more than asked: tells whether the partition holds more.
-        let start_after = req.start_after.map(|c| c.into_vec());
-        let mut rows = group
-            .scan(req.prefix, start_after, limit + 1, max_bytes, req.stale)
-            .await?;
-        let more = rows.len() > limit
-            || rows
-                .iter()
-                .map(|(k, r)| k.len() + r.value.len())
-                .sum::<usize>()
-                >= max_bytes;
-        rows.truncate(limit);
-        let rows = rows
-            .into_iter()
-            // The cursor moves past keys the caller may not see, without showing them.
-            .map(|(key, record)| {
-                let visible = allowed.covers(&key);
-                Row {
-                    value: (visible && !req.keys_only)
-                        .then(|| serde_bytes::ByteBuf::from(record.value)),
-                    version: if visible { record.version } else { 0 },
-                    hidden: !visible,
-                    key,
-                }
-            })
-            .collect();
-        Ok(Page { rows, more })
+    serve(st, p, &op, hops, access, move |group| {
+        let req = req.clone();
+        let allowed = allowed.clone();
+        async move {
+            let limit = req.limit as usize;
+            let max_bytes = usize::try_from(req.max_bytes).unwrap_or(usize::MAX);
+            // One more than asked: tells whether the partition holds more.
+            let start_after = req.start_after.map(|c| c.into_vec());
+            let mut rows = group
+                .scan(req.prefix, start_after, limit + 1, max_bytes, req.stale)
+                .await?;
+            let more = rows.len() > limit
+                || rows
+                    .iter()
+                    .map(|(k, r)| k.len() + r.value.len())
+                    .sum::<usize>()
+                    >= max_bytes;
+            rows.truncate(limit);
+            let rows = rows
+                .into_iter()
+                // The cursor moves past keys the caller may not see, without showing them.
+                .map(|(key, record)| {
+                    let visible = allowed.covers(&key);
+                    Row {
+                        value: (visible && !req.keys_only)
+                            .then(|| serde_bytes::ByteBuf::from(record.value)),
+                        version: if visible { record.version } else { 0 },
+                        hidden: !visible,
+                        key,
+                    }
+                })
+                .collect();
+            Ok(Page { rows, more })
+        }
     })
     .await
 }

@@ -117,7 +117,13 @@ impl Row {
 }
 
 impl KeyOp {
-    /// Whether only the partition's leader may serve it (everything but stale reads).
+    /// Whether it only reads.
+    pub fn is_read(&self) -> bool {
+        matches!(self, KeyOp::Get { .. } | KeyOp::ScanPage(_))
+    }
+
+    /// Whether it needs the partition's leader: writes, and linearizable reads (which a
+    /// follower serves after asking the leader for a read index).
     pub fn needs_leader(&self) -> bool {
         match self {
             KeyOp::Get { stale, .. } => !stale,

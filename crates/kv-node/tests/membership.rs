@@ -148,7 +148,17 @@ async fn a_join_moves_about_the_new_nodes_share_of_the_data() {
         let puts = chunk.iter().map(|k| c.put(1, k, value.clone()));
         for (k, r) in chunk.iter().zip(futures::future::join_all(puts).await) {
             let r = r.unwrap();
-            assert_eq!(r.status(), 200, "{k}");
+            let status = r.status();
+            assert_eq!(
+                status,
+                200,
+                "{k}: {}",
+                if status == 200 {
+                    String::new()
+                } else {
+                    r.text().await.unwrap()
+                }
+            );
             let p: u32 = r.headers()["x-kv-partition"]
                 .to_str()
                 .unwrap()

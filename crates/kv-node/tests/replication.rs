@@ -128,6 +128,30 @@ async fn write_via_follower_is_readable_everywhere_and_stale_cas_changes_nothing
     assert!(v3 > v2);
 }
 
+/// A follower serves linearizable reads itself (follower read: it asks the leader for a read
+/// index, never for the value), and sees every write the leader acknowledged before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_linearizable_reads_without_forwarding() {
+    let c = cluster(ClusterOptions::default()).await;
+    let leader = c.wait_leader(0).await.unwrap();
+    let follower = follower_of(&c, leader);
+    let forwarded = |n| c.metric(n, "kv_forwarded_requests_total", &[]);
+    let before = forwarded(follower).await.unwrap();
+    for i in 0..50 {
+        let value = format!("v{i}");
+        let version = put_acked(&c, leader, "followed", &value).await;
+        let r = c.get(follower, "followed").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["etag"], format!("\"{version}\"").as_str());
+        assert_eq!(r.text().await.unwrap(), value);
+    }
+    assert_eq!(
+        forwarded(follower).await.unwrap(),
+        before,
+        "the follower forwarded none of its reads"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_crash_loses_no_acknowledged_write() {
     let mut c = cluster(ClusterOptions::default()).await;

@@ -345,8 +345,71 @@ impl Group {
     /// it also waits until the entries its log held at startup are applied again (see
     /// `check_quorum`: its read index alone may be below an acknowledged write). Concurrent
     /// calls share confirmation rounds (see `read_index`).
+    ///
+    /// On a follower that is a voter, this is a follower read: it asks the leader for a read
+    /// index (the leader confirms its leadership as for its own reads and answers with what it
+    /// has applied, which covers every write acknowledged before) and waits until this replica
+    /// has applied up to it. So a follower serves a linearizable read without the value
+    /// crossing the network. Should the leader not answer, the error names it
+    /// ([`GroupError::NotLeader`]) so the caller can send the read there instead.
     pub async fn read_barrier(&self) -> Result<(), GroupError> {
-        self.reads.confirm(self).await
+        let (me, voter, leader) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == m.id);
+            (m.id, voter, self.leader_in(&m))
+        };
+        match leader {
+            // A learner (being added) or a replica on its way out may lag without bound: it
+            // does not serve reads of its own.
+            Some((id, addr)) if id != me && voter => self.follower_barrier(id, addr).await,
+            _ => self.reads.confirm(self).await,
+        }
+    }
+
+    /// [`Group::read_barrier`] on a follower whose leader is `leader` at `addr`.
+    async fn follower_barrier(&self, leader: u64, addr: String) -> Result<(), GroupError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let elsewhere = |addr: String| GroupError::NotLeader {
+            leader: Some((leader, addr)),
+        };
+        let index = match self
+            .transport
+            .read_index(leader, &addr, self.id, self.timeout)
+            .await
+        {
+            Ok(index) => index,
+            Err(e) => {
+                tracing::debug!(group = self.id.0, leader, error = %e, "follower read: no read index");
+                return Err(elsewhere(addr));
+            }
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match self
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "follower read")
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(_) => Err(elsewhere(addr)),
+        }
+    }
+
+    /// On the leader, for a follower's read: confirm leadership (shared with this node's own
+    /// reads) and answer with the applied index, at or above the read index.
+    pub(crate) async fn read_index_for_follower(&self) -> Result<u64, GroupError> {
+        self.reads.confirm(self).await?;
+        Ok(self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index))
     }
 
     /// How many leadership confirmation rounds this instance has run for reads.

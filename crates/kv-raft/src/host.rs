@@ -332,6 +332,10 @@ impl RaftHost {
                 self.heard_from(&req.vote);
                 enc(encode(&g.raft.install_snapshot(req).await))
             }
+            RpcKind::ReadIndex => {
+                let () = decode(body).map_err(bad)?;
+                enc(encode(&g.read_index_for_follower().await?))
+            }
             RpcKind::TimeoutNow => {
                 let leader_term: u64 = decode(body).map_err(bad)?;
                 validate::timeout_now_term(leader_term)?;

@@ -40,6 +40,10 @@ pub enum RpcKind {
     /// Leadership transfer: the leader, having let followers' leases lapse, asks the target to
     /// campaign at once. Body: the leader's term (postcard `u64`); answer: postcard `()`.
     TimeoutNow,
+    /// Follower read: a replica asks the leader for an index it must apply before serving a
+    /// linearizable read (the leader confirms its leadership first). Body: postcard `()`;
+    /// answer: the index, postcard `u64`.
+    ReadIndex,
 }
 
 impl RpcKind {
@@ -50,6 +54,7 @@ impl RpcKind {
             RpcKind::Vote => "vote",
             RpcKind::Snapshot => "snapshot",
             RpcKind::TimeoutNow => "timeout-now",
+            RpcKind::ReadIndex => "read-index",
         }
     }
 
@@ -60,6 +65,7 @@ impl RpcKind {
             "vote" => Some(RpcKind::Vote),
             "snapshot" => Some(RpcKind::Snapshot),
             "timeout-now" => Some(RpcKind::TimeoutNow),
+            "read-index" => Some(RpcKind::ReadIndex),
             _ => None,
         }
     }
@@ -122,6 +128,22 @@ impl Transport {
     /// Reachability of the peers, as this node's Raft traffic shows it.
     pub fn peers(&self) -> &Arc<PeerHealth> {
         &self.peers
+    }
+
+    /// Ask `leader` (at `addr`) for the read index of `group` (see [`RpcKind::ReadIndex`]).
+    pub(crate) async fn read_index(
+        &self,
+        leader: u64,
+        addr: &str,
+        group: GroupId,
+        timeout: Duration,
+    ) -> Result<u64, String> {
+        let body = encode(&()).map_err(|e| e.to_string())?;
+        let bytes = self
+            .channels
+            .call(leader, addr, group, RpcKind::ReadIndex, body, timeout)
+            .await?;
+        decode::<u64>(&bytes).map_err(|e| format!("bad read-index answer: {e}"))
     }
 
     /// Ask the replica of `group` at `addr` to start an election at once (leadership transfer).

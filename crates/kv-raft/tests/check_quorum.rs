@@ -117,3 +117,53 @@ async fn concurrent_reads_share_leadership_confirmations() {
     assert!((1..50).contains(&rounds), "{rounds} rounds for 200 reads");
     cluster.shutdown().await;
 }
+
+/// Follower reads: a voter that is not the leader serves a linearizable read after applying up
+/// to the leader's read index, so it never misses a write acknowledged before the read began,
+/// even while writes keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_read_sees_every_write_acknowledged_before_it() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let cluster = TestCluster::start(&VOTERS).await;
+    let leader = cluster.create_group(GROUP, &VOTERS).await;
+    let writer = cluster.group(leader, GROUP);
+    let follower_id = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+    let follower = cluster.group(follower_id, GROUP);
+    let acked = Arc::new(AtomicU64::new(0));
+    let writing = tokio::spawn({
+        let acked = acked.clone();
+        async move {
+            for i in 1..=300u64 {
+                let cmd = Command::Put {
+                    key: b"counter".to_vec(),
+                    value: i.to_string().into_bytes(),
+                    cond: Condition::Always,
+                };
+                writer.write(cmd).await.unwrap();
+                acked.store(i, Ordering::SeqCst);
+            }
+        }
+    });
+    let rounds_before = cluster.group(leader, GROUP).read_rounds();
+    let mut reads = 0;
+    while !writing.is_finished() {
+        let floor = acked.load(Ordering::SeqCst);
+        let got = follower.get(b"counter".to_vec(), false).await.unwrap();
+        let seen: u64 = got.map_or(0, |r| String::from_utf8(r.value).unwrap().parse().unwrap());
+        assert!(
+            seen >= floor,
+            "the follower read {seen} after write {floor} was acknowledged"
+        );
+        reads += 1;
+    }
+    writing.await.unwrap();
+    assert!(reads > 0);
+    assert!(
+        cluster.group(leader, GROUP).read_rounds() > rounds_before,
+        "the leader confirmed its leadership for the follower's reads"
+    );
+    assert!(!follower.is_leader());
+    cluster.shutdown().await;
+}
