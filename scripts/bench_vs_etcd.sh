@@ -8,6 +8,12 @@
 #   bash scripts/bench_vs_etcd.sh                 # wrk -t2 -c64 -d10s, 2 rounds
 #   DURATION=20s ROUNDS=3 CONNECTIONS=64 bash scripts/bench_vs_etcd.sh
 #   PARTITIONS=16 bash scripts/bench_vs_etcd.sh
+#   KV_NODE_BIN=path/kv-node bash scripts/bench_vs_etcd.sh      # that binary, no build
+#   KV_COMPARE=old/kv-node bash scripts/bench_vs_etcd.sh        # also a second kv cluster
+#                                                               # ("kv-b") of that binary
+#
+# Before measuring, each kv cluster settles: every partition has a leader, and the leaders are
+# spread evenly over the nodes (leadership balance).
 #
 # Installs etcd-server and wrk from Debian's packages when they are missing.
 set -euo pipefail
@@ -24,15 +30,12 @@ ETCD_BASE=${ETCD_BASE:-12379}
 if ! command -v etcd >/dev/null || ! command -v wrk >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server wrk >/dev/null
 fi
-cargo build --release -q -p kv-node -p kv-cli
-DIR=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+if [[ -z ${KV_NODE_BIN:-} ]]; then
+    cargo build --release -q -p kv-node -p kv-cli
+    KV_NODE_BIN=target/release/kv-node
+fi
+KV_COMPARE=${KV_COMPARE:-}
+source scripts/lib.sh
 
 # --- etcd: 3 members on loopback ---------------------------------------------------------------
 ETCD_CLUSTER=""
@@ -50,14 +53,23 @@ for i in 1 2 3; do
     PIDS+=($!)
 done
 
-# --- kv: 3 nodes ---------------------------------------------------------------------------------
-KV_CLUSTER="1=127.0.0.1:$KV_BASE,2=127.0.0.1:$((KV_BASE + 1)),3=127.0.0.1:$((KV_BASE + 2))"
-for i in 1 2 3; do
-    target/release/kv-node --id "$i" --listen "127.0.0.1:$((KV_BASE + i - 1))" \
-        --data-dir "$DIR/kv$i" --initial-cluster "$KV_CLUSTER" --partitions "$PARTITIONS" \
-        --log warn >"$DIR/kv$i.log" 2>&1 &
-    PIDS+=($!)
-done
+# --- kv: 3 nodes (and 3 more of $KV_COMPARE) --------------------------------------------------
+start_kv() { # BIN BASE NAME
+    local cluster="1=127.0.0.1:$2,2=127.0.0.1:$(($2 + 1)),3=127.0.0.1:$(($2 + 2))"
+    for i in 1 2 3; do
+        "$1" --id "$i" --listen "127.0.0.1:$(($2 + i - 1))" \
+            --data-dir "$DIR/$3-$i" --initial-cluster "$cluster" --partitions "$PARTITIONS" \
+            --log warn >"$DIR/$3-$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+}
+KV_B_BASE=$((KV_BASE + 100))
+start_kv "$KV_NODE_BIN" "$KV_BASE" kv
+STORES=(kv etcd)
+if [[ -n $KV_COMPARE ]]; then
+    start_kv "$KV_COMPARE" "$KV_B_BASE" kv-b
+    STORES=(kv kv-b etcd)
+fi
 
 wait_for() { # URL [METHOD]
     for _ in $(seq 200); do
@@ -68,6 +80,9 @@ wait_for() { # URL [METHOD]
     exit 1
 }
 for i in 1 2 3; do wait_for "http://127.0.0.1:$((KV_BASE + i - 1))/ready"; done
+if [[ -n $KV_COMPARE ]]; then
+    for i in 1 2 3; do wait_for "http://127.0.0.1:$((KV_B_BASE + i - 1))/ready"; done
+fi
 for i in 1 2 3; do wait_for "http://127.0.0.1:$((ETCD_BASE + 10 * i))/health"; done
 
 # etcd's leader: the member whose id the members report as leader.
@@ -91,6 +106,27 @@ sys.exit("etcd has no leader")
 EOF
 )
 KV_URL="http://127.0.0.1:$KV_BASE"
+KV_B_URL="http://127.0.0.1:$KV_B_BASE"
+settle() { # URL: every partition has a leader, spread evenly over the nodes, within 30 s
+    python3 - "$1" <<'EOF'
+import json, sys, time, urllib.request
+deadline = time.time() + 30
+while time.time() < deadline:
+    try:
+        s = json.load(urllib.request.urlopen(sys.argv[1] + "/v1/cluster", timeout=5))
+        groups = [g for g in s["groups"] if g.get("partition") is not None]
+        leaders = [g.get("leader") for g in groups]
+        counts = [leaders.count(m["id"]) for m in s["members"]]
+        if groups and None not in leaders and max(counts) - min(counts) <= 1:
+            sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.2)
+print("warning: partition leaders not spread evenly after 30 s", file=sys.stderr)
+EOF
+}
+settle "$KV_URL"
+if [[ -n $KV_COMPARE ]]; then settle "$KV_B_URL"; fi
 echo "etcd $(etcd --version | head -1 | awk '{print $3}') leader at $ETCD_URL; kv node 1 at $KV_URL ($PARTITIONS partitions)"
 
 # --- wrk scripts ---------------------------------------------------------------------------------
@@ -144,16 +180,17 @@ end
 EOF
 
 # 1000 keys in each store for the read runs.
-python3 - "$KV_URL" "$ETCD_URL" <<'EOF'
+python3 - "$KV_URL" "$ETCD_URL" ${KV_COMPARE:+"$KV_B_URL"} <<'EOF'
 import base64, http.client, json, sys, urllib.parse
 def conn(url):
     u = urllib.parse.urlparse(url)
     return http.client.HTTPConnection(u.hostname, u.port, timeout=10)
-kv, etcd = conn(sys.argv[1]), conn(sys.argv[2])
+kvs, etcd = [conn(u) for u in [sys.argv[1]] + sys.argv[3:]], conn(sys.argv[2])
 v = "v" * 128
 for i in range(1000):
-    kv.request("PUT", f"/v1/kv/read/{i}", body=v)
-    r = kv.getresponse(); r.read(); assert r.status == 200, r.status
+    for kv in kvs:
+        kv.request("PUT", f"/v1/kv/read/{i}", body=v)
+        r = kv.getresponse(); r.read(); assert r.status == 200, r.status
     body = json.dumps({"key": base64.b64encode(f"read/{i}".encode()).decode(),
                        "value": base64.b64encode(v.encode()).decode()})
     etcd.request("POST", "/v3/kv/put", body=body, headers={"Content-Type": "application/json"})
@@ -167,8 +204,8 @@ import re, sys
 text = open(sys.argv[1]).read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 def ms(v):
-    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    n, unit = re.match(r"([\d.]+)(us|ms|s|m)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
 p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 print(f"{rps:.0f} {p99:.1f} {errors.group(1) if errors else 0}")
@@ -179,21 +216,28 @@ declare -A sums
 for workload in write read; do
     echo "== $workload: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, A B A B"
     for round in $(seq "$ROUNDS"); do
-        for store in kv etcd; do
-            url=$KV_URL
-            [[ $store == etcd ]] && url=$ETCD_URL
-            read -r ops p99 errors < <(run "$store" "$url" "$DIR/${store}_$workload.lua")
+        for store in "${STORES[@]}"; do
+            case $store in
+                kv) url=$KV_URL ;;
+                kv-b) url=$KV_B_URL ;;
+                etcd) url=$ETCD_URL ;;
+            esac
+            script="$DIR/${store%-b}_$workload.lua"
+            read -r ops p99 errors < <(run "$store" "$url" "$script")
             printf "  round %d %-4s %8s ops/s  p99 %7s ms  non-2xx %s\n" "$round" "$store" "$ops" "$p99" "$errors"
             sums[$store-$workload]=$(python3 -c "print(${sums[$store-$workload]:-0} + $ops)")
             sums[$store-$workload-p99]=$(python3 -c "print(${sums[$store-$workload-p99]:-0} + $p99)")
         done
     done
-    python3 - "${sums[kv-$workload]}" "${sums[etcd-$workload]}" "${sums[kv-$workload-p99]}" \
-        "${sums[etcd-$workload-p99]}" "$ROUNDS" "$workload" <<'EOF'
+    for store in "${STORES[@]}"; do
+        [[ $store == etcd ]] && continue
+        python3 - "${sums[$store-$workload]}" "${sums[etcd-$workload]}" "${sums[$store-$workload-p99]}" \
+            "${sums[etcd-$workload-p99]}" "$ROUNDS" "$workload" "$store" <<'EOF'
 import sys
 kv, etcd, kvp, etcdp = (float(a) for a in sys.argv[1:5])
-rounds, w = int(sys.argv[5]), sys.argv[6]
-print(f"  {w}s: kv {kv / rounds:.0f} ops/s vs etcd {etcd / rounds:.0f} ops/s = {kv / etcd:.2f}x; "
-      f"p99 kv {kvp / rounds:.1f} ms vs etcd {etcdp / rounds:.1f} ms")
+rounds, w, name = int(sys.argv[5]), sys.argv[6], sys.argv[7]
+print(f"  {w}s: {name} {kv / rounds:.0f} ops/s vs etcd {etcd / rounds:.0f} ops/s = {kv / etcd:.2f}x; "
+      f"p99 {name} {kvp / rounds:.1f} ms vs etcd {etcdp / rounds:.1f} ms")
 EOF
+    done
 done

@@ -17,14 +17,7 @@ CACHE_FLAG=()
 
 cargo build --release -q -p kv-node -p kv-cli
 BIN=target/release
-DIR=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+source scripts/lib.sh
 
 CLUSTER=""
 for i in 1 2 3; do

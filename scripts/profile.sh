@@ -20,14 +20,7 @@ BASE_PORT=${BASE_PORT:-17701}
 command -v perf >/dev/null || apt-get install -y linux-perf >/dev/null
 cargo build --release -q -p kv-node -p kv-cli
 BIN=target/release
-DIR=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+source scripts/lib.sh
 
 CLUSTER="1=127.0.0.1:$BASE_PORT,2=127.0.0.1:$((BASE_PORT + 1)),3=127.0.0.1:$((BASE_PORT + 2))"
 for i in 1 2 3; do

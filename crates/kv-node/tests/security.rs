@@ -490,6 +490,27 @@ async fn certificates_rotate_on_sighup_without_a_restart() {
     }
 }
 
+/// Wait until the members `/v1/cluster` lists are every node, at its client address.
+async fn wait_client_addresses_listed(c: &TestCluster) {
+    let want: BTreeMap<u64, String> = c
+        .ids()
+        .into_iter()
+        .map(|id| (id, c.node(id).addr.clone()))
+        .collect();
+    wait_until(TIMEOUT, "the map lists every client address", || async {
+        let listed: BTreeMap<u64, String> = c
+            .status(1)
+            .await?
+            .members
+            .into_iter()
+            .map(|m| (m.id, m.addr))
+            .collect();
+        Ok((listed == want).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_can_listen_on_an_address_of_their_own() {
     let mut c = start(ClusterOptions {
@@ -504,25 +525,7 @@ async fn peers_can_listen_on_an_address_of_their_own() {
     let member = ca.node(1, &["127.0.0.1"], "node-1-again").unwrap();
 
     // Every member publishes where clients reach it; the map lists those addresses.
-    let clients_listed = |c: &TestCluster| {
-        c.ids()
-            .into_iter()
-            .map(|id| (id, c.node(id).addr.clone()))
-            .collect::<BTreeMap<u64, String>>()
-    };
-    let want = clients_listed(&c);
-    wait_until(TIMEOUT, "the map lists the client addresses", || async {
-        let listed: BTreeMap<u64, String> = c
-            .status(1)
-            .await?
-            .members
-            .into_iter()
-            .map(|m| (m.id, m.addr))
-            .collect();
-        Ok((listed == want).then_some(()))
-    })
-    .await
-    .unwrap();
+    wait_client_addresses_listed(&c).await;
 
     // Keys of every partition, written and read through every node's client listener: the
     // nodes forward to each other over their peer listeners.
@@ -583,23 +586,7 @@ async fn peers_can_listen_on_an_address_of_their_own() {
 
     // A node that joins with a listener of its own for peers: it is reached at both.
     let id = c.add_node(1).await.unwrap();
-    let want = clients_listed(&c);
-    wait_until(
-        TIMEOUT,
-        "the map lists the new node's client address",
-        || async {
-            let listed: BTreeMap<u64, String> = c
-                .status(1)
-                .await?
-                .members
-                .into_iter()
-                .map(|m| (m.id, m.addr))
-                .collect();
-            Ok((listed == want).then_some(()))
-        },
-    )
-    .await
-    .unwrap();
+    wait_client_addresses_listed(&c).await;
     assert_eq!(
         c.get(id, "apart-1-0").await.unwrap().text().await.unwrap(),
         "apart-1-0"

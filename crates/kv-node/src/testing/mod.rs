@@ -602,7 +602,11 @@ impl TestCluster {
                     .timeout(Duration::from_secs(70))
                     .send()
                     .await?;
-                Ok((r.status() != 503).then_some(r))
+                if r.status() == 503 {
+                    eprintln!("DELETE {url}: 503 {}", r.text().await.unwrap_or_default());
+                    return Ok(None);
+                }
+                Ok(Some(r))
             },
         )
         .await
