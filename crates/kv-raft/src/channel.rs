@@ -6,7 +6,10 @@
 //! heartbeats are coalesced into it.
 //!
 //! Snapshots do not take this channel: a snapshot chunk is large and slow, and must not hold
-//! back other groups' heartbeats (their election timers would fire). They keep one request each.
+//! back other groups' heartbeats (their election timers would fire). Nor do follower reads'
+//! read-index requests, which the leader answers only after a round of its own. They keep one
+//! request each. On the receiving side every call of a batch has half the leader lease to
+//! finish, so one stuck group cannot delay the answers of the others past their leases.
 //!
 //! Wire format: the body is a postcard [`BatchRequest`]; the answer a postcard
 //! [`BatchResponse`] with one result per call, in order: the same bytes a single
@@ -84,9 +87,10 @@ impl CallError {
 /// `POST /raft/{group}/{rpc}` would run (all at once: one slow group does not hold back the
 /// others), and encode the answer. `prepare` runs before each call, with its group, kind and
 /// body size (kv-node opens a group assigned to it there, and counts bytes); an error it
-/// returns is that call's answer. The whole batch is refused (`BadRequest`) when it does not
-/// decode, holds more than [`MAX_BATCH_CALLS`] calls, or names a snapshot (those never come
-/// batched).
+/// returns is that call's answer, as is a call (with its `prepare`) that takes longer than half
+/// the leader lease.
+/// The whole batch is refused (`BadRequest`) when it does not decode, holds more than
+/// [`MAX_BATCH_CALLS`] calls, or names a snapshot or a read index (those never come batched).
 pub async fn serve_batch<F, Fut>(
     host: &RaftHost,
     body: &[u8],
@@ -107,7 +111,9 @@ where
     let mut kinds = Vec::with_capacity(batch.calls.len());
     for call in &batch.calls {
         match RpcKind::parse(&call.rpc) {
-            Some(kind) if kind != RpcKind::Snapshot => kinds.push(kind),
+            Some(kind) if !matches!(kind, RpcKind::Snapshot | RpcKind::ReadIndex) => {
+                kinds.push(kind)
+            }
             _ => {
                 return Err(GroupError::BadRequest(format!(
                     "no batched rpc {:?}",
@@ -117,10 +123,23 @@ where
         }
     }
     let prepare = &prepare;
+    // The answer goes back once every call is done: one slow group (a stuck Raft core, a slow
+    // disk) must not hold the others' heartbeat answers past the sender's lease. A call cut off
+    // here still runs in its Raft core; the sender sees a failed RPC and retries it.
+    let budget = host.batch_call_budget();
     let results = futures::future::join_all(batch.calls.into_iter().zip(kinds).map(
         |(call, kind)| async move {
-            prepare(GroupId(call.group), kind, call.body.len()).await?;
-            host.handle_rpc(call.group, kind, &call.body).await
+            let run = async {
+                prepare(GroupId(call.group), kind, call.body.len()).await?;
+                host.handle_rpc(call.group, kind, &call.body).await
+            };
+            tokio::time::timeout(budget, run).await.map_err(|_| {
+                GroupError::Unavailable(format!(
+                    "{} of group {} took longer than {budget:?}",
+                    kind.as_str(),
+                    call.group
+                ))
+            })?
         },
     ))
     .await

@@ -132,6 +132,13 @@ impl RaftHost {
         self.node_id
     }
 
+    /// How long one call of a peer's batch may run before its answer is given up (see
+    /// `channel::serve_batch`): half the leader lease, so the other calls' answers still reach
+    /// their leaders within it.
+    pub(crate) fn batch_call_budget(&self) -> Duration {
+        self.lease / 2
+    }
+
     /// The node's Raft transport, with what it knows of the peers' reachability.
     pub fn transport(&self) -> &Transport {
         &self.transport

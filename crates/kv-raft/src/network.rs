@@ -41,8 +41,8 @@ pub enum RpcKind {
     /// campaign at once. Body: the leader's term (postcard `u64`); answer: postcard `()`.
     TimeoutNow,
     /// Follower read: a replica asks the leader for an index it must apply before serving a
-    /// linearizable read (the leader confirms its leadership first). Body: postcard `()`;
-    /// answer: the index, postcard `u64`.
+    /// linearizable read (the leader confirms its leadership first, so it is never batched).
+    /// Body: postcard `()`; answer: the index, postcard `u64`.
     ReadIndex,
 }
 
@@ -138,11 +138,34 @@ impl Transport {
         group: GroupId,
         timeout: Duration,
     ) -> Result<u64, String> {
+        // A request of its own, not on the channel: the leader answers once it has confirmed
+        // its leadership, and the calls batched with it would wait for that.
         let body = encode(&()).map_err(|e| e.to_string())?;
-        let bytes = self
-            .channels
-            .call(leader, addr, group, RpcKind::ReadIndex, body, timeout)
-            .await?;
+        let url = format!(
+            "{}://{addr}/raft/{}/{}",
+            self.scheme.as_str(),
+            group.0,
+            RpcKind::ReadIndex.as_str()
+        );
+        let resp = post_rpc(&self.http, &url, body, timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                self.peers.note_failure(leader);
+                format!("read index from {addr}: {e}")
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("read index from {addr}: {e}"))?;
+        self.peers.note_ok(leader);
+        if !status.is_success() {
+            return Err(format!(
+                "read index from {addr}: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
         decode::<u64>(&bytes).map_err(|e| format!("bad read-index answer: {e}"))
     }
 

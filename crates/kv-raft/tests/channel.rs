@@ -1,7 +1,7 @@
 //! The per-peer channel (`kv_raft::channel`) on real groups over HTTP: while one group streams
 //! a large snapshot to a node, the other groups that node shares with its peers keep their
 //! leaders (their heartbeats travel on the channel, the snapshot beside it), and every write
-//! is applied once.
+//! is applied once; a call of a batch that hangs does not hold back the answers of the others.
 
 // Helpers here are test code too (clippy only exempts `#[test]` fns themselves).
 #![allow(clippy::unwrap_used)]
@@ -108,5 +108,59 @@ async fn a_large_snapshot_does_not_starve_the_heartbeats_of_other_groups() {
         assert_eq!(record.version, version, "big-{i} applied once");
         assert_eq!(record.value, vec![(i % 251) as u8; VALUE_BYTES]);
     }
+    cluster.shutdown().await;
+}
+
+/// A batch whose call for one group hangs (here: the step before it, as kv-node's opening of a
+/// group could) is answered anyway once that call's budget (half the leader lease) is spent:
+/// the hung call fails, the others carry their answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_call_does_not_hold_back_the_other_answers_of_its_batch() {
+    use kv_raft::channel::{serve_batch, BatchRequest, BatchResponse, Call};
+    use openraft::raft::{VoteRequest, VoteResponse};
+
+    let cluster = TestCluster::start(&[1, 2]).await;
+    let healthy = GroupId(2);
+    let hung = GroupId(3);
+    cluster.create_group(healthy, &[1, 2]).await;
+    cluster.create_group(hung, &[1, 2]).await;
+    // A vote from an old term: answered at once (refused), changing nothing.
+    let vote =
+        postcard::to_stdvec(&VoteRequest::<u64>::new(openraft::Vote::new(0, 2), None)).unwrap();
+    let call = |group: GroupId| Call {
+        group: group.0,
+        rpc: "vote".into(),
+        body: vote.clone(),
+    };
+    let batch = postcard::to_stdvec(&BatchRequest {
+        calls: vec![call(healthy), call(hung), call(healthy)],
+    })
+    .unwrap();
+    let host = cluster.host(1);
+    let prepare = |group: GroupId, _, _| async move {
+        if group == hung {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    };
+    let answer = tokio::time::timeout(SETTLE, serve_batch(host, &batch, prepare))
+        .await
+        .expect("the batch was answered")
+        .unwrap();
+    let answer: BatchResponse = postcard::from_bytes(&answer).unwrap();
+    assert_eq!(answer.results.len(), 3);
+    for i in [0, 2] {
+        let bytes = answer.results[i].as_ref().unwrap();
+        let vote: Result<VoteResponse<u64>, openraft::error::RaftError<u64>> =
+            postcard::from_bytes(bytes).unwrap();
+        assert!(!vote.unwrap().vote_granted, "an old term's vote is refused");
+    }
+    let hung_answer = answer.results[1].as_ref().unwrap_err();
+    assert_eq!(hung_answer.status, 503);
+    assert!(
+        hung_answer.message.contains("took longer"),
+        "{}",
+        hung_answer.message
+    );
     cluster.shutdown().await;
 }
