@@ -116,9 +116,10 @@ fn kv_and_kv_client_work_over_tls_with_tokens() {
             .await
             .unwrap();
         assert!(client.scan("from-", 10).await.unwrap().items.len() == 1);
+        // The same TLS settings, given as one TlsConfig.
         let reader = kv_client::Client::builder()
             .endpoints(endpoints)
-            .ca_cert_pem(pem)
+            .tls(kv_client::TlsConfig::new().ca_cert_pem(pem))
             .token("reader-token")
             .build()
             .unwrap();

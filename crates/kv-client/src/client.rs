@@ -76,12 +76,68 @@ pub struct ScanOptions {
 /// ```
 ///
 /// Its `Debug` output never shows the key or the token.
+///
+/// The TLS settings can also come as one [`TlsConfig`]:
+///
+/// ```no_run
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let tls = kv_client::TlsConfig::new().ca_cert_pem(std::fs::read("certs/ca.crt")?);
+/// let client = kv_client::Client::builder()
+///     .endpoints(["https://node-1.example:7001"])
+///     .tls(tls)
+///     .token("kv_app_token")
+///     .build()?;
+/// # drop(client);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     endpoints: Vec<String>,
     timeout: Duration,
     discovery: bool,
     credentials: Credentials,
+}
+
+/// TLS settings for [`ClientBuilder::tls`]: the CA certificates to trust for `https://`
+/// endpoints and, for mutual TLS, a client certificate with its key. Its `Debug` output never
+/// shows the key.
+#[derive(Clone, Default)]
+pub struct TlsConfig {
+    ca_pem: Option<Vec<u8>>,
+    client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsConfig {
+    /// No CA of its own (the system's roots) and no client certificate.
+    pub fn new() -> Self {
+        TlsConfig::default()
+    }
+
+    /// As [`ClientBuilder::ca_cert_pem`].
+    pub fn ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// As [`ClientBuilder::client_cert_pem`].
+    pub fn client_cert_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client_cert = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<set>"))
+            .field("client_cert", &self.client_cert.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 impl Default for ClientBuilder {
@@ -140,6 +196,15 @@ impl ClientBuilder {
         key_pem: impl Into<Vec<u8>>,
     ) -> Self {
         self.credentials.client_cert = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Both TLS settings at once (see [`TlsConfig`]): the same as
+    /// [`ca_cert_pem`](Self::ca_cert_pem) and [`client_cert_pem`](Self::client_cert_pem) for
+    /// what `tls` holds. Replaces those set before.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.credentials.ca_pem = tls.ca_pem;
+        self.credentials.client_cert = tls.client_cert;
         self
     }
 

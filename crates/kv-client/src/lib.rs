@@ -49,5 +49,7 @@ mod routing;
 mod session;
 mod transport;
 
-pub use client::{Client, ClientBuilder, Consistency, ScanOptions, Value, DEFAULT_TIMEOUT};
+pub use client::{
+    Client, ClientBuilder, Consistency, ScanOptions, TlsConfig, Value, DEFAULT_TIMEOUT,
+};
 pub use error::{one_line, Error, Result};
