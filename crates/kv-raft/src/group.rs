@@ -37,6 +37,8 @@ pub struct Group {
     pub(crate) check: Arc<LeaderCheck>,
     /// Reads waiting for a leadership confirmation (see `read_index`).
     pub(crate) reads: Arc<ReadBatcher>,
+    /// Follower reads waiting for a read index from the leader (see `read_index`).
+    pub(crate) follower_reads: Arc<ReadBatcher>,
     /// Writes waiting to be proposed (see `proposer`).
     pub(crate) proposer: Arc<Proposer>,
 }
@@ -366,8 +368,29 @@ impl Group {
         match leader {
             // A learner (being added) or a replica on its way out may lag without bound: it
             // does not serve reads of its own.
-            Some((id, addr)) if id != me && voter => self.follower_barrier(id, addr).await,
+            Some((id, _)) if id != me && voter => match self.follower_reads.confirm(self).await {
+                // Leadership came here while the read waited: a leader's round serves it.
+                Err(GroupError::NotLeader {
+                    leader: Some((id, _)),
+                }) if id == me => self.reads.confirm(self).await,
+                done => done,
+            },
             _ => self.reads.confirm(self).await,
+        }
+    }
+
+    /// One round of follower reads (see `read_index`): a read index from the leader known now,
+    /// applied here. Fails with [`GroupError::NotLeader`] naming the leader now known (this
+    /// node, or none) when that is not another node.
+    pub(crate) async fn follower_round(&self) -> Result<(), GroupError> {
+        let (me, leader) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.id, self.leader_in(&m))
+        };
+        match leader {
+            Some((id, addr)) if id != me => self.follower_barrier(id, addr).await,
+            leader => Err(GroupError::NotLeader { leader }),
         }
     }
 
@@ -410,6 +433,13 @@ impl Group {
             .borrow()
             .last_applied
             .map_or(0, |l| l.index))
+    }
+
+    /// How many read-index rounds this instance has run as a follower (see `read_index`).
+    pub fn follower_read_rounds(&self) -> u64 {
+        self.follower_reads
+            .rounds
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many leadership confirmation rounds this instance has run for reads.

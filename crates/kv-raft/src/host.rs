@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use crate::check_quorum::LeaderCheck;
 use crate::encoding::{decode, encode};
 use crate::network::{RpcKind, Scheme, Transport};
+use crate::read_index::{ReadBatcher, Rounds};
 use crate::supervise::GroupFailure;
 use crate::types::TypeConfig;
 use crate::validate;
@@ -217,7 +218,8 @@ impl RaftHost {
             timeout: self.timeout,
             gate: Arc::default(),
             check: LeaderCheck::new(self.lease, restored),
-            reads: Arc::default(),
+            reads: Arc::new(ReadBatcher::new(Rounds::Leader)),
+            follower_reads: Arc::new(ReadBatcher::new(Rounds::Follower)),
             proposer: Arc::default(),
         };
         self.groups

@@ -165,5 +165,21 @@ async fn a_follower_read_sees_every_write_acknowledged_before_it() {
         "the leader confirmed its leadership for the follower's reads"
     );
     assert!(!follower.is_leader());
+
+    // A burst of follower reads shares read-index rounds.
+    let before = follower.follower_read_rounds();
+    let burst = (0..64).map(|_| {
+        let follower = follower.clone();
+        async move { follower.get(b"counter".to_vec(), false).await }
+    });
+    for read in futures::future::join_all(burst).await {
+        let got = read.unwrap().unwrap();
+        assert_eq!(got.value, b"300".to_vec());
+    }
+    let rounds = follower.follower_read_rounds() - before;
+    assert!(
+        (1..32).contains(&rounds),
+        "64 concurrent follower reads took {rounds} read-index rounds"
+    );
     cluster.shutdown().await;
 }
