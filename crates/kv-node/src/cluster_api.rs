@@ -280,12 +280,14 @@ pub async fn ready(State(st): State<AppState>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(st): State<AppState>) -> Response {
-    let mut leaders = 0u64;
+    let (mut leaders, mut quiet) = (0u64, 0u64);
     for g in st.host.groups() {
         if g.id() != crate::metadata::META_GROUP && g.is_leader() {
             leaders += 1;
+            quiet += u64::from(g.is_quiesced());
         }
     }
+    metrics::gauge!("kv_partitions_quiet").set(quiet as f64);
     metrics::gauge!("kv_partitions_hosted").set(st.host.groups().len().saturating_sub(1) as f64);
     metrics::gauge!("kv_cluster_map_epoch").set(st.epoch().unwrap_or(0) as f64);
     metrics::gauge!("kv_partitions_led").set(leaders as f64);

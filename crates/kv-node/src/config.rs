@@ -81,6 +81,10 @@ pub struct Flags {
     /// Minimum Raft election timeout in milliseconds (the maximum is twice this).
     #[arg(long, env = "KV_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
+    /// Let idle partitions go quiet: no Raft heartbeats while nothing is written, one liveness
+    /// ping per peer instead (default true).
+    #[arg(long, env = "KV_QUIESCE", num_args = 0..=1, default_missing_value = "true")]
+    pub quiesce: Option<bool>,
     /// Snapshot and purge the Raft log after this many applied entries.
     #[arg(long, env = "KV_SNAPSHOT_LOGS")]
     pub snapshot_logs: Option<u64>,
@@ -342,6 +346,7 @@ impl Config {
             snapshot_after_logs: pick!(snapshot_logs, 10_000).max(1),
             logs_kept_after_snapshot: pick!(logs_kept, 1_000),
             request_timeout: Duration::from_millis(pick!(request_timeout_ms, 5_000).max(1)),
+            quiesce: pick!(quiesce, true),
         };
         Ok(Config {
             id,

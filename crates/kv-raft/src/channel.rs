@@ -5,6 +5,9 @@
 //! groups then sends its followers one message per round instead of one per group, and their
 //! heartbeats are coalesced into it.
 //!
+//! The node-level liveness ping of quiet groups (see `quiesce`) rides the same channel, so
+//! it shows what the groups' own traffic would meet.
+//!
 //! Snapshots do not take this channel: a snapshot chunk is large and slow, and must not hold
 //! back other groups' heartbeats (their election timers would fire). Nor do follower reads'
 //! read-index requests, which the leader answers only after a round of its own. They keep one
@@ -130,6 +133,10 @@ where
     let results = futures::future::join_all(batch.calls.into_iter().zip(kinds).map(
         |(call, kind)| async move {
             let run = async {
+                if kind == RpcKind::Liveness {
+                    // Addressed to the node, not to a group.
+                    return host.handle_ping(&call.body);
+                }
                 prepare(GroupId(call.group), kind, call.body.len()).await?;
                 host.handle_rpc(call.group, kind, &call.body).await
             };

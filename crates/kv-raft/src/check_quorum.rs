@@ -21,6 +21,11 @@
 //! restarts as follower needs nothing: a leader of a later term reads at its own first entry,
 //! which is above everything committed before.
 //!
+//! **Quiet groups.** A leader whose group is quiet sends no heartbeats (see `quiesce`), so
+//! openraft's acknowledgement ages; it then leads while a quorum of its voters answered a
+//! liveness ping sent within the lease. Followers of a quiet group campaign only after a lease
+//! without pings, so the rule above still holds.
+//!
 //! Compare-and-set and every other write is decided when its entry is applied, after every
 //! entry before it in the log, so neither rule is needed for writes' correctness.
 
@@ -29,6 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, RaftMetrics, ServerState};
+
+use crate::peer_health::PeerHealth;
+use crate::quiesce::Quiet;
 
 /// How this replica judges its own leadership. Shared by a group's clones.
 #[derive(Debug)]
@@ -43,16 +51,26 @@ pub(crate) struct LeaderCheck {
     floor: Option<(u64, u64)>,
     /// Whether the floor has been reached (or left behind by a change of term).
     recovered: AtomicBool,
+    /// The group's quiet state, and the pings that stand in for heartbeats while it is quiet.
+    quiet: Arc<Quiet>,
+    peers: Arc<PeerHealth>,
 }
 
 impl LeaderCheck {
     /// `restored`: the term and last log index, if the replica restarts as its group's leader.
-    pub(crate) fn new(lease: Duration, restored: Option<(u64, u64)>) -> Arc<Self> {
+    pub(crate) fn new(
+        lease: Duration,
+        restored: Option<(u64, u64)>,
+        quiet: Arc<Quiet>,
+        peers: Arc<PeerHealth>,
+    ) -> Arc<Self> {
         Arc::new(LeaderCheck {
             lease,
             noticed: Mutex::new(None),
             floor: restored,
             recovered: AtomicBool::new(restored.is_none()),
+            quiet,
+            peers,
         })
     }
 
@@ -63,10 +81,32 @@ impl LeaderCheck {
         }
         let since = self.notice(m.current_term);
         let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        if self.quiet.is_quiesced() {
+            // No heartbeats, and no ticks to refresh openraft's metrics: pings only.
+            return self.quorum_answers_pings(m);
+        }
         match m.millis_since_quorum_ack {
-            Some(ms) => ms <= lease_ms,
+            Some(ms) if ms <= lease_ms => true,
+            // Just woken: the heartbeats it sends on waking are not acknowledged yet.
+            Some(_) => self.quiet.woke_within(self.lease) && self.quorum_answers_pings(m),
             None => since.elapsed() <= self.lease,
         }
+    }
+
+    /// Whether a quorum of every voter set (both, during a joint change) answered a liveness
+    /// ping sent within the lease, this replica counting for itself.
+    fn quorum_answers_pings(&self, m: &RaftMetrics<u64, BasicNode>) -> bool {
+        m.membership_config
+            .membership()
+            .get_joint_config()
+            .iter()
+            .all(|voters| {
+                let answered = voters
+                    .iter()
+                    .filter(|v| **v == m.id || self.peers.answered_ping_within(**v, self.lease))
+                    .count();
+                answered * 2 > voters.len()
+            })
     }
 
     /// When this replica first found itself leading in `term` (now, if this is the first time).

@@ -13,6 +13,7 @@ use tokio::sync::RwLock;
 use crate::check_quorum::LeaderCheck;
 use crate::network::Transport;
 use crate::proposer::Proposer;
+use crate::quiesce::Quiet;
 use crate::read_index::ReadBatcher;
 use crate::types::{Request, Response, TypeConfig};
 use crate::GroupError;
@@ -41,6 +42,8 @@ pub struct Group {
     pub(crate) follower_reads: Arc<ReadBatcher>,
     /// Writes waiting to be proposed (see `proposer`).
     pub(crate) proposer: Arc<Proposer>,
+    /// Whether the group is quiet, as leader or follower (see `quiesce`).
+    pub(crate) quiet: Arc<Quiet>,
 }
 
 /// A proposal handed to openraft, waiting for its commit.
@@ -147,6 +150,7 @@ impl Group {
         let gate = tokio::time::timeout_at(deadline, self.gate.clone().read_owned())
             .await
             .map_err(|_| timed_out())?;
+        self.quiet.wake(&self.raft);
         tokio::time::timeout_at(deadline, self.regain_quorum())
             .await
             .map_err(|_| timed_out())??;
@@ -273,6 +277,7 @@ impl Group {
         let limit = self.timeout * 2;
         let attempt = async {
             let _open = self.gate.read().await;
+            self.quiet.wake(&self.raft);
             self.raft.add_learner(id, BasicNode::new(addr), false).await
         };
         let added = tokio::time::timeout(limit, attempt)
@@ -330,6 +335,7 @@ impl Group {
         let limit = self.timeout * 2;
         let attempt = async {
             let _open = self.gate.read().await;
+            self.quiet.wake(&self.raft);
             self.raft.change_membership(change, false).await
         };
         tokio::time::timeout(limit, attempt)
@@ -440,6 +446,12 @@ impl Group {
         self.follower_reads
             .rounds
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether this replica leads the group and holds it quiet: no Raft heartbeats, its
+    /// followers' election timers off (see `quiesce`).
+    pub fn is_quiesced(&self) -> bool {
+        self.quiet.is_quiesced()
     }
 
     /// How many leadership confirmation rounds this instance has run for reads.

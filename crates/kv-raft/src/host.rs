@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use crate::check_quorum::LeaderCheck;
 use crate::encoding::{decode, encode};
 use crate::network::{RpcKind, Scheme, Transport};
+use crate::quiesce::Quiet;
 use crate::read_index::{ReadBatcher, Rounds};
 use crate::supervise::GroupFailure;
 use crate::types::TypeConfig;
@@ -38,6 +39,9 @@ pub struct RaftTuning {
     pub logs_kept_after_snapshot: u64,
     /// How long a client write or read barrier may wait for a quorum before failing.
     pub request_timeout: Duration,
+    /// Let idle groups go quiet: no Raft heartbeats, one liveness ping per peer instead (see
+    /// `quiesce`).
+    pub quiesce: bool,
 }
 
 impl Default for RaftTuning {
@@ -49,6 +53,7 @@ impl Default for RaftTuning {
             snapshot_after_logs: 10_000,
             logs_kept_after_snapshot: 1_000,
             request_timeout: Duration::from_secs(5),
+            quiesce: true,
         }
     }
 }
@@ -88,6 +93,12 @@ pub struct RaftHost {
     timeout: Duration,
     /// The leader lease (`election_max`): check-quorum's limit.
     lease: Duration,
+    /// Raft heartbeat interval: also the liveness ping's.
+    heartbeat: Duration,
+    election_min: Duration,
+    quiesce: bool,
+    /// The liveness ping task runs (started with the first group).
+    pinging: Arc<std::sync::atomic::AtomicBool>,
     snapshot_root: PathBuf,
     groups: Arc<RwLock<HashMap<GroupId, Group>>>,
     /// Serializes opening and closing groups, so two callers never build the same group twice.
@@ -119,6 +130,10 @@ impl RaftHost {
             config: Arc::new(tuning.config()?),
             timeout: tuning.request_timeout,
             lease: tuning.election_max,
+            heartbeat: tuning.heartbeat,
+            election_min: tuning.election_min,
+            quiesce: tuning.quiesce,
+            pinging: Arc::default(),
             snapshot_root,
             groups: Arc::default(),
             opening: Arc::default(),
@@ -138,6 +153,11 @@ impl RaftHost {
     /// their leaders within it.
     pub(crate) fn batch_call_budget(&self) -> Duration {
         self.lease / 2
+    }
+
+    /// Heartbeat interval, leader lease and minimum election timeout (for `quiesce`).
+    pub(crate) fn timing(&self) -> (Duration, Duration, Duration) {
+        (self.heartbeat, self.lease, self.election_min)
     }
 
     /// The node's Raft transport, with what it knows of the peers' reachability.
@@ -184,6 +204,9 @@ impl RaftHost {
         }
         let group = self.start(id).await?;
         self.spawn(crate::supervise::supervise(self.clone(), group.clone()));
+        if self.quiesce && !self.pinging.swap(true, Ordering::AcqRel) {
+            self.spawn(crate::quiesce::run(self.clone()));
+        }
         Ok(group)
     }
 
@@ -209,6 +232,7 @@ impl RaftHost {
         )
         .await
         .map_err(|e| GroupError::Stopped(e.to_string()))?;
+        let quiet = Arc::new(Quiet::default());
         let group = Group {
             id,
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
@@ -217,7 +241,13 @@ impl RaftHost {
             transport: self.transport.clone(),
             timeout: self.timeout,
             gate: Arc::default(),
-            check: LeaderCheck::new(self.lease, restored),
+            check: LeaderCheck::new(
+                self.lease,
+                restored,
+                quiet.clone(),
+                self.transport.peers().clone(),
+            ),
+            quiet,
             reads: Arc::new(ReadBatcher::new(Rounds::Leader)),
             follower_reads: Arc::new(ReadBatcher::new(Rounds::Follower)),
             proposer: Arc::default(),
@@ -327,7 +357,11 @@ impl RaftHost {
                 let req: AppendEntriesRequest<TypeConfig> = decode(body).map_err(bad)?;
                 validate::append(&req)?;
                 self.heard_from(&req.vote);
-                enc(encode(&g.raft.append_entries(req).await))
+                let answer = g.raft.append_entries(req).await;
+                if answer.is_ok() {
+                    g.quiet.appended(&g.raft);
+                }
+                enc(encode(&answer))
             }
             RpcKind::Vote => {
                 let req: VoteRequest<u64> = decode(body).map_err(bad)?;
@@ -341,6 +375,7 @@ impl RaftHost {
                 self.heard_from(&req.vote);
                 enc(encode(&g.raft.install_snapshot(req).await))
             }
+            RpcKind::Liveness => self.handle_ping(body),
             RpcKind::ReadIndex => {
                 let () = decode(body).map_err(bad)?;
                 enc(encode(&g.read_index_for_follower().await?))

@@ -23,6 +23,7 @@ mod log_store;
 mod network;
 mod peer_health;
 mod proposer;
+mod quiesce;
 mod read_index;
 mod state_machine;
 mod supervise;

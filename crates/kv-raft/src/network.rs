@@ -24,6 +24,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::channel::Channels;
 use crate::encoding::{decode, encode};
 use crate::peer_health::PeerHealth;
+use crate::quiesce::{Ping, QuietGroup};
 use crate::types::TypeConfig;
 use crate::GroupError;
 
@@ -44,6 +45,10 @@ pub enum RpcKind {
     /// linearizable read (the leader confirms its leadership first, so it is never batched).
     /// Body: postcard `()`; answer: the index, postcard `u64`.
     ReadIndex,
+    /// The node-level heartbeat that watches over quiet groups (see `quiesce`): one per peer
+    /// per heartbeat interval, on the channel, addressed to no group (group 0 in the batch).
+    /// Body: postcard `quiesce::Ping`; answer: postcard `Vec<quiesce::QuietGroup>`.
+    Liveness,
 }
 
 impl RpcKind {
@@ -55,6 +60,7 @@ impl RpcKind {
             RpcKind::Snapshot => "snapshot",
             RpcKind::TimeoutNow => "timeout-now",
             RpcKind::ReadIndex => "read-index",
+            RpcKind::Liveness => "liveness",
         }
     }
 
@@ -66,6 +72,7 @@ impl RpcKind {
             "snapshot" => Some(RpcKind::Snapshot),
             "timeout-now" => Some(RpcKind::TimeoutNow),
             "read-index" => Some(RpcKind::ReadIndex),
+            "liveness" => Some(RpcKind::Liveness),
             _ => None,
         }
     }
@@ -167,6 +174,28 @@ impl Transport {
             ));
         }
         decode::<u64>(&bytes).map_err(|e| format!("bad read-index answer: {e}"))
+    }
+
+    /// Send peer `target` at `addr` this node's liveness ping (see `quiesce`); the answer
+    /// names the quiet groups it accepted. The peer counts as answering from the ping's send
+    /// time.
+    pub(crate) async fn ping(
+        &self,
+        target: u64,
+        addr: &str,
+        ping: &Ping,
+        timeout: Duration,
+    ) -> Result<Vec<QuietGroup>, String> {
+        let body = encode(ping).map_err(|e| e.to_string())?;
+        let sent = std::time::Instant::now();
+        let bytes = self
+            .channels
+            .call(target, addr, GroupId(0), RpcKind::Liveness, body, timeout)
+            .await?;
+        let accepted: Vec<QuietGroup> =
+            decode(&bytes).map_err(|e| format!("bad liveness answer from {addr}: {e}"))?;
+        self.peers.note_ping_answered(target, sent);
+        Ok(accepted)
     }
 
     /// Ask the replica of `group` at `addr` to start an election at once (leadership transfer).

@@ -23,6 +23,10 @@ pub struct PeerHealth {
 struct Contact {
     /// When RPCs to the peer started failing, with no success since; `None` while they succeed.
     failing_since: Option<Instant>,
+    /// When the latest liveness ping the peer answered was sent (see `quiesce`).
+    answered_ping_sent: Option<Instant>,
+    /// When the latest liveness ping from the peer arrived.
+    ping_received: Option<Instant>,
 }
 
 impl PeerHealth {
@@ -51,6 +55,40 @@ impl PeerHealth {
         let mut peers = self.peers();
         let contact = peers.entry(peer).or_default();
         contact.failing_since.get_or_insert_with(Instant::now);
+    }
+
+    /// The peer answered a liveness ping sent at `sent`.
+    pub(crate) fn note_ping_answered(&self, peer: u64, sent: Instant) {
+        let mut peers = self.peers();
+        let contact = peers.entry(peer).or_default();
+        contact.failing_since = None;
+        if contact.answered_ping_sent.is_none_or(|at| at < sent) {
+            contact.answered_ping_sent = Some(sent);
+        }
+    }
+
+    /// A liveness ping from the peer arrived.
+    pub(crate) fn note_ping_received(&self, peer: u64) {
+        let mut peers = self.peers();
+        let contact = peers.entry(peer).or_default();
+        contact.failing_since = None;
+        contact.ping_received = Some(Instant::now());
+    }
+
+    /// Whether the peer answered a ping sent within `within` from now.
+    pub(crate) fn answered_ping_within(&self, peer: u64, within: Duration) -> bool {
+        self.peers()
+            .get(&peer)
+            .and_then(|c| c.answered_ping_sent)
+            .is_some_and(|at| at.elapsed() <= within)
+    }
+
+    /// Whether a ping from the peer arrived within `within` from now.
+    pub(crate) fn pinged_within(&self, peer: u64, within: Duration) -> bool {
+        self.peers()
+            .get(&peer)
+            .and_then(|c| c.ping_received)
+            .is_some_and(|at| at.elapsed() <= within)
     }
 
     /// Whether the peer may be reached: false once RPCs to it have failed for `down_after`

@@ -82,6 +82,8 @@ impl Group {
                     self.timeout
                 ))
             })?;
+        // A quiet group wakes first: the transfer sends and times heartbeats itself.
+        self.quiet.wake(&self.raft);
         // Leadership may have changed while requests in flight drained.
         let (term, addr) = self.transfer_target(to)?;
         let config = self.raft.config();
