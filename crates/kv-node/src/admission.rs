@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Limits;
 use crate::error::ApiError;
@@ -39,15 +39,27 @@ impl Admission {
     }
 }
 
-async fn admit(gate: &Arc<Semaphore>, what: &'static str, req: Request, next: Next) -> Response {
-    let Ok(_permit) = gate.clone().try_acquire_owned() else {
+impl Admission {
+    /// Room for one more forwarded operation (one of a batch), or the `429` it gets.
+    pub fn try_forwarded(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        try_admit(&self.forwarded, "forwarded operations")
+    }
+}
+
+fn try_admit(gate: &Arc<Semaphore>, what: &'static str) -> Result<OwnedSemaphorePermit, ApiError> {
+    gate.clone().try_acquire_owned().map_err(|_| {
         metrics::counter!("kv_requests_refused_total", "kind" => what).increment(1);
-        return ApiError::Overloaded(format!(
+        ApiError::Overloaded(format!(
             "this node is serving as many {what} as it takes; retry"
         ))
-        .into_response();
-    };
-    next.run(req).await
+    })
+}
+
+async fn admit(gate: &Arc<Semaphore>, what: &'static str, req: Request, next: Next) -> Response {
+    match try_admit(gate, what) {
+        Ok(_permit) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 pub async fn requests(State(st): State<AppState>, req: Request, next: Next) -> Response {

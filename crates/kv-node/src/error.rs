@@ -11,7 +11,7 @@ use kv_raft::GroupError;
 const RETRY_AFTER_SECS: &str = "1";
 
 /// A peer's HTTP answer to a request this node forwarded, read whole.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PeerAnswer {
     pub status: StatusCode,
     pub headers: axum::http::HeaderMap,

@@ -1,6 +1,7 @@
 //! Request routing: decide whether this node can serve a partition's operation itself, and if
 //! not, hand the operation ([`crate::ops::KeyOp`]) to the node that can (the leader, or a
-//! replica) and relay its answer back unchanged. A hop counter stops loops while views of the
+//! replica) over the peer's operation channel ([`channel`]: batched, answers streamed back as
+//! each finishes) and relay its answer back unchanged. A hop counter stops loops while views of the
 //! leader are stale; a node the operation cannot reach is left out and the operation routed
 //! again, within the request timeout.
 
@@ -15,13 +16,17 @@ use kv_raft::{Group, GroupError};
 use kv_ring::PartitionId;
 use tokio::time::Instant;
 
+use self::channel::{relayed_header, root_cause, Lost};
 use crate::auth::Access;
 use crate::error::{ApiError, PeerAnswer};
 use crate::ops::{Forwarded, KeyOp, MAX_HOPS};
 use crate::placement::group_of;
 use crate::state::AppState;
 
-/// The peer route that takes forwarded operations.
+pub mod channel;
+
+/// The peer route that takes one forwarded operation (older nodes forward this way; this node
+/// sends batches, [`channel::BATCH_PATH`]).
 pub const FORWARD_PATH: &str = "/internal/v1/kv";
 
 /// What a node does with a request for a partition.
@@ -191,28 +196,29 @@ async fn forward_any<T: Answer>(
         caller: access.caller_name(),
     })
     .map_err(|e| ForwardError::Failed(ApiError::Internal(format!("encoding: {e}"))))?;
-    let body = Bytes::from(body);
+    let timeout = forward_timeout(st);
     let mut last = ApiError::unavailable("no replica to forward to");
     for (id, addr) in targets {
-        let sent = send(
-            st,
-            addr,
-            Method::POST,
-            FORWARD_PATH,
-            HeaderMap::new(),
-            body.clone(),
-        )
-        .await;
-        match sent {
-            Err(ForwardError::Unreachable(e)) => {
+        metrics::counter!("kv_forwarded_requests_total").increment(1);
+        match st.forwarding.call(addr, body.clone(), timeout).await {
+            Err(Lost::NotSent(why)) => {
                 st.host.transport().peers().note_failure(*id);
-                last = e;
+                last = ApiError::unavailable(why);
             }
-            Err(e) => return Err(e),
+            Err(Lost::Unknown(why)) => {
+                return Err(ForwardError::Failed(ApiError::unavailable(why)))
+            }
             Ok(answer) => return T::from_peer(answer).map_err(ForwardError::Failed),
         }
     }
     Err(ForwardError::Unreachable(last))
+}
+
+/// How long a forwarder waits for a peer's answer: the peer gives up after the request timeout
+/// and answers 503; a little slack lets that answer through, and bounds the wait on a peer
+/// that vanished.
+fn forward_timeout(st: &AppState) -> Duration {
+    st.config.raft.request_timeout + Duration::from_millis(500)
 }
 
 /// Relay an administrative request (join, leave) this node has built itself to `addr`, on
@@ -253,16 +259,13 @@ async fn send(
     let mut out = st
         .http
         .request(method, &url)
-        // The target gives up after request_timeout and answers 503; a little slack lets that
-        // answer through, and bounds the wait on a target that vanished.
-        .timeout(st.config.raft.request_timeout + Duration::from_millis(500))
+        .timeout(forward_timeout(st))
         .body(body);
     for name in RELAYED_REQUEST_HEADERS {
         if let Some(v) = headers.get(*name) {
             out = out.header(*name, v.as_bytes());
         }
     }
-    metrics::counter!("kv_forwarded_requests_total").increment(1);
     let resp = out.send().await.map_err(|e| {
         let err = ApiError::unavailable(format!("forwarding to {addr} failed: {}", root_cause(&e)));
         // Only a refused connection means the request never arrived and another node may
@@ -277,9 +280,7 @@ async fn send(
         .map_err(|e| ForwardError::Failed(ApiError::Internal(format!("status: {e}"))))?;
     let mut headers = HeaderMap::new();
     for (name, value) in resp.headers() {
-        let keep = matches!(name.as_str(), "content-type" | "etag" | "retry-after")
-            || name.as_str().starts_with("x-kv-");
-        if keep {
+        if relayed_header(name.as_str()) {
             if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_str().as_bytes()),
                 HeaderValue::from_bytes(value.as_bytes()),
@@ -299,16 +300,4 @@ async fn send(
         headers,
         body,
     })
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    if e.to_string() == cur.to_string() {
-        e.to_string()
-    } else {
-        format!("{e}: {cur}")
-    }
 }

@@ -1,17 +1,21 @@
 //! Peer routes: `POST /raft/{group}/{rpc}` carries openraft RPCs between nodes (see
-//! `kv_raft::Transport` for the wire format), and `POST /internal/v1/kv` key operations a node
-//! forwards to the one that can serve them (see [`crate::ops`]).
+//! `kv_raft::Transport` for the wire format), and `POST /internal/v1/kv/batch` (or, one at a
+//! time, `POST /internal/v1/kv`) key operations a node forwards to the one that can serve them
+//! (see [`crate::ops`] and `forward::channel`).
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use kv_raft::{GroupError, RpcKind};
 use kv_storage::GroupId;
 
 use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::extract::PathParams;
+use crate::forward::channel::{frame, relayed_header, OpAnswer, OpBatch, MAX_BATCH_OPS};
 use crate::ops::{Forwarded, KeyOp};
 use crate::placement::partition_of_group;
 use crate::state::AppState;
@@ -107,6 +111,11 @@ fn unknown_group(st: &AppState, group: u64) -> ApiError {
     }
 }
 
+/// Most bytes of one forwarded operation: a largest value and room for its key and framing.
+fn op_limit(st: &AppState) -> usize {
+    st.config.max_value_bytes + (64 << 10)
+}
+
 /// `POST /internal/v1/kv`: a key operation another node forwarded (postcard
 /// [`Forwarded`]); the answer is the one the client gets.
 pub async fn forwarded(
@@ -114,9 +123,21 @@ pub async fn forwarded(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let limit = st.config.max_value_bytes + (64 << 10);
-    let body = read_limited(&headers, body, limit, st.config.body_timeout(), "operation").await?;
-    let forwarded: Forwarded = postcard::from_bytes(&body).map_err(|e| {
+    let body = read_limited(
+        &headers,
+        body,
+        op_limit(&st),
+        st.config.body_timeout(),
+        "operation",
+    )
+    .await?;
+    serve_forwarded(&st, &body).await
+}
+
+/// One forwarded operation, decoded and validated here: what arrives from a peer is checked
+/// as a client request would be, and its client's rights with it.
+async fn serve_forwarded(st: &AppState, encoded: &[u8]) -> Result<Response, ApiError> {
+    let forwarded: Forwarded = postcard::from_bytes(encoded).map_err(|e| {
         ApiError::bad_request("invalid_forward", format!("undecodable operation: {e}"))
     })?;
     forwarded.validate(&st.config, st.layout().partitions())?;
@@ -124,13 +145,88 @@ pub async fn forwarded(
     let access = st.auth.access_of(forwarded.caller.as_deref())?;
     match forwarded.op {
         KeyOp::ScanPage(req) => {
-            let page = crate::kv_api::scan_page(&st, req, forwarded.hops, &access).await?;
+            let page = crate::kv_api::scan_page(st, req, forwarded.hops, &access).await?;
             let bytes = postcard::to_stdvec(&page)
                 .map_err(|e| ApiError::Internal(format!("encoding a page: {e}")))?;
             Ok((StatusCode::OK, bytes).into_response())
         }
-        op => crate::kv_api::execute(&st, op, forwarded.hops, &access).await,
+        op => crate::kv_api::execute(st, op, forwarded.hops, &access).await,
     }
+}
+
+/// `POST /internal/v1/kv/batch`: forwarded operations in one batch (postcard
+/// [`OpBatch`]), each run at once and on its own, as if it had come alone (admission
+/// included); the answer streams one frame per operation as each finishes (see
+/// `forward::channel`). A batch that does not decode or holds too many operations is refused
+/// whole.
+pub async fn forwarded_batch(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limit = op_limit(&st).max(1 << 20) + (64 << 10);
+    let body = read_limited(&headers, body, limit, st.config.body_timeout(), "batch").await?;
+    let batch: OpBatch = postcard::from_bytes(&body)
+        .map_err(|e| ApiError::bad_request("invalid_forward", format!("undecodable batch: {e}")))?;
+    if batch.ops.len() > MAX_BATCH_OPS {
+        return Err(ApiError::bad_request(
+            "invalid_forward",
+            format!(
+                "{} operations in one batch, at most {MAX_BATCH_OPS}",
+                batch.ops.len()
+            ),
+        ));
+    }
+    let answers: FuturesUnordered<_> = batch
+        .ops
+        .into_iter()
+        .enumerate()
+        .map(|(index, op)| {
+            let st = st.clone();
+            // A task of its own: the operation finishes even if the batch's connection drops,
+            // as a single forwarded request's handler would.
+            tokio::spawn(async move {
+                let resp = match st.admission.try_forwarded() {
+                    Ok(_permit) => serve_forwarded(&st, &op)
+                        .await
+                        .unwrap_or_else(IntoResponse::into_response),
+                    Err(e) => e.into_response(),
+                };
+                answer_frame(index as u32, resp).await
+            })
+        })
+        .collect();
+    let frames = answers.map(|joined| match joined {
+        Ok(frame) => frame,
+        Err(e) => Err(std::io::Error::other(format!(
+            "a forwarded operation failed: {e}"
+        ))),
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/octet-stream")
+        .body(Body::from_stream(frames))
+        .unwrap_or_else(|e| ApiError::Internal(format!("a batch answer: {e}")).into_response()))
+}
+
+/// `resp` as the frame of operation `index` in a batch answer.
+async fn answer_frame(index: u32, resp: Response) -> std::io::Result<Bytes> {
+    let (parts, body) = resp.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(std::io::Error::other)?;
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| relayed_header(name.as_str()))
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec().into()))
+        .collect();
+    frame(&OpAnswer {
+        index,
+        status: parts.status.as_u16(),
+        headers,
+        body: body.to_vec(),
+    })
+    .map_err(std::io::Error::other)
 }
 
 /// Open a partition group this node is a replica of but has not opened yet: the first vote

@@ -70,6 +70,11 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route("/raft/{group}/{rpc}", post(peer_api::raft_rpc))
         .route("/raft/batch", post(peer_api::raft_batch))
         .route("/internal/v1/view", get(cluster_api::view))
+        // Each operation of a batch passes the forwarded-operations gate on its own.
+        .route(
+            crate::forward::channel::BATCH_PATH,
+            post(peer_api::forwarded_batch),
+        )
         .merge(
             Router::new()
                 .route(crate::forward::FORWARD_PATH, post(peer_api::forwarded))

@@ -29,6 +29,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// The certificates of the listener and of connections to peers, if TLS is on.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// The channels that carry forwarded operations to each peer.
+    pub forwarding: crate::forward::channel::OpChannels,
 }
 
 /// One-off background tasks of a node (each ends by itself; shutdown aborts the rest).
@@ -65,12 +67,13 @@ impl AppState {
             admission: Arc::new(crate::admission::Admission::new(&config.limits)),
             config,
             host,
-            http,
             layout: Arc::new(RwLock::new((Arc::new(layout), None))),
             metrics,
             background: Arc::default(),
             cluster_id: Arc::default(),
             auth,
+            forwarding: crate::forward::channel::OpChannels::new(http.clone(), tls.is_some()),
+            http,
             tls,
         }
     }

@@ -116,6 +116,13 @@ fn templates(rng: &mut StdRng) -> Vec<Template> {
         t("POST", "/raft/1/timeout-now".into(), &[], &garbage(rng)),
         t("POST", "/internal/v1/kv".into(), &[], &forwarded),
         t("POST", "/internal/v1/kv".into(), &[], &garbage(rng)),
+        t(
+            "POST",
+            "/internal/v1/kv/batch".into(),
+            &[],
+            &batch_of(&forwarded),
+        ),
+        t("POST", "/internal/v1/kv/batch".into(), &[], &garbage(rng)),
     ]
 }
 
@@ -148,6 +155,15 @@ fn forwarded_op(rng: &mut StdRng, key: &str) -> Vec<u8> {
         hops: 1,
         op,
         caller: None,
+    })
+    .unwrap()
+}
+
+/// A batch of forwarded operations holding `op` (and a copy of it).
+fn batch_of(op: &[u8]) -> Vec<u8> {
+    use kv_node::forward::channel::OpBatch;
+    postcard::to_stdvec(&OpBatch {
+        ops: vec![op.to_vec().into(), op.to_vec().into()],
     })
     .unwrap()
 }

@@ -475,6 +475,81 @@ async fn every_rejection_is_json() {
     expect_error(&r, 405, "method_not_allowed");
     let r = raw(&c, 1, "POST", "/internal/v1/kv", &[], b"\x00\x00\x00").await;
     expect_error(&r, 400, "invalid_forward");
+    forwarded_batches_are_checked_op_by_op(&c).await;
+}
+
+/// A batch of forwarded operations that does not decode, or holds too many, is refused whole;
+/// inside a batch, a bad operation gets its own error and the good ones are served.
+async fn forwarded_batches_are_checked_op_by_op(c: &TestCluster) {
+    use kv_node::forward::channel::{OpAnswer, OpBatch, MAX_BATCH_OPS};
+    use kv_node::ops::{Forwarded, KeyOp, Precondition};
+    const PATH: &str = "/internal/v1/kv/batch";
+    let r = raw(c, 1, "POST", PATH, &[], b"\x05\x01").await;
+    expect_error(&r, 400, "invalid_forward");
+    let put = postcard::to_stdvec(&Forwarded {
+        hops: 1,
+        op: KeyOp::Put {
+            key: b"batched".to_vec(),
+            value: b"yes".to_vec(),
+            cond: Precondition::None,
+            session: None,
+        },
+        caller: None,
+    })
+    .unwrap();
+    let too_many = OpBatch {
+        ops: vec![put.clone().into(); MAX_BATCH_OPS + 1],
+    };
+    let r = raw(
+        c,
+        1,
+        "POST",
+        PATH,
+        &[],
+        &postcard::to_stdvec(&too_many).unwrap(),
+    )
+    .await;
+    expect_error(&r, 400, "invalid_forward");
+    assert_eq!(
+        value(c, 1, "batched").await,
+        None,
+        "a refused batch wrote nothing"
+    );
+
+    let mixed = OpBatch {
+        ops: vec![b"\x00\x00\x00".to_vec().into(), put.into()],
+    };
+    let r = c
+        .http()
+        .post(format!("{}{PATH}", c.url(1)))
+        .body(postcard::to_stdvec(&mixed).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    // The body is frames: a little-endian u32 length, then a postcard answer.
+    let mut answers = Vec::new();
+    let mut rest = &body[..];
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        let answer: OpAnswer = postcard::from_bytes(&rest[4..4 + len]).unwrap();
+        answers.push(answer);
+        rest = &rest[4 + len..];
+    }
+    assert!(rest.is_empty());
+    answers.sort_by_key(|a| a.index);
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0].status, 400);
+    let error: serde_json::Value = serde_json::from_slice(&answers[0].body).unwrap();
+    assert_eq!(error["error"], "invalid_forward");
+    assert_eq!(
+        answers[1].status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&answers[1].body)
+    );
+    assert_eq!(value(c, 1, "batched").await.unwrap().0, "yes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

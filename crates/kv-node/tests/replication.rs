@@ -152,6 +152,49 @@ async fn a_follower_serves_linearizable_reads_without_forwarding() {
     );
 }
 
+/// Writes a follower forwards at once travel to the leader in batches over one channel, each
+/// with its own answer: its own version, the key's value, the forwarding counted per write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_forwarded_writes_share_batches_and_keep_their_own_answers() {
+    let c = cluster(ClusterOptions::default()).await;
+    let leader = c.wait_leader(0).await.unwrap();
+    let follower = follower_of(&c, leader);
+    put_acked(&c, follower, "warm", "up").await;
+    let forwarded = |n| c.metric(n, "kv_forwarded_requests_total", &[]);
+    let batches = |n| c.metric(n, "kv_forward_batch_ops_count", &[]);
+    let (ops_before, batches_before) = (
+        forwarded(follower).await.unwrap(),
+        batches(follower).await.unwrap(),
+    );
+    const WRITES: usize = 64;
+    let answers = futures::future::join_all((0..WRITES).map(|i| {
+        let c = &c;
+        async move {
+            let r = c
+                .put(follower, &format!("batched/{i}"), format!("v{i}"))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "write {i}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["key"], format!("batched/{i}"), "write {i}");
+            (i, body["version"].as_u64().unwrap())
+        }
+    }))
+    .await;
+    for (i, version) in answers {
+        let r = c.get(leader, &format!("batched/{i}")).await.unwrap();
+        assert_eq!(r.headers()["etag"], format!("\"{version}\"").as_str());
+        assert_eq!(r.text().await.unwrap(), format!("v{i}"));
+    }
+    let ops = forwarded(follower).await.unwrap() - ops_before;
+    let sent = batches(follower).await.unwrap() - batches_before;
+    assert_eq!(ops, WRITES as f64, "each write forwarded once");
+    assert!(
+        sent < ops,
+        "{WRITES} concurrent forwarded writes went in {sent} batches"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_crash_loses_no_acknowledged_write() {
     let mut c = cluster(ClusterOptions::default()).await;

@@ -1,0 +1,494 @@
+//! Forwarded operations travel to a peer in batches, over one channel per peer: the operations
+//! any request of this node hands to one peer while the previous batches to it are in flight go
+//! together in one `POST /internal/v1/kv/batch` (natural batching: at most [`IN_FLIGHT`]
+//! batches out, no timer), as etcd hands proposals to its leader in one stream. A node that
+//! forwards most of its writes then pays for one peer request per round, not per operation.
+//!
+//! The peer answers each operation as soon as it is done, in the order they finish, as frames of
+//! one streamed response body, so an operation that waits (a partition electing a leader) holds
+//! back no other operation's answer; a batch whose last answers are slow gives up its slot
+//! after [`SLOT_HOLD`] and the next batch goes out beside it.
+//!
+//! Wire format: the request body is a postcard [`OpBatch`] (each operation a postcard
+//! [`Forwarded`](crate::ops::Forwarded), decoded and validated on its own by the peer); the
+//! answer body is a sequence of frames, each a little-endian `u32` length and a postcard
+//! [`OpAnswer`]: the status, the headers a client keeps and the body the client gets.
+//!
+//! Failure: a batch that never reached the peer (a refused connection) fails its operations as
+//! not sent, so the forwarder may hand them to another node; past that, an operation without
+//! an answer may have been applied, and fails as such.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use bytes::{Buf, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::error::PeerAnswer;
+
+/// The peer route that takes batches of forwarded operations.
+pub const BATCH_PATH: &str = "/internal/v1/kv/batch";
+/// Batches to one peer in flight at once.
+const IN_FLIGHT: usize = 2;
+/// Most operations in one batch; a peer refuses a batch with more.
+pub const MAX_BATCH_OPS: usize = 256;
+/// Most bytes of operations in one batch (one larger operation still goes, alone).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Most bytes of one operation's answer frame (a largest value, or a page of a scan, is far
+/// below): a longer frame means the stream is broken.
+const MAX_ANSWER_BYTES: usize = 256 << 20;
+/// How long a batch keeps its slot while some of its answers are still out: operations that
+/// wait on a leaderless partition must not stop the operations after them.
+const SLOT_HOLD: Duration = Duration::from_millis(250);
+
+/// The body of `POST /internal/v1/kv/batch`: postcard-encoded forwarded operations.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct OpBatch {
+    pub ops: Vec<serde_bytes::ByteBuf>,
+}
+
+/// The answer to one operation of a batch, as the client gets it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OpAnswer {
+    /// The operation's place in its batch.
+    pub index: u32,
+    pub status: u16,
+    pub headers: Vec<(String, serde_bytes::ByteBuf)>,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// Headers of a peer's answer that the client gets.
+pub fn relayed_header(name: &str) -> bool {
+    matches!(name, "content-type" | "etag" | "retry-after") || name.starts_with("x-kv-")
+}
+
+/// The frame of `answer` in a streamed batch answer.
+pub fn frame(answer: &OpAnswer) -> Result<Bytes, postcard::Error> {
+    let encoded = postcard::to_stdvec(answer)?;
+    let mut out = BytesMut::with_capacity(4 + encoded.len());
+    out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+    out.extend_from_slice(&encoded);
+    Ok(out.freeze())
+}
+
+/// Splits a streamed batch answer into [`OpAnswer`]s, whatever its chunks' boundaries.
+#[derive(Default)]
+struct Frames {
+    buf: BytesMut,
+}
+
+impl Frames {
+    fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next whole answer, if one has arrived.
+    fn next(&mut self) -> Option<Result<OpAnswer, String>> {
+        let len_bytes: [u8; 4] = self.buf.get(..4)?.try_into().ok()?;
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        if len > MAX_ANSWER_BYTES {
+            return Some(Err(format!(
+                "an answer of {len} bytes, at most {MAX_ANSWER_BYTES}"
+            )));
+        }
+        if self.buf.len() < 4 + len {
+            return None;
+        }
+        self.buf.advance(4);
+        let encoded = self.buf.split_to(len);
+        Some(postcard::from_bytes(&encoded).map_err(|e| format!("undecodable answer: {e}")))
+    }
+}
+
+/// Why a forwarded operation got no answer.
+#[derive(Debug)]
+pub enum Lost {
+    /// It never reached the peer (the connection was refused): another node may take it.
+    NotSent(String),
+    /// It may have been applied.
+    Unknown(String),
+}
+
+type Reply = oneshot::Sender<Result<PeerAnswer, Lost>>;
+
+struct Pending {
+    op: Vec<u8>,
+    reply: Reply,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Pending>,
+    in_flight: usize,
+    pumping: bool,
+}
+
+/// The channel to one peer.
+struct Peer {
+    url: String,
+    queue: Mutex<Queue>,
+    done: Notify,
+}
+
+/// Every peer's channel, created on first use. Cheap to clone.
+#[derive(Clone)]
+pub struct OpChannels {
+    http: reqwest::Client,
+    scheme: &'static str,
+    peers: Arc<Mutex<HashMap<String, Arc<Peer>>>>,
+}
+
+impl OpChannels {
+    pub fn new(http: reqwest::Client, tls: bool) -> Self {
+        OpChannels {
+            http,
+            scheme: if tls { "https" } else { "http" },
+            peers: Arc::default(),
+        }
+    }
+
+    /// Hand the encoded operation `op` to the peer at `addr` with its next batch and wait up
+    /// to `timeout` for the answer.
+    pub async fn call(
+        &self,
+        addr: &str,
+        op: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<PeerAnswer, Lost> {
+        let peer = {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers
+                .entry(addr.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Peer {
+                        url: format!("{}://{addr}{BATCH_PATH}", self.scheme),
+                        queue: Mutex::default(),
+                        done: Notify::new(),
+                    })
+                })
+                .clone()
+        };
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.waiting.push(Pending {
+                op,
+                reply: tx,
+                deadline: Instant::now() + timeout,
+            });
+            !std::mem::replace(&mut q.pumping, true)
+        };
+        if start {
+            let channels = self.clone();
+            tokio::spawn(async move { channels.pump(peer).await });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(Lost::Unknown(format!(
+                "no answer from {addr} within {timeout:?}"
+            ))),
+            Ok(Err(_)) => Err(Lost::Unknown(format!("the batch to {addr} was dropped"))),
+            Ok(Ok(answer)) => answer,
+        }
+    }
+
+    /// Send batches to `peer` while operations wait, at most [`IN_FLIGHT`] at a time.
+    async fn pump(&self, peer: Arc<Peer>) {
+        loop {
+            let batch = {
+                let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.in_flight >= IN_FLIGHT {
+                    None
+                } else if q.waiting.is_empty() {
+                    q.pumping = false;
+                    return;
+                } else {
+                    let mut bytes = 0;
+                    let mut take = 0;
+                    for p in &q.waiting {
+                        if take > 0
+                            && (bytes + p.op.len() > MAX_BATCH_BYTES || take >= MAX_BATCH_OPS)
+                        {
+                            break;
+                        }
+                        bytes += p.op.len();
+                        take += 1;
+                    }
+                    q.in_flight += 1;
+                    Some(q.waiting.drain(..take).collect::<Vec<_>>())
+                }
+            };
+            let Some(batch) = batch else {
+                peer.done.notified().await;
+                continue;
+            };
+            metrics::histogram!("kv_forward_batch_ops").record(batch.len() as f64);
+            let http = self.http.clone();
+            let peer = peer.clone();
+            tokio::spawn(async move { send(&http, &peer, batch).await });
+        }
+    }
+}
+
+/// Gives a batch's slot back once, when its answers are in or it has held the slot long enough.
+struct Slot<'a> {
+    peer: &'a Peer,
+    held: bool,
+}
+
+impl Slot<'_> {
+    fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.peer
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .in_flight -= 1;
+            self.peer.done.notify_one();
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// One batch: post it, hand each operation its answer as it arrives.
+async fn send(http: &reqwest::Client, peer: &Peer, batch: Vec<Pending>) {
+    let mut slot = Slot { peer, held: true };
+    let deadline = batch
+        .iter()
+        .map(|p| p.deadline)
+        .max()
+        .unwrap_or_else(Instant::now);
+    let (ops, replies): (Vec<Vec<u8>>, Vec<Reply>) =
+        batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+    let mut replies: Vec<Option<Reply>> = replies.into_iter().map(Some).collect();
+    let fail_rest =
+        |replies: &mut Vec<Option<Reply>>, lost: &dyn Fn(String) -> Lost, why: String| {
+            for reply in replies.iter_mut().filter_map(Option::take) {
+                let _ = reply.send(Err(lost(why.clone())));
+            }
+        };
+    let body = OpBatch {
+        ops: ops.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+    };
+    let body = match postcard::to_stdvec(&body) {
+        Ok(body) => body,
+        Err(e) => return fail_rest(&mut replies, &Lost::NotSent, format!("encoding: {e}")),
+    };
+    let limit = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(10));
+    let sent = http
+        .post(&peer.url)
+        .timeout(limit)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await;
+    let mut resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => {
+            let lost = if e.is_connect() {
+                Lost::NotSent
+            } else {
+                Lost::Unknown
+            };
+            let why = format!("forwarding to {} failed: {}", peer.url, root_cause(&e));
+            return fail_rest(&mut replies, &lost, why);
+        }
+    };
+    if !resp.status().is_success() {
+        // The batch was refused as a whole (overloaded, unauthorized...): every operation gets
+        // that answer, as a single forwarded request would have.
+        let answer = whole_answer(resp).await;
+        for reply in replies.iter_mut().filter_map(Option::take) {
+            let _ = reply.send(match &answer {
+                Ok(answer) => Ok(answer.clone()),
+                Err(why) => Err(Lost::Unknown(why.clone())),
+            });
+        }
+        return;
+    }
+    let hold_until = Instant::now() + SLOT_HOLD;
+    let mut frames = Frames::default();
+    let mut open = replies.len();
+    while open > 0 {
+        let chunk = if slot.held {
+            match tokio::time::timeout_at(hold_until, resp.chunk()).await {
+                Ok(chunk) => chunk,
+                Err(_) => {
+                    slot.release();
+                    continue;
+                }
+            }
+        } else {
+            resp.chunk().await
+        };
+        let chunk = match chunk {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                let why = format!("the answer of {} broke off: {}", peer.url, root_cause(&e));
+                return fail_rest(&mut replies, &Lost::Unknown, why);
+            }
+        };
+        frames.push(&chunk);
+        while let Some(answer) = frames.next() {
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(why) => return fail_rest(&mut replies, &Lost::Unknown, why),
+            };
+            let reply = replies
+                .get_mut(answer.index as usize)
+                .and_then(Option::take);
+            if let Some(reply) = reply {
+                open -= 1;
+                let _ = reply.send(peer_answer(answer));
+            }
+        }
+    }
+    fail_rest(
+        &mut replies,
+        &Lost::Unknown,
+        format!("{} ended its answer early", peer.url),
+    );
+}
+
+fn peer_answer(answer: OpAnswer) -> Result<PeerAnswer, Lost> {
+    let status = StatusCode::from_u16(answer.status)
+        .map_err(|e| Lost::Unknown(format!("a forwarded answer's status: {e}")))?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in answer.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            if relayed_header(n.as_str()) {
+                headers.append(n, v);
+            }
+        }
+    }
+    Ok(PeerAnswer {
+        status,
+        headers,
+        body: Bytes::from(answer.body),
+    })
+}
+
+/// A whole (unframed) answer, kept as the client would get it.
+async fn whole_answer(resp: reqwest::Response) -> Result<PeerAnswer, String> {
+    let status = StatusCode::from_u16(resp.status().as_u16()).map_err(|e| e.to_string())?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in resp.headers() {
+        if relayed_header(name.as_str()) {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_str().as_bytes()),
+                HeaderValue::from_bytes(value.as_bytes()),
+            ) {
+                headers.append(n, v);
+            }
+        }
+    }
+    let body = resp.bytes().await.map_err(|e| root_cause(&e))?;
+    Ok(PeerAnswer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// An error with its innermost cause (reqwest's own message rarely says what happened).
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    if e.to_string() == cur.to_string() {
+        e.to_string()
+    } else {
+        format!("{e}: {cur}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn answer(index: u32, body: &[u8]) -> OpAnswer {
+        OpAnswer {
+            index,
+            status: 200,
+            headers: vec![("etag".into(), serde_bytes::ByteBuf::from(b"\"7\"".to_vec()))],
+            body: body.to_vec(),
+        }
+    }
+
+    #[test]
+    fn frames_are_found_whatever_the_chunks() {
+        let mut stream = Vec::new();
+        for (i, body) in [&b"one"[..], b"", &[0u8; 300]].iter().enumerate() {
+            stream.extend_from_slice(&frame(&answer(i as u32, body)).unwrap());
+        }
+        // Every split of the stream into two chunks, and one byte at a time.
+        for cut in 0..=stream.len() {
+            let mut frames = Frames::default();
+            let mut got = Vec::new();
+            for chunk in [&stream[..cut], &stream[cut..]] {
+                frames.push(chunk);
+                while let Some(a) = frames.next() {
+                    got.push(a.unwrap());
+                }
+            }
+            assert_eq!(got.len(), 3, "cut at {cut}");
+            assert_eq!(got[0].body, b"one");
+            assert_eq!(got[2].body.len(), 300);
+            assert_eq!(got[2].index, 2);
+        }
+        let mut frames = Frames::default();
+        let mut got = 0;
+        for b in &stream {
+            frames.push(std::slice::from_ref(b));
+            while let Some(a) = frames.next() {
+                a.unwrap();
+                got += 1;
+            }
+        }
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    fn a_broken_frame_is_an_error_not_a_panic() {
+        let mut frames = Frames::default();
+        frames.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);
+        assert!(frames.next().unwrap().is_err());
+        // A length that never completes waits for more, unless it is beyond any answer.
+        frames.push(&[0xff, 0xff, 0x00, 0x00]);
+        assert!(frames.next().is_none());
+        let mut frames = Frames::default();
+        frames.push(&[0xff, 0xff, 0xff, 0x7f]);
+        assert!(frames.next().unwrap().is_err());
+    }
+
+    #[test]
+    fn only_client_headers_are_relayed() {
+        let mut a = answer(0, b"x");
+        a.headers
+            .push(("set-cookie".into(), b"s=1".to_vec().into()));
+        a.headers.push(("x-kv-node".into(), b"2".to_vec().into()));
+        let got = peer_answer(a).unwrap();
+        assert!(got.headers.get("set-cookie").is_none());
+        assert_eq!(got.headers.get("x-kv-node").unwrap(), "2");
+        assert_eq!(got.headers.get("etag").unwrap(), "\"7\"");
+    }
+}
