@@ -1,13 +1,15 @@
 //! Forwarded operations travel to a peer in batches, over one channel per peer: the operations
-//! any request of this node hands to one peer while the previous batches to it are in flight go
-//! together in one `POST /internal/v1/kv/batch` (natural batching: at most [`IN_FLIGHT`]
-//! batches out, no timer), as etcd hands proposals to its leader in one stream. A node that
-//! forwards most of its writes then pays for one peer request per round, not per operation.
+//! any request of this node hands to one peer while the previous batches to it are on their way
+//! go together in one `POST /internal/v1/kv/batch` (natural batching: at most [`IN_FLIGHT`]
+//! batches being delivered, no timer), as etcd hands proposals to its leader in one stream. A
+//! node that forwards most of its writes then pays for one peer request per round trip, not
+//! per operation.
 //!
-//! The peer answers each operation as soon as it is done, in the order they finish, as frames of
-//! one streamed response body, so an operation that waits (a partition electing a leader) holds
-//! back no other operation's answer; a batch whose last answers are slow gives up its slot
-//! after [`SLOT_HOLD`] and the next batch goes out beside it.
+//! A batch is delivered once the peer has taken it (its answer's head arrived); the peer then
+//! answers each operation as soon as it is done, in the order they finish, as frames of the
+//! streamed answer body. So the next batch never waits for the operations of the one before
+//! (a write's fsync, a partition electing a leader), and no operation's answer waits for
+//! another's.
 //!
 //! Wire format: the request body is a postcard [`OpBatch`] (each operation a postcard
 //! [`Forwarded`](crate::ops::Forwarded), decoded and validated on its own by the peer); the
@@ -32,7 +34,7 @@ use crate::error::PeerAnswer;
 
 /// The peer route that takes batches of forwarded operations.
 pub const BATCH_PATH: &str = "/internal/v1/kv/batch";
-/// Batches to one peer in flight at once.
+/// Batches on their way to one peer at once (sent, not yet taken).
 const IN_FLIGHT: usize = 2;
 /// Most operations in one batch; a peer refuses a batch with more.
 pub const MAX_BATCH_OPS: usize = 256;
@@ -41,9 +43,6 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Most bytes of one operation's answer frame (a largest value, or a page of a scan, is far
 /// below): a longer frame means the stream is broken.
 const MAX_ANSWER_BYTES: usize = 256 << 20;
-/// How long a batch keeps its slot while some of its answers are still out: operations that
-/// wait on a leaderless partition must not stop the operations after them.
-const SLOT_HOLD: Duration = Duration::from_millis(250);
 
 /// The body of `POST /internal/v1/kv/batch`: postcard-encoded forwarded operations.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -235,7 +234,7 @@ impl OpChannels {
     }
 }
 
-/// Gives a batch's slot back once, when its answers are in or it has held the slot long enough.
+/// Gives a batch's slot back once: when the peer has taken the batch, or it failed.
 struct Slot<'a> {
     peer: &'a Peer,
     held: bool,
@@ -294,6 +293,7 @@ async fn send(http: &reqwest::Client, peer: &Peer, batch: Vec<Pending>) {
         .body(body)
         .send()
         .await;
+    slot.release();
     let mut resp = match sent {
         Ok(resp) => resp,
         Err(e) => {
@@ -318,22 +318,10 @@ async fn send(http: &reqwest::Client, peer: &Peer, batch: Vec<Pending>) {
         }
         return;
     }
-    let hold_until = Instant::now() + SLOT_HOLD;
     let mut frames = Frames::default();
     let mut open = replies.len();
     while open > 0 {
-        let chunk = if slot.held {
-            match tokio::time::timeout_at(hold_until, resp.chunk()).await {
-                Ok(chunk) => chunk,
-                Err(_) => {
-                    slot.release();
-                    continue;
-                }
-            }
-        } else {
-            resp.chunk().await
-        };
-        let chunk = match chunk {
+        let chunk = match resp.chunk().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(e) => {

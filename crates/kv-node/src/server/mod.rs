@@ -180,6 +180,12 @@ pub async fn serve(
         let (stream, peer) = match accepted {
             Ok(accepted) => {
                 backoff = ACCEPT_BACKOFF_MIN;
+                // Answers go out in several writes (a head, then body chunks: a streamed batch of
+                // forwarded answers); Nagle would hold each small one back for the peer's
+                // delayed ACK.
+                if let Err(e) = accepted.0.set_nodelay(true) {
+                    tracing::debug!(error = %e, "accept: cannot set TCP_NODELAY");
+                }
                 accepted
             }
             // The peer gave up between connecting and our accept: nothing to back off from.
