@@ -8,6 +8,10 @@ pub const HEADER_PARTITION: &str = "x-kv-partition";
 pub const HEADER_NODE: &str = "x-kv-node";
 /// Header with the consistency a read was served at (`linearizable` or `stale`).
 pub const HEADER_CONSISTENCY: &str = "x-kv-consistency";
+/// Request header: the epoch of the partition map the sender routed by. A node that no longer
+/// hosts the key's partition under a newer map answers `421` with its [`Routes`]
+/// ([`Misdirected`]) instead of forwarding.
+pub const HEADER_EPOCH: &str = "x-kv-epoch";
 /// Header a forwarding node adds; it counts hops to stop forwarding loops.
 pub const HEADER_FORWARDED: &str = "x-kv-forwarded";
 
@@ -236,6 +240,40 @@ pub struct ClusterStatus {
     /// Partition moves in flight (from every member unless `?scope=local`).
     #[serde(default)]
     pub moves: Vec<MoveStatus>,
+}
+
+/// `GET /v1/cluster/routes`: where each partition is served, as the answering node routes by.
+/// Light: no Raft round trips, so clients and nodes can fetch it whenever a route misses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routes {
+    /// Epoch of the partition map (`0` before the node has adopted one).
+    pub epoch: u64,
+    pub partitions: Vec<PartitionRoute>,
+    /// Node id -> the address clients reach it at (`host:port`).
+    pub members: std::collections::BTreeMap<u64, String>,
+}
+
+/// One partition's place in [`Routes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRoute {
+    pub partition: u32,
+    /// The leader, when the answering node knows it (it replicates the partition).
+    pub leader: Option<u64>,
+    /// The voters, preferred leader first.
+    pub replicas: Vec<u64>,
+}
+
+/// Body of `421 Misdirected Request`: the request named an older map's epoch
+/// ([`HEADER_EPOCH`]) and the answering node does not host the key's partition; `routes` says
+/// where it is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Misdirected {
+    /// `misdirected`.
+    pub error: String,
+    #[serde(default)]
+    pub message: String,
+    pub epoch: u64,
+    pub routes: Routes,
 }
 
 #[cfg(test)]

@@ -584,6 +584,9 @@ impl Client {
             if let Some(write) = &call.write {
                 write.add_headers(&mut headers);
             }
+            if let Some(epoch) = route.epoch {
+                headers.insert(crate::api::HEADER_EPOCH, HeaderValue::from(epoch));
+            }
             let sent = transport::send(
                 &inner.http,
                 call.method.clone(),
@@ -612,6 +615,16 @@ impl Client {
                             return Err(reply.into_error());
                         }
                         return Ok(reply);
+                    }
+                    if status == StatusCode::MISDIRECTED_REQUEST {
+                        // Routed by an older map: the answer carries the new routes; go by
+                        // them at once (if they are new to this client: else back off).
+                        if let Ok(misdirected) = reply.json::<crate::api::Misdirected>() {
+                            last = Error::Unavailable(misdirected.message.clone());
+                            if router.install_routes(&misdirected.routes) {
+                                continue;
+                            }
+                        }
                     }
                     if !(call.retry_unavailable && retry::is_retryable(status)) {
                         return Err(reply.into_error());

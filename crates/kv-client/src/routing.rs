@@ -1,12 +1,14 @@
 //! Where to send a request: the client's view of the partition map (partition -> leader, from
-//! `GET /v1/cluster`), the nodes recently found unreachable, and the order in which to try
-//! nodes for one request.
+//! `GET /v1/cluster/routes`), the nodes recently found unreachable, and the order in which to
+//! try nodes for one request.
 //!
 //! A key request goes straight to its partition's leader, then to the partition's other
 //! replicas, then to the configured endpoints (any node forwards). The view is corrected cheaply
 //! from answers (`X-KV-Node` names the leader that served a write or linearizable read; a `503`
-//! may name the leader) and refetched on a miss (`503`, a connection failure). Without a view,
-//! requests go to the configured endpoints.
+//! may name the leader) and refetched on a miss (`503`, a connection failure). Key requests
+//! carry the epoch of the map they were routed by (`X-KV-Epoch`): a node the partition has
+//! moved away from answers `421` with its routes, which replace the view at once. Without a
+//! view, requests go to the configured endpoints.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,13 +18,13 @@ use std::time::Duration;
 use reqwest::Method;
 use tokio::time::Instant;
 
-use crate::api::ClusterStatus;
+use crate::api::{ClusterStatus, Routes};
 use crate::retry::Deadline;
 use crate::transport;
 
 /// The map is refetched at most this often, however many requests miss.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(50);
-/// Longest wait for one node's `GET /v1/cluster` during a refresh.
+/// Longest wait for one node's `GET /v1/cluster/routes` during a refresh.
 const REFRESH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A node that refused or dropped a connection is tried last for this long.
 const SUSPECT_FOR: Duration = Duration::from_secs(1);
@@ -42,11 +44,15 @@ pub(crate) struct Route {
     pub(crate) target: Target,
     /// The key's partition, when the map is known.
     pub(crate) partition: Option<u32>,
+    /// The epoch of the map the key was routed by, when the map has one.
+    pub(crate) epoch: Option<u64>,
 }
 
 /// The partition map as the client last learned it.
 #[derive(Debug, Clone)]
 struct PartitionMap {
+    /// The map's epoch, when the answering node had adopted one.
+    epoch: Option<u64>,
     partitions: u32,
     /// Per partition: the leader, if known.
     leaders: Vec<Option<u64>>,
@@ -90,7 +96,42 @@ impl PartitionMap {
             .map(|m| (m.id, Arc::from(format!("{scheme}://{}", m.addr))))
             .collect();
         Some(PartitionMap {
+            epoch: status.epoch,
             partitions: status.partitions,
+            leaders,
+            replicas,
+            members,
+        })
+    }
+
+    /// The map in `routes`, keeping leaders of `previous` as [`PartitionMap::from_status`] does.
+    fn from_routes(routes: &Routes, scheme: &str, previous: Option<&PartitionMap>) -> Option<Self> {
+        let partitions = u32::try_from(routes.partitions.len()).ok()?;
+        if partitions == 0 {
+            return None;
+        }
+        let count = routes.partitions.len();
+        let mut leaders = vec![None; count];
+        let mut replicas = vec![Vec::new(); count];
+        for route in &routes.partitions {
+            let p = usize::try_from(route.partition)
+                .ok()
+                .filter(|p| *p < count)?;
+            replicas[p] = route.replicas.clone();
+            let kept = previous
+                .filter(|prev| prev.partitions == partitions)
+                .and_then(|prev| prev.leaders[p])
+                .filter(|id| route.replicas.contains(id));
+            leaders[p] = route.leader.or(kept);
+        }
+        let members = routes
+            .members
+            .iter()
+            .map(|(id, addr)| (*id, Arc::from(format!("{scheme}://{addr}"))))
+            .collect();
+        Some(PartitionMap {
+            epoch: (routes.epoch > 0).then_some(routes.epoch),
+            partitions,
             leaders,
             replicas,
             members,
@@ -183,7 +224,15 @@ impl Router {
             candidates.extend(map.members.keys().filter_map(|id| map.target(*id)));
         }
         let target = self.first_healthy(candidates);
-        Route { target, partition }
+        let epoch = map
+            .as_ref()
+            .and_then(|m| m.epoch)
+            .filter(|_| partition.is_some());
+        Route {
+            target,
+            partition,
+            epoch,
+        }
     }
 
     /// The first candidate not under suspicion; if every one is, the one whose suspicion ends
@@ -252,6 +301,27 @@ impl Router {
         }
     }
 
+    /// Installs the map in `routes` (an answer to `GET /v1/cluster/routes`, or a `421`'s),
+    /// unless the view already routes by a newer epoch. True if it was installed.
+    pub(crate) fn install_routes(&self, routes: &Routes) -> bool {
+        let mut guard = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let newer = guard
+            .as_ref()
+            .and_then(|m| m.epoch)
+            .is_some_and(|have| have > routes.epoch);
+        if newer {
+            return false;
+        }
+        match PartitionMap::from_routes(routes, &self.scheme, guard.as_deref()) {
+            Some(map) => {
+                *guard = Some(Arc::new(map));
+                self.generation.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Refetches the map, unless discovery is off, another caller is already refetching (when
     /// a map is known), or the last fetch started less than [`MIN_REFRESH_INTERVAL`] ago.
     /// Asks the members (reachable ones first), then the endpoints, until one answers or the
@@ -307,7 +377,7 @@ impl Router {
                 http,
                 Method::GET,
                 &source.base,
-                "/v1/cluster",
+                "/v1/cluster/routes",
                 Default::default(),
                 Default::default(),
                 timeout,
@@ -315,9 +385,9 @@ impl Router {
             .await;
             match reply {
                 Ok(reply) if reply.status.is_success() => {
-                    if let Ok(status) = reply.json::<ClusterStatus>() {
+                    if let Ok(routes) = reply.json::<Routes>() {
                         self.answered(&source);
-                        self.install(&status);
+                        self.install_routes(&routes);
                         return;
                     }
                 }
@@ -396,6 +466,52 @@ mod tests {
             .map(|i| format!("k{i}").into_bytes())
             .find(|k| kv_ring::partition_of(k, 2).0 == partition)
             .unwrap()
+    }
+
+    fn routes(epoch: u64, leader_of_0: u64) -> Routes {
+        Routes {
+            epoch,
+            partitions: vec![
+                crate::api::PartitionRoute {
+                    partition: 0,
+                    leader: Some(leader_of_0),
+                    replicas: vec![1, 2, 3],
+                },
+                crate::api::PartitionRoute {
+                    partition: 1,
+                    leader: None,
+                    replicas: vec![2, 3, 1],
+                },
+            ],
+            members: (1..=3)
+                .map(|id| (id, format!("127.0.0.1:700{id}")))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn routes_carry_their_epoch_and_an_older_table_changes_nothing() {
+        let router = router();
+        router.install_routes(&routes(5, 2));
+        let route = router.route(Some(&key_of(0)));
+        assert_eq!(&*route.target.base, "http://127.0.0.1:7002");
+        assert_eq!(route.epoch, Some(5));
+        // Partition 1's leader is unknown: its preferred replica first.
+        assert_eq!(
+            &*router.route(Some(&key_of(1))).target.base,
+            "http://127.0.0.1:7002"
+        );
+        router.install_routes(&routes(4, 3));
+        assert_eq!(
+            &*router.route(Some(&key_of(0))).target.base,
+            "http://127.0.0.1:7002"
+        );
+        router.install_routes(&routes(6, 3));
+        let route = router.route(Some(&key_of(0)));
+        assert_eq!(&*route.target.base, "http://127.0.0.1:7003");
+        assert_eq!(route.epoch, Some(6));
+        // Requests without a key are not routed by the map's epoch.
+        assert_eq!(router.route(None).epoch, None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use kv_client::api::{ClusterStatus, GroupStatus, Member};
+use kv_client::api::{PartitionRoute, Routes};
 use kv_client::{Client, Error};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -177,33 +177,17 @@ fn header(request: &Request<Incoming>, name: &str) -> Option<String> {
 /// /v1/kv/greeting`: `hello` at version 3; anything else: 404.
 fn answer(port: u16, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     match request.uri().path() {
-        "/v1/cluster" => {
-            let status = ClusterStatus {
-                node: 1,
-                members: vec![Member {
-                    id: 1,
-                    addr: format!("127.0.0.1:{port}"),
-                }],
-                partitions: 1,
-                replication_factor: 1,
-                vnodes: 0,
-                epoch: Some(1),
-                groups: vec![GroupStatus {
-                    partition: Some(0),
-                    replicas: vec![1],
-                    voters: vec![1],
-                    learners: Vec::new(),
+        "/v1/cluster/routes" => {
+            let routes = Routes {
+                epoch: 1,
+                partitions: vec![PartitionRoute {
+                    partition: 0,
                     leader: Some(1),
-                    term: 1,
-                    role: "leader".to_owned(),
-                    last_log_index: None,
-                    commit_index: None,
-                    applied_index: None,
-                    replication: None,
+                    replicas: vec![1],
                 }],
-                moves: Vec::new(),
+                members: [(1, format!("127.0.0.1:{port}"))].into(),
             };
-            let body = serde_json::to_vec(&status).unwrap();
+            let body = serde_json::to_vec(&routes).unwrap();
             Response::builder()
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body)))
@@ -256,7 +240,7 @@ async fn client_with_ca_certificate_and_token_reaches_a_tls_node() {
         assert_eq!(request.client_cert.as_deref(), Some(&*pki.client_der));
     }
     // The map came from the endpoint; the key went to the member's address, over https too.
-    assert_eq!(seen[0].path, "/v1/cluster");
+    assert_eq!(seen[0].path, "/v1/cluster/routes");
     assert_eq!(seen[0].host, format!("localhost:{}", node.port));
     let last = seen.last().unwrap();
     assert_eq!(last.path, "/v1/kv/greeting");

@@ -1,4 +1,4 @@
-//! Cluster routes: `GET /v1/cluster`, `/health`, `/ready`, `/metrics`.
+//! Cluster routes: `GET /v1/cluster`, `/v1/cluster/routes`, `/health`, `/ready`, `/metrics`.
 
 use std::time::Duration;
 
@@ -6,7 +6,9 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use kv_client::api::{ClusterStatus, GroupStatus, LeaveResult, MapSummary, Member, MoveStatus};
+use kv_client::api::{
+    ClusterStatus, GroupStatus, LeaveResult, MapSummary, Member, MoveStatus, PartitionRoute, Routes,
+};
 use kv_ring::PartitionId;
 use serde_json::json;
 
@@ -85,6 +87,40 @@ pub async fn cluster_view(st: &AppState) -> ClusterStatus {
     }
     status.moves = moves.into_values().collect();
     status
+}
+
+/// `GET /v1/cluster/routes`: each partition's replicas and, where this node hosts it, its
+/// leader, with the members' client addresses. Cheap (the map and the groups' last metrics,
+/// no Raft round trip): clients fetch it when a route misses, and a `421` carries it.
+pub async fn routes(State(st): State<AppState>) -> Json<Routes> {
+    Json(route_table(&st))
+}
+
+/// The routes of the map this node routes by.
+pub fn route_table(st: &AppState) -> Routes {
+    let layout = st.layout();
+    let partitions = (0..layout.partitions())
+        .map(PartitionId)
+        .map(|p| PartitionRoute {
+            partition: p.0,
+            leader: st
+                .host
+                .group(group_of(p))
+                .and_then(|g| g.leader())
+                .map(|(id, _)| id),
+            replicas: layout.replicas(p),
+        })
+        .collect();
+    let members = layout
+        .members
+        .iter()
+        .map(|(id, addr)| (*id, layout.client_addr(*id).unwrap_or(addr).to_string()))
+        .collect();
+    Routes {
+        epoch: st.epoch().unwrap_or(0),
+        partitions,
+        members,
+    }
 }
 
 /// `GET /v1/cluster/map`: the map this node routes by, in short. Cheap: peers poll it to

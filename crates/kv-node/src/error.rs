@@ -58,6 +58,10 @@ pub enum ApiError {
     /// This node is doing as much of this kind of work as it accepts; retry later.
     #[error("{0}")]
     Overloaded(String),
+    /// The request routed by an older map (`X-KV-Epoch`) to a node that does not host the key's
+    /// partition: `421` with the routes of this node's map.
+    #[error("this node does not serve the key's partition under map epoch {}", .0.epoch)]
+    Misdirected(Box<kv_client::api::Routes>),
     /// A peer's error answer to a forwarded operation, passed on as it is.
     #[error("a peer answered {}", .0.status)]
     Relayed(Box<PeerAnswer>),
@@ -96,6 +100,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected"),
             ApiError::Relayed(answer) => (answer.status, "relayed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -111,6 +116,15 @@ impl IntoResponse for ApiError {
             return resp;
         }
         let (status, code) = self.parts();
+        if let ApiError::Misdirected(routes) = &self {
+            let body = kv_client::api::Misdirected {
+                error: code.to_string(),
+                message: self.to_string(),
+                epoch: routes.epoch,
+                routes: (**routes).clone(),
+            };
+            return (status, Json(body)).into_response();
+        }
         let message = match &self {
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");

@@ -27,9 +27,10 @@ use crate::error::{ApiError, PeerAnswer};
 use crate::extract::Params;
 use crate::forward::{serve, Answer};
 use crate::ops::{check_key, KeyOp, Page, PageRequest, Precondition, Row, Session, MAX_SCAN_LIMIT};
+use crate::placement::group_of;
 use crate::state::AppState;
 
-pub use kv_client::api::{HEADER_ACK_BELOW, HEADER_CLIENT_ID, HEADER_REQUEST_SEQ};
+pub use kv_client::api::{HEADER_ACK_BELOW, HEADER_CLIENT_ID, HEADER_EPOCH, HEADER_REQUEST_SEQ};
 
 /// The key of a `/v1/kv/{*key}` request: the rest of the path, percent-decoded, as UTF-8.
 pub struct KeyPath(pub String);
@@ -48,6 +49,42 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
             )),
         }
     }
+}
+
+/// Refuse, with `421` and this node's routes, a request routed by an older map than this node's
+/// (`X-KV-Epoch`) for a partition this node does not host: the sender's routes are stale, and
+/// one round trip gives it the new ones. Without the header, or for a partition hosted here,
+/// the request is served or forwarded as any other.
+fn check_routed(st: &AppState, headers: &HeaderMap, key: &[u8]) -> Result<(), ApiError> {
+    let Some(value) = headers.get(HEADER_EPOCH) else {
+        return Ok(());
+    };
+    let sent = value
+        .to_str()
+        .ok()
+        .and_then(|s| parse_decimal(s.trim()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_epoch",
+                format!("{HEADER_EPOCH} must be an unsigned integer"),
+            )
+        })?;
+    let Some(current) = st.epoch() else {
+        return Ok(());
+    };
+    if sent >= current {
+        return Ok(());
+    }
+    let layout = st.layout();
+    let p = layout.partition_of(key);
+    let hosted = st.host.group(group_of(p)).is_some() || layout.replicas(p).contains(&st.config.id);
+    if hosted {
+        return Ok(());
+    }
+    metrics::counter!("kv_misdirected_requests_total").increment(1);
+    Err(ApiError::Misdirected(Box::new(
+        crate::cluster_api::route_table(st),
+    )))
 }
 
 /// The session headers of a request, if it names a client write.
@@ -192,6 +229,7 @@ pub async fn put_key(
     let access = caller.access(Role::Readwrite)?;
     let key = validate_key(key)?;
     access.require(Role::Readwrite, Some(&key))?;
+    check_routed(&st, &headers, &key)?;
     let cond = precondition(&headers, true)?;
     let session = session(&headers)?;
     let value = crate::body::read_limited(
@@ -219,8 +257,10 @@ pub async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let access = caller.access(Role::Readwrite)?;
+    let key = validate_key(key)?;
+    check_routed(&st, &headers, &key)?;
     let op = KeyOp::Delete {
-        key: validate_key(key)?,
+        key,
         cond: precondition(&headers, false)?,
         session: session(&headers)?,
     };
@@ -232,10 +272,13 @@ pub async fn get_key(
     Extension(caller): Extension<Caller>,
     KeyPath(key): KeyPath,
     Params(params): Params<ReadParams>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let access = caller.access(Role::Readonly)?;
+    let key = validate_key(key)?;
+    check_routed(&st, &headers, &key)?;
     let op = KeyOp::Get {
-        key: validate_key(key)?,
+        key,
         stale: stale(params.consistency.as_deref())?,
     };
     execute(&st, op, 0, &access).await

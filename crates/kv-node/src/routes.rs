@@ -53,6 +53,7 @@ pub fn router(state: AppState, surface: Surface) -> Router {
     let status = Router::new()
         .route("/v1/cluster", get(cluster_api::status))
         .route("/v1/cluster/map", get(cluster_api::map))
+        .route("/v1/cluster/routes", get(cluster_api::routes))
         .route("/ready", get(cluster_api::ready))
         .route("/metrics", get(cluster_api::metrics))
         .route_layer(middleware::from_fn(auth::status_readers));

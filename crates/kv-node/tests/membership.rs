@@ -365,3 +365,158 @@ async fn membership_requests_are_validated_and_idempotent() {
     assert_eq!(body["error"], "too_few_members", "{body}");
     assert_eq!(c.status(1).await.unwrap().epoch, epoch);
 }
+
+/// `GET /v1/cluster/routes` is the map a node routes by; after a move, a request routed by the
+/// older map's epoch (`X-KV-Epoch`) to a node the partition left is answered `421` with the new
+/// routes, which lead to the partition in one round trip; kv-client follows them instead of
+/// having the request forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_routed_by_an_older_map_are_redirected_with_the_new_routes() {
+    use kv_client::api::{Misdirected, HEADER_EPOCH};
+    // One replica per partition: a partition that moves leaves its only old node.
+    let mut c = cluster(
+        3,
+        ClusterOptions {
+            replication_factor: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    c.wait_settled(1, SETTLE).await.unwrap();
+    let before = routes(&c, 1).await;
+    let status = c.status(1).await.unwrap();
+    assert_eq!(Some(before.epoch), status.epoch);
+    assert_eq!(before.partitions.len(), 16);
+    for (route, group) in before
+        .partitions
+        .iter()
+        .zip(status.groups.iter().filter(|g| g.partition.is_some()))
+    {
+        assert_eq!(Some(route.partition), group.partition);
+        assert_eq!(route.replicas, group.replicas);
+        // The leader where node 1 knows it (it hosts the partition: its only replica leads).
+        let hosted = route.replicas == [1];
+        assert_eq!(
+            route.leader,
+            hosted.then_some(1),
+            "partition {}",
+            route.partition
+        );
+    }
+    for id in c.ids() {
+        assert_eq!(before.members[&id], c.node(id).addr);
+    }
+    let client = kv_client::Client::builder()
+        .endpoints([c.url(1)])
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    client.put("warm", "up").await.unwrap();
+
+    let joined = c.add_node(1).await.unwrap();
+    c.wait_settled(1, SETTLE).await.unwrap();
+    c.wait_hosting_map_share(1, SETTLE).await.unwrap();
+    let after = routes(&c, 1).await;
+    assert!(after.epoch > before.epoch);
+    let moved: Vec<(u32, u64)> = before
+        .partitions
+        .iter()
+        .zip(&after.partitions)
+        .filter(|(b, a)| a.replicas == [joined] && b.replicas != [joined])
+        .map(|(b, _)| (b.partition, b.replicas[0]))
+        .collect();
+    assert!(!moved.is_empty(), "the new node took no partition");
+    let (p, left) = moved[0];
+    let key_in = |p: u32, tag: &str| {
+        (0u32..)
+            .map(|i| format!("{tag}/{i}"))
+            .find(|k| kv_ring::partition_of(k.as_bytes(), 16).0 == p)
+            .unwrap()
+    };
+    let key = key_in(p, "moved");
+    let put = |node: u64, key: String, epoch: Option<u64>| {
+        let c = &c;
+        async move {
+            let mut req = c
+                .http()
+                .put(format!("{}/v1/kv/{key}", c.url(node)))
+                .body("v");
+            if let Some(epoch) = epoch {
+                req = req.header(HEADER_EPOCH, epoch);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    let r = put(left, key.clone(), Some(before.epoch)).await;
+    assert_eq!(r.status(), 421);
+    let body: Misdirected = r.json().await.unwrap();
+    assert_eq!(body.error, "misdirected");
+    assert_eq!(body.epoch, after.epoch);
+    assert_eq!(body.routes.epoch, after.epoch);
+    let route = &body.routes.partitions[p as usize];
+    assert_eq!(route.replicas, [joined]);
+    // The routes lead there in one round trip.
+    let target = route.leader.unwrap_or(route.replicas[0]);
+    assert_eq!(body.routes.members[&target], c.node(joined).addr);
+    let r = put(target, key.clone(), Some(body.epoch)).await;
+    assert_eq!(r.status(), 200);
+    // Without the header, or with the current epoch, the old node forwards as before; a bad
+    // epoch is refused.
+    assert_eq!(put(left, key.clone(), None).await.status(), 200);
+    assert_eq!(
+        put(left, key.clone(), Some(after.epoch)).await.status(),
+        200
+    );
+    let r = c
+        .http()
+        .put(format!("{}/v1/kv/{key}", c.url(left)))
+        .header(HEADER_EPOCH, "soon")
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // kv-client still routes by the map from before the join: it is redirected, not forwarded.
+    let forwarded = c
+        .metric(left, "kv_forwarded_requests_total", &[])
+        .await
+        .unwrap();
+    let misdirected = c
+        .metric(left, "kv_misdirected_requests_total", &[])
+        .await
+        .unwrap();
+    client.put(&key_in(p, "client"), "routed").await.unwrap();
+    assert_eq!(
+        client
+            .get(&key_in(p, "client"))
+            .await
+            .unwrap()
+            .map(|v| v.data),
+        Some(bytes::Bytes::from("routed"))
+    );
+    assert_eq!(
+        c.metric(left, "kv_misdirected_requests_total", &[])
+            .await
+            .unwrap(),
+        misdirected + 1.0
+    );
+    assert_eq!(
+        c.metric(left, "kv_forwarded_requests_total", &[])
+            .await
+            .unwrap(),
+        forwarded,
+        "the old node forwarded nothing for the client"
+    );
+}
+
+async fn routes(c: &TestCluster, id: u64) -> kv_client::api::Routes {
+    let r = c
+        .http()
+        .get(format!("{}/v1/cluster/routes", c.url(id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}

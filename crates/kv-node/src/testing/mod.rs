@@ -156,8 +156,22 @@ pub fn kv_node_bin() -> PathBuf {
     profile_dir.join(format!("kv-node{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, for a node to listen on.
+///
+/// Taken below Linux's ephemeral range (32768-60999): a port the kernel hands out for `bind(0)`
+/// is also what it gives the local end of outgoing connections, so between this probe and the
+/// node's own bind, one of the suite's many client connections could take it and the node
+/// would fail to start. Ports here are only ever taken by listeners that ask for them.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    const RANGE: std::ops::Range<u16> = 20_000..32_000;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(RANGE);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
