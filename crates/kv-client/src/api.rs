@@ -242,6 +242,21 @@ pub struct ClusterStatus {
     pub moves: Vec<MoveStatus>,
 }
 
+/// Parses a duration as the API and the `kv` CLI take it (`?wait=30s`, `--timeout 500ms`):
+/// humantime's grammar (`10s`, `500ms`, `1.5s`, `2m`, `1h 30m`, `1m30s`), or a whole number of
+/// seconds (`30`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| format!("duration `{text}` is too long"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration `{text}`: {e} (use e.g. 10s, 500ms, 2m)"))
+}
+
 /// `GET /v1/cluster/routes`: where each partition is served, as the answering node routes by.
 /// Light: no Raft round trips, so clients and nodes can fetch it whenever a route misses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,6 +294,38 @@ pub struct Misdirected {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_humantime_or_whole_seconds() {
+        use std::time::Duration;
+        for (text, want) in [
+            ("30", Duration::from_secs(30)),
+            ("0", Duration::ZERO),
+            ("30s", Duration::from_secs(30)),
+            (" 500ms ", Duration::from_millis(500)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("2m", Duration::from_secs(120)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1h 2m", Duration::from_secs(3720)),
+            ("250us", Duration::from_micros(250)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text:?}");
+        }
+        for bad in [
+            "",
+            "s",
+            "soon",
+            "-1",
+            "-1s",
+            "10x",
+            "ms",
+            "1.2.3s",
+            "99999999999999999999",
+        ] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("duration"), "{bad:?}: {err}");
+        }
+    }
 
     fn item(value: Option<&str>, value_b64: Option<&str>) -> ScanItem {
         ScanItem {

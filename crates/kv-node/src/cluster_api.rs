@@ -407,8 +407,8 @@ pub struct LeaveParams {
     /// Remove a node that is down: its partitions are re-replicated from the survivors.
     #[serde(default)]
     force: bool,
-    /// How long to wait for the drain to finish before answering `202`: seconds (`30`,
-    /// `30s`) or milliseconds (`500ms`); `0` answers at once. Default 60 s.
+    /// How long to wait for the drain to finish before answering `202`: a duration (`30s`,
+    /// `500ms`, `2m`) or whole seconds (`30`); `0` answers at once. Default 60 s.
     wait: Option<String>,
 }
 
@@ -417,15 +417,7 @@ const DEFAULT_LEAVE_WAIT: Duration = Duration::from_secs(60);
 const MAX_LEAVE_WAIT: Duration = Duration::from_secs(600);
 
 fn parse_wait(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if let Some(ms) = text.strip_suffix("ms") {
-        return ms.parse().ok().map(Duration::from_millis);
-    }
-    text.strip_suffix('s')
-        .unwrap_or(text)
-        .parse()
-        .ok()
-        .map(Duration::from_secs)
+    kv_client::api::parse_duration(text).ok()
 }
 
 /// `DELETE /v1/cluster/nodes/{id}[?force=true][&wait=60s]`: remove a member. The metadata leader
@@ -573,12 +565,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wait_parses_seconds_and_milliseconds_and_refuses_the_rest() {
+    fn wait_parses_durations_and_whole_seconds_and_refuses_the_rest() {
         assert_eq!(parse_wait("30"), Some(Duration::from_secs(30)));
         assert_eq!(parse_wait("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_wait("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_wait("1m"), Some(Duration::from_secs(60)));
         assert_eq!(parse_wait("0"), Some(Duration::ZERO));
-        for bad in ["", "s", "soon", "-1", "1.5s", "1m", "ms"] {
+        for bad in ["", "s", "soon", "-1", "ms", "1.2.3s"] {
             assert_eq!(parse_wait(bad), None, "{bad:?}");
         }
     }
