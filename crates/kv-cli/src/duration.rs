@@ -1,6 +1,6 @@
 //! Durations on the command line: the API's grammar ([`kv_client::api::parse_duration`]:
-//! `10s`, `500ms`, `1.5s`, `2m`, `1m30s`, or whole seconds), so `--timeout` and the server's
-//! `?wait=` read the same text the same way.
+//! `10s`, `500ms`, `1.5s`, `2m`, `1m30s`), so `--timeout` and the server's `?wait=` read the
+//! same text the same way. A number without a unit is refused rather than guessed.
 
 use std::time::Duration;
 
@@ -24,9 +24,9 @@ mod tests {
     fn positive_refuses_zero_and_malformed_input() {
         assert!(parse_positive("0s").is_err());
         assert!(parse_positive("0").is_err());
+        assert!(parse_positive("10").is_err(), "a unit is needed");
         assert!(parse_positive("soon").is_err());
         assert_eq!(parse_positive("1ns"), Ok(Duration::from_nanos(1)));
         assert_eq!(parse_positive("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_positive("10"), Ok(Duration::from_secs(10)));
     }
 }

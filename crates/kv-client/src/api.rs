@@ -243,16 +243,10 @@ pub struct ClusterStatus {
 }
 
 /// Parses a duration as the API and the `kv` CLI take it (`?wait=30s`, `--timeout 500ms`):
-/// humantime's grammar (`10s`, `500ms`, `1.5s`, `2m`, `1h 30m`, `1m30s`), or a whole number of
-/// seconds (`30`).
+/// humantime's grammar (`10s`, `500ms`, `1.5s`, `2m`, `1h 30m`, `1m30s`). A number needs its
+/// unit.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text
-            .parse()
-            .map(std::time::Duration::from_secs)
-            .map_err(|_| format!("duration `{text}` is too long"));
-    }
     humantime::parse_duration(text)
         .map_err(|e| format!("invalid duration `{text}`: {e} (use e.g. 10s, 500ms, 2m)"))
 }
@@ -296,11 +290,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_are_humantime_or_whole_seconds() {
+    fn durations_are_humantime_and_need_their_unit() {
         use std::time::Duration;
         for (text, want) in [
-            ("30", Duration::from_secs(30)),
-            ("0", Duration::ZERO),
+            ("0s", Duration::ZERO),
             ("30s", Duration::from_secs(30)),
             (" 500ms ", Duration::from_millis(500)),
             ("1.5s", Duration::from_millis(1500)),

@@ -416,7 +416,13 @@ pub struct LeaveParams {
 const DEFAULT_LEAVE_WAIT: Duration = Duration::from_secs(60);
 const MAX_LEAVE_WAIT: Duration = Duration::from_secs(600);
 
+/// A duration ([`kv_client::api::parse_duration`]), or whole seconds as `?wait=` has always
+/// taken them (`wait=0`, `wait=30`).
 fn parse_wait(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok().map(Duration::from_secs);
+    }
     kv_client::api::parse_duration(text).ok()
 }
 
