@@ -24,8 +24,10 @@ pub const META_GROUP: GroupId = GroupId(0);
 /// Most voters of the metadata group; more members join it as learners.
 pub const MAX_META_VOTERS: usize = 5;
 const MAP_KEY: &[u8] = b"cluster/map";
-/// How often a node re-checks the map and the metadata group's members.
-const RECONCILE_EVERY: Duration = Duration::from_millis(100);
+/// How often a node re-checks the map and the metadata group's members when no event woke it:
+/// the safety net for what no event shows (a former member's replication progress, a
+/// partition that elected a leader in the middle of a move, a retry after an error).
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How often a node checks whether the cluster removed it while it was away.
 const REMOVAL_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often a node with a peer listener apart checks that the map has its client address.
@@ -95,11 +97,18 @@ pub async fn local_map(st: &AppState) -> anyhow::Result<Option<(u64, ClusterMap)
 pub async fn reconcile_loop(st: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(RECONCILE_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut epochs = st.epoch_changes();
+    let mut meta = MetaWatch::default();
     let mut last_removal_check = tokio::time::Instant::now();
     let mut last_publish_check = None::<tokio::time::Instant>;
     loop {
+        // Woken by what the jobs below wait on: the metadata group's leader, term, membership
+        // or applied index changing (a new map, a joining member), a map adopted elsewhere
+        // (a join, a removal noticed), or the safety-net tick.
         tokio::select! {
             _ = interval.tick() => {}
+            _ = epochs.changed() => {}
+            _ = meta.changed(&st) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         if let Err(e) = reconcile_once(&st).await {
@@ -115,6 +124,56 @@ pub async fn reconcile_loop(st: AppState, mut stop: tokio::sync::watch::Receiver
             last_removal_check = tokio::time::Instant::now();
             if let Err(e) = notice_removal(&st).await {
                 tracing::debug!(node = st.config.id, error = %format!("{e:#}"), "removal check");
+            }
+        }
+    }
+}
+
+/// The metadata group's metrics, seen only through what the reconcile loop acts on: a
+/// heartbeat or a replication ack changes the metrics too, and must not wake it.
+#[derive(Default)]
+struct MetaWatch {
+    metrics: Option<tokio::sync::watch::Receiver<kv_raft::Metrics>>,
+    seen: Option<MetaState>,
+}
+
+/// What of the metadata group's state the reconcile loop acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MetaState {
+    leader: Option<u64>,
+    term: u64,
+    applied: Option<u64>,
+    membership: Option<u64>,
+}
+
+impl MetaWatch {
+    /// Returns once the metadata group's state changed since the last call; never while this
+    /// node has no metadata group (the loop's tick finds it once it opens).
+    async fn changed(&mut self, st: &AppState) {
+        if self.metrics.is_none() {
+            self.metrics = st.host.group(META_GROUP).map(|g| g.metrics());
+        }
+        let Some(metrics) = self.metrics.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            if metrics.changed().await.is_err() {
+                // The group stopped: look for it again on the next tick.
+                self.metrics = None;
+                return std::future::pending().await;
+            }
+            let now = {
+                let m = metrics.borrow_and_update();
+                MetaState {
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    applied: m.last_applied.map(|l| l.index),
+                    membership: m.membership_config.log_id().map(|l| l.index),
+                }
+            };
+            if self.seen.as_ref() != Some(&now) {
+                self.seen = Some(now);
+                return;
             }
         }
     }

@@ -16,6 +16,8 @@ pub struct AppState {
     /// The node's one pooled HTTP client (forwarding, peer queries).
     pub http: reqwest::Client,
     layout: Arc<RwLock<(Arc<Layout>, Option<u64>)>>,
+    /// The epoch of the adopted map, for the jobs that wake when it changes.
+    epochs: Arc<tokio::sync::watch::Sender<Option<u64>>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The partition moves this node leads.
     pub moves: Arc<Moves>,
@@ -68,6 +70,7 @@ impl AppState {
             config,
             host,
             layout: Arc::new(RwLock::new((Arc::new(layout), None))),
+            epochs: Arc::new(tokio::sync::watch::Sender::new(None)),
             metrics,
             background: Arc::default(),
             cluster_id: Arc::default(),
@@ -112,5 +115,15 @@ impl AppState {
     /// Route by `layout`, the cluster map of `epoch`, from now on.
     pub fn set_layout(&self, layout: Layout, epoch: u64) {
         *self.layout.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(layout), Some(epoch));
+        self.epochs.send_if_modified(|have| {
+            let newer = *have != Some(epoch);
+            *have = Some(epoch);
+            newer
+        });
+    }
+
+    /// Changes of the adopted map's epoch, from now on.
+    pub fn epoch_changes(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.epochs.subscribe()
     }
 }

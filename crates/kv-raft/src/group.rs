@@ -18,6 +18,9 @@ use crate::read_index::ReadBatcher;
 use crate::types::{Request, Response, TypeConfig};
 use crate::GroupError;
 
+/// A group's Raft metrics (openraft's, with this crate's node types).
+pub type Metrics = RaftMetrics<u64, BasicNode>;
+
 /// One group hosted on this node. Cheap to clone; clones share the Raft instance and the gate.
 #[derive(Clone)]
 pub struct Group {
@@ -113,6 +116,12 @@ impl Group {
     /// The group's id.
     pub fn id(&self) -> GroupId {
         self.id
+    }
+
+    /// The group's Raft metrics as they change, for the jobs that wake on them (a new leader, a
+    /// membership change, an applied entry).
+    pub fn metrics(&self) -> tokio::sync::watch::Receiver<Metrics> {
+        self.raft.metrics()
     }
 
     /// The underlying Raft instance, for membership changes and tests.
