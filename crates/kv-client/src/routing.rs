@@ -18,7 +18,7 @@ use std::time::Duration;
 use reqwest::Method;
 use tokio::time::Instant;
 
-use crate::api::{ClusterStatus, Routes};
+use crate::api::{ClusterStatus, PartitionRoute, Routes};
 use crate::retry::Deadline;
 use crate::transport;
 
@@ -63,48 +63,43 @@ struct PartitionMap {
 }
 
 impl PartitionMap {
-    /// The map in `status`. A partition whose leader the answering node does not know keeps
-    /// the leader of `previous` if that node still replicates it.
+    /// The map in `status` (its routes: see [`PartitionMap::from_routes`]).
     fn from_status(
         status: &ClusterStatus,
         scheme: &str,
         previous: Option<&PartitionMap>,
     ) -> Option<Self> {
-        if status.partitions == 0 {
-            return None;
-        }
-        let count = usize::try_from(status.partitions).ok()?;
-        let mut leaders = vec![None; count];
-        let mut replicas = vec![Vec::new(); count];
-        for group in &status.groups {
-            let Some(p) = group.partition.and_then(|p| usize::try_from(p).ok()) else {
-                continue;
-            };
-            if p >= count {
-                continue;
-            }
-            replicas[p] = group.replicas.clone();
-            let kept = previous
-                .filter(|prev| prev.partitions == status.partitions)
-                .and_then(|prev| prev.leaders[p])
-                .filter(|id| group.replicas.contains(id));
-            leaders[p] = group.leader.or(kept);
-        }
-        let members = status
-            .members
-            .iter()
-            .map(|m| (m.id, Arc::from(format!("{scheme}://{}", m.addr))))
+        let mut partitions: Vec<PartitionRoute> = (0..status.partitions)
+            .map(|partition| PartitionRoute {
+                partition,
+                leader: None,
+                replicas: Vec::new(),
+            })
             .collect();
-        Some(PartitionMap {
-            epoch: status.epoch,
-            partitions: status.partitions,
-            leaders,
-            replicas,
-            members,
-        })
+        for group in &status.groups {
+            let route = group
+                .partition
+                .and_then(|p| usize::try_from(p).ok())
+                .and_then(|p| partitions.get_mut(p));
+            if let Some(route) = route {
+                route.leader = group.leader;
+                route.replicas = group.replicas.clone();
+            }
+        }
+        let routes = Routes {
+            epoch: status.epoch.unwrap_or(0),
+            partitions,
+            members: status
+                .members
+                .iter()
+                .map(|m| (m.id, m.addr.clone()))
+                .collect(),
+        };
+        Self::from_routes(&routes, scheme, previous)
     }
 
-    /// The map in `routes`, keeping leaders of `previous` as [`PartitionMap::from_status`] does.
+    /// The map in `routes`. A partition whose leader the answering node does not know keeps
+    /// the leader of `previous` if that node still replicates it.
     fn from_routes(routes: &Routes, scheme: &str, previous: Option<&PartitionMap>) -> Option<Self> {
         let partitions = u32::try_from(routes.partitions.len()).ok()?;
         if partitions == 0 {

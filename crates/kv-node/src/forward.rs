@@ -9,14 +9,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use kv_raft::{Group, GroupError};
 use kv_ring::PartitionId;
 use tokio::time::Instant;
 
-use self::channel::{relayed_header, root_cause, Lost};
+use self::channel::{relayed_headers, root_cause, Lost};
 use crate::auth::Access;
 use crate::error::{ApiError, PeerAnswer};
 use crate::ops::{Forwarded, KeyOp, MAX_HOPS};
@@ -278,17 +278,7 @@ async fn send(
     })?;
     let status = StatusCode::from_u16(resp.status().as_u16())
         .map_err(|e| ForwardError::Failed(ApiError::Internal(format!("status: {e}"))))?;
-    let mut headers = HeaderMap::new();
-    for (name, value) in resp.headers() {
-        if relayed_header(name.as_str()) {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_str().as_bytes()),
-                HeaderValue::from_bytes(value.as_bytes()),
-            ) {
-                headers.insert(n, v);
-            }
-        }
-    }
+    let headers = relayed_headers(resp.headers());
     let body = resp.bytes().await.map_err(|e| {
         ForwardError::Failed(ApiError::unavailable(format!(
             "reading the answer of {addr} failed: {}",

@@ -372,11 +372,10 @@ fn peer_answer(answer: OpAnswer) -> Result<PeerAnswer, Lost> {
     })
 }
 
-/// A whole (unframed) answer, kept as the client would get it.
-async fn whole_answer(resp: reqwest::Response) -> Result<PeerAnswer, String> {
-    let status = StatusCode::from_u16(resp.status().as_u16()).map_err(|e| e.to_string())?;
+/// The headers of a peer's answer that the client gets.
+pub fn relayed_headers(answer: &reqwest::header::HeaderMap) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    for (name, value) in resp.headers() {
+    for (name, value) in answer {
         if relayed_header(name.as_str()) {
             if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_str().as_bytes()),
@@ -386,6 +385,13 @@ async fn whole_answer(resp: reqwest::Response) -> Result<PeerAnswer, String> {
             }
         }
     }
+    headers
+}
+
+/// A whole (unframed) answer, kept as the client would get it.
+async fn whole_answer(resp: reqwest::Response) -> Result<PeerAnswer, String> {
+    let status = StatusCode::from_u16(resp.status().as_u16()).map_err(|e| e.to_string())?;
+    let headers = relayed_headers(resp.headers());
     let body = resp.bytes().await.map_err(|e| root_cause(&e))?;
     Ok(PeerAnswer {
         status,
