@@ -1,6 +1,6 @@
 //! Forwarded operations travel to a peer in batches, over one channel per peer: the operations
 //! any request of this node hands to one peer while the previous batches to it are on their way
-//! go together in one `POST /internal/v1/kv/batch` (natural batching: at most [`IN_FLIGHT`]
+//! go together in one `POST /internal/v1/kv/batch` (natural batching: at most `IN_FLIGHT`
 //! batches being delivered, no timer), as etcd hands proposals to its leader in one stream. A
 //! node that forwards most of its writes then pays for one peer request per round trip, not
 //! per operation.
