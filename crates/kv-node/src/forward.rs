@@ -62,7 +62,8 @@ pub async fn route(
         };
     }
     // Not a replica here: send it to the partition's replicas, the ones this node can reach
-    // first, preferred leader first; a replica forwards on to the leader.
+    // first, the target leader first (where balanced leadership is: one hop, not two); a
+    // replica forwards on to the leader.
     let layout = st.layout();
     let peers = st.host.transport().peers();
     let mut candidates: Vec<(u64, String)> = layout
@@ -71,7 +72,8 @@ pub async fn route(
         .filter(|id| *id != st.config.id && !unreachable.contains(id))
         .filter_map(|id| layout.addr(id).map(|a| (id, a.to_string())))
         .collect();
-    candidates.sort_by_key(|(id, _)| !peers.reachable(*id));
+    let target = layout.target_leader(p);
+    candidates.sort_by_key(|(id, _)| (!peers.reachable(*id), Some(*id) != target));
     if candidates.is_empty() {
         return Err(ApiError::unavailable(format!(
             "partition {} has no replica this node can reach",

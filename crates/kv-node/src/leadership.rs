@@ -41,7 +41,6 @@ async fn balance_once(st: &AppState, failed: &mut BTreeMap<u32, Instant>) {
     }
     failed.retain(|_, at| at.elapsed() < BACKOFF_AFTER_FAILURE);
     let layout = st.layout();
-    let targets = layout.placement.leaders();
     let me = st.config.id;
     for group in st.host.groups() {
         let Some(p) = partition_of_group(group.id()) else {
@@ -50,7 +49,7 @@ async fn balance_once(st: &AppState, failed: &mut BTreeMap<u32, Instant>) {
         if !group.is_leader() || failed.contains_key(&p.0) {
             continue;
         }
-        let Some(target) = targets.get(&p).map(|n| n.0) else {
+        let Some(target) = layout.target_leader(p) else {
             continue;
         };
         let desired: BTreeSet<u64> = layout.replicas(p).into_iter().collect();

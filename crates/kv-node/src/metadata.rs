@@ -365,11 +365,11 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
 
 /// Route by `map` from now on and start the partition groups it gives this node.
 async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()> {
-    let layout = Layout {
-        members: map.members.clone(),
-        placement: map.placement.clone(),
-        clients: map.clients.clone(),
-    };
+    let layout = Layout::new(
+        map.members.clone(),
+        map.placement.clone(),
+        map.clients.clone(),
+    );
     if layout.placement.params() != st.config.ring {
         tracing::warn!(
             stored = ?layout.placement.params(),
@@ -378,7 +378,6 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
         );
     }
     let me = st.config.id;
-    let targets = layout.placement.leaders();
     for p in layout.partitions_of(me) {
         let gid = group_of(p);
         let group = st.host.open_group(gid).await?;
@@ -396,7 +395,7 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
         // needs no leadership transfers. Should the target not come up, the other replicas
         // initialize the group themselves after a while (the same membership on every
         // replica is safe), and the balancer moves leadership later.
-        if targets.get(&p).map(|n| n.0) == Some(me) {
+        if layout.target_leader(p) == Some(me) {
             st.host.initialize(gid, members).await?;
         } else {
             let host = st.host.clone();

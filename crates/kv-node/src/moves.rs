@@ -322,7 +322,7 @@ async fn run(
         // This leader is leaving the partition: hand leadership to a voter that stays (the
         // map's target leader if it can), which then finishes the move, instead of leaving
         // the group leaderless for an election after the change.
-        let target = layout.placement.leaders().get(&p).map(|n| n.0);
+        let target = layout.target_leader(p);
         let status = group.status().await;
         let staying = target
             .into_iter()

@@ -15,18 +15,37 @@ pub struct Layout {
     /// Where clients reach the members that have a peer listener apart; the others serve
     /// clients at their member address.
     pub clients: BTreeMap<u64, String>,
+    /// Each partition's target leader ([`Placement::leaders`]), computed once per map.
+    leaders: BTreeMap<PartitionId, NodeId>,
 }
 
 impl Layout {
+    pub fn new(
+        members: BTreeMap<u64, String>,
+        placement: Placement,
+        clients: BTreeMap<u64, String>,
+    ) -> Layout {
+        let leaders = placement.leaders();
+        Layout {
+            members,
+            placement,
+            clients,
+            leaders,
+        }
+    }
+
     pub fn compute(members: BTreeMap<u64, String>, params: RingParams) -> anyhow::Result<Layout> {
         let ids: Vec<NodeId> = members.keys().map(|id| NodeId(*id)).collect();
         let placement = Placement::compute(&ids, params)
             .map_err(|e| anyhow::anyhow!("cannot place partitions: {e}"))?;
-        Ok(Layout {
-            members,
-            placement,
-            clients: BTreeMap::new(),
-        })
+        Ok(Layout::new(members, placement, BTreeMap::new()))
+    }
+
+    /// The node that leads partition `p` once leadership is balanced (the balancer moves
+    /// leadership there; moves hand it there): where a request for `p` goes first when this
+    /// node does not know the actual leader.
+    pub fn target_leader(&self, p: PartitionId) -> Option<u64> {
+        self.leaders.get(&p).map(|n| n.0)
     }
 
     pub fn partitions(&self) -> u32 {
@@ -38,7 +57,8 @@ impl Layout {
         self.placement.partition_of(key)
     }
 
-    /// Replica ids of a partition, preferred leader first.
+    /// Replica ids of a partition, in ring order (the first is not the target leader: see
+    /// [`Layout::target_leader`]).
     pub fn replicas(&self, p: PartitionId) -> Vec<u64> {
         self.placement
             .replicas(p)

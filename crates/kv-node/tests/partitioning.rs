@@ -773,3 +773,45 @@ fn must(outcome: Result<()>) {
 async fn labelled(what: String, check: impl Future<Output = Result<()>>) -> Result<()> {
     check.await.with_context(|| what)
 }
+
+/// A node that is not a replica of a key's partition sends the request to the partition's
+/// target leader first (where the balancer puts leadership), so once leaders are balanced the
+/// request takes one hop: no replica forwards it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_replica_forwards_to_the_target_leader_in_one_hop() {
+    let c = start(3, 8, 2).await.unwrap();
+    c.wait_settled(1, Duration::from_secs(60)).await.unwrap();
+    c.wait_leaders_balanced(1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let sets = replica_sets(&c).await.unwrap();
+    let forwarded = |n| c.metric(n, "kv_forwarded_requests_total", &[]);
+    for (p, replicas) in &sets {
+        let via = c
+            .ids()
+            .into_iter()
+            .find(|id| !replicas.contains(id))
+            .unwrap();
+        let key = (0u32..)
+            .map(|i| format!("hop/{i}"))
+            .find(|k| partition_of(k.as_bytes(), 8).0 == *p)
+            .unwrap();
+        let mut before = Vec::new();
+        for r in replicas {
+            before.push(forwarded(*r).await.unwrap());
+        }
+        let answer = put(&c, via, &key, "v").await.unwrap();
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert!(
+            answer.node.is_some_and(|n| replicas.contains(&n)),
+            "{answer:?}"
+        );
+        for (r, was) in replicas.iter().zip(before) {
+            assert_eq!(
+                forwarded(*r).await.unwrap(),
+                was,
+                "partition {p}: replica {r} forwarded the request on"
+            );
+        }
+    }
+}
