@@ -199,7 +199,7 @@ pub struct Member {
 pub struct GroupStatus {
     /// Partition number (`null` for the metadata group).
     pub partition: Option<u32>,
-    /// The replicas the partition map assigns, preferred leader first (for the metadata group:
+    /// The replicas the partition map assigns, in ring order (for the metadata group:
     /// its voters).
     pub replicas: Vec<u64>,
     /// The group's Raft voters as the answering replica sees them; they differ from `replicas`
@@ -268,7 +268,7 @@ pub struct PartitionRoute {
     pub partition: u32,
     /// The leader, when the answering node knows it (it replicates the partition).
     pub leader: Option<u64>,
-    /// The voters, preferred leader first.
+    /// The replicas the map assigns, in ring order.
     pub replicas: Vec<u64>,
 }
 

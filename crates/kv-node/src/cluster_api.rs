@@ -180,7 +180,7 @@ async fn local_status(st: &AppState) -> ClusterStatus {
         match st.host.group(group_of(p)) {
             Some(g) => {
                 let s = g.status().await;
-                // The map's order: preferred leader first.
+                // The map's (ring) order.
                 groups.push(api_status(
                     partition_of_group(s.group).map(|p| p.0),
                     replicas,
