@@ -209,12 +209,14 @@ fn mutate(rng: &mut StdRng, mut t: Template) -> Vec<u8> {
                     .insert_str(at, NASTY[rng.random_range(0..NASTY.len())]);
             }
             1 => {
+                // Keep at least the first character, and cut only between characters.
                 let cut = rng.random_range(1..=t.target.len().max(1));
-                let cut = (0..=cut)
+                let first = t.target.chars().next().map_or(0, char::len_utf8);
+                let cut = (first..=cut.max(first))
                     .rev()
                     .find(|i| t.target.is_char_boundary(*i))
-                    .unwrap_or(0);
-                t.target.truncate(cut.max(1));
+                    .unwrap_or(first);
+                t.target.truncate(cut);
             }
             2 => {
                 let len = [10, 1024, 1100, 20_000, 70_000][rng.random_range(0..5)];
