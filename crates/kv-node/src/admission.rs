@@ -5,14 +5,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Limits;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// One gate per kind of request.
 pub struct Admission {
@@ -62,18 +61,24 @@ async fn admit(gate: &Arc<Semaphore>, what: &'static str, req: Request, next: Ne
     }
 }
 
-pub async fn requests(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    admit(&st.admission.requests, "requests", req, next).await
-}
+impl Admission {
+    /// Run a key request from a client through its gate.
+    pub(crate) async fn requests(&self, req: Request, next: Next) -> Response {
+        admit(&self.requests, "requests", req, next).await
+    }
 
-pub async fn forwarded(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    admit(&st.admission.forwarded, "forwarded operations", req, next).await
-}
+    /// Run a single forwarded operation through its gate.
+    pub(crate) async fn forwarded(&self, req: Request, next: Next) -> Response {
+        admit(&self.forwarded, "forwarded operations", req, next).await
+    }
 
-pub async fn scans(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    admit(&st.admission.scans, "scans", req, next).await
-}
+    /// Run a scan through its gate.
+    pub(crate) async fn scans(&self, req: Request, next: Next) -> Response {
+        admit(&self.scans, "scans", req, next).await
+    }
 
-pub async fn admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    admit(&st.admission.admin, "cluster requests", req, next).await
+    /// Run a cluster status page or membership change through its gate.
+    pub(crate) async fn admin(&self, req: Request, next: Next) -> Response {
+        admit(&self.admin, "cluster requests", req, next).await
+    }
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -23,8 +23,6 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::server::Conn;
-use crate::state::AppState;
 use crate::tls::Presented;
 
 /// Header a node sends its peers the cluster secret in (when peers do not use TLS).
@@ -317,7 +315,7 @@ pub enum PeerProof {
     Unguarded,
 }
 
-/// Who sent a request, as [`authenticate`] established it.
+/// Who sent a request, as the `authenticate` guard of the API established it.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub peer: PeerProof,
@@ -442,71 +440,56 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         .ok_or_else(|| ApiError::Unauthorized("Authorization must be `Bearer TOKEN`".into()))
 }
 
-/// Establish who sent the request (see [`Caller`]) and put it in the request's extensions.
-/// A token that is given but unknown is refused here (401); what each route needs is checked
-/// by the route.
-pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    // Served without the HTTP front (a router driven in-process): a plain connection.
-    let conn = req
-        .extensions()
-        .get::<ConnectInfo<Conn>>()
-        .map(|c| c.0.clone());
-    let remote = conn.as_ref().map(|c| c.remote);
-    let presented = conn.map(|c| c.presented).unwrap_or_default();
-    match caller(&st, &presented, req.headers()) {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
+impl Auth {
+    /// Who sent a request that presented `presented` on its connection and `headers`;
+    /// `member` says whether a node id is a member this node knows (every node id passes
+    /// while this node joins and knows no members yet). A token that is given but unknown is
+    /// refused (401); what each route needs is checked by the route.
+    pub(crate) fn caller(
+        &self,
+        presented: &Presented,
+        headers: &HeaderMap,
+        member: impl Fn(u64) -> bool,
+    ) -> Result<Caller, ApiError> {
+        let auth = self;
+        let peer = if auth.peers_tls {
+            match presented.node {
+                Some(n) if member(n) => PeerProof::Member(n),
+                Some(n) => PeerProof::Stranger(n),
+                None => PeerProof::None,
+            }
+        } else if let Some(secret) = auth.peer_token() {
+            match headers.get(HEADER_PEER_TOKEN) {
+                Some(sent) if same_secret(sent.as_bytes(), &secret) => PeerProof::Token,
+                Some(_) => return Err(ApiError::Unauthorized("wrong peer token".into())),
+                None => PeerProof::None,
+            }
+        } else {
+            PeerProof::Unguarded
+        };
+        let tokens = auth.tokens();
+        let mut client = None;
+        if let Some(tokens) = &tokens {
+            if let Some(token) = bearer(headers)? {
+                client = Some(
+                    tokens
+                        .by_token(token)
+                        .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))?,
+                );
+            }
+            let proven_peer = matches!(peer, PeerProof::Member(_) | PeerProof::Token);
+            if let (true, Some(name)) = (proven_peer, headers.get(HEADER_CALLER)) {
+                let name = name.to_str().unwrap_or_default();
+                client = tokens.by_name(name);
+            }
         }
-        Err(e) => {
-            tracing::debug!(?remote, error = %e, path = req.uri().path(), "refused credentials");
-            e.into_response()
-        }
+        Ok(Caller {
+            peer,
+            client,
+            tokens_required: auth.tokens_required(),
+            metrics_public: auth.metrics_public,
+        })
     }
-}
-
-fn caller(st: &AppState, presented: &Presented, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let auth = &st.auth;
-    let peer = if auth.peers_tls {
-        // A node that joins knows no members until it adopts the cluster's map (which comes
-        // from them): until then every node certificate of the peer CA may reach it.
-        let joining = st.config.join.is_some() && st.epoch().is_none();
-        match presented.node {
-            Some(n) if joining || st.layout().members.contains_key(&n) => PeerProof::Member(n),
-            Some(n) => PeerProof::Stranger(n),
-            None => PeerProof::None,
-        }
-    } else if let Some(secret) = auth.peer_token() {
-        match headers.get(HEADER_PEER_TOKEN) {
-            Some(sent) if same_secret(sent.as_bytes(), &secret) => PeerProof::Token,
-            Some(_) => return Err(ApiError::Unauthorized("wrong peer token".into())),
-            None => PeerProof::None,
-        }
-    } else {
-        PeerProof::Unguarded
-    };
-    let tokens = auth.tokens();
-    let mut client = None;
-    if let Some(tokens) = &tokens {
-        if let Some(token) = bearer(headers)? {
-            client = Some(
-                tokens
-                    .by_token(token)
-                    .ok_or_else(|| ApiError::Unauthorized("unknown token".into()))?,
-            );
-        }
-        let proven_peer = matches!(peer, PeerProof::Member(_) | PeerProof::Token);
-        if let (true, Some(name)) = (proven_peer, headers.get(HEADER_CALLER)) {
-            let name = name.to_str().unwrap_or_default();
-            client = tokens.by_name(name);
-        }
-    }
-    Ok(Caller {
-        peer,
-        client,
-        tokens_required: auth.tokens_required(),
-        metrics_public: auth.metrics_public,
-    })
 }
 
 /// Middleware of the peer routes: member peers only.

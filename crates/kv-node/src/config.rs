@@ -12,6 +12,9 @@ use kv_raft::RaftTuning;
 use kv_ring::RingParams;
 use serde::Deserialize;
 
+/// Partition moves one node leads at once, unless `--max-moves` says otherwise.
+const DEFAULT_MAX_MOVES: usize = 2;
+
 /// Which storage engine holds the node's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -361,7 +364,7 @@ impl Config {
             ring,
             max_value_bytes: pick!(max_value_bytes, 1 << 20),
             raft,
-            max_moves: pick!(max_moves, crate::moves::DEFAULT_MAX_MOVES).max(1),
+            max_moves: pick!(max_moves, DEFAULT_MAX_MOVES).max(1),
             max_scan_bytes: pick!(max_scan_bytes, 4 << 20).max(1024),
             cache_bytes: pick!(cache_mb, 64).max(1).saturating_mul(1 << 20),
             limits: Limits {
@@ -394,8 +397,8 @@ pub fn parse_members(spec: &str) -> anyhow::Result<BTreeMap<u64, String>> {
             anyhow::bail!("member id 0 is not allowed");
         }
         let addr = addr.trim();
-        if !addr.contains(':') {
-            anyhow::bail!("member address {addr:?} has no port");
+        if !valid_addr(addr) {
+            anyhow::bail!("member address {addr:?} is not HOST:PORT with a numeric port");
         }
         if members.insert(id, addr.to_string()).is_some() {
             anyhow::bail!("member id {id} appears twice");
@@ -405,6 +408,15 @@ pub fn parse_members(spec: &str) -> anyhow::Result<BTreeMap<u64, String>> {
         anyhow::bail!("the member list is empty");
     }
     Ok(members)
+}
+
+/// Whether `addr` looks like `host:port`: printable, at most 255 bytes, a numeric port.
+pub(crate) fn valid_addr(addr: &str) -> bool {
+    addr.len() <= 255
+        && addr.bytes().all(|b| b.is_ascii_graphic())
+        && addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 #[cfg(test)]

@@ -1,39 +1,44 @@
 //! The kv store server. One `kv-node` process is one cluster member: it hosts the Raft groups
 //! of the partitions the ring assigns it, serves the HTTP/JSON client API for every key (serving
 //! what it leads, forwarding the rest), and answers its peers' Raft RPCs on the same listener or,
-//! with `--listen-peer`, on one of their own ([`routes::Surface`]).
-//!
-//! Membership lives in the metadata group ([`metadata`]: the partition map, joins and leaves);
-//! [`moves`] brings each partition's replicas to the map when it changes, and [`leadership`]
-//! spreads partition leaders over the members once moves settle.
+//! with `--listen-peer`, on one of their own.
 //!
 //! Start from [`Config`] (flags, `KV_*` environment, TOML file) and [`Node::start`], which returns
-//! a running node; [`run`] is what the binary calls. [`routes::app`] builds the router, and
+//! a running node; [`run`] is what the binary calls. The crate in layers, each using only those
+//! below it:
+//!
+//! - `api`: the HTTP routes. A client request (`api::kv`: get, put, delete, scan; `api::cluster`:
+//!   status, map, routes, membership, health, metrics) passes the guards (`api::guard`:
+//!   authentication, admission), and its key's partition is looked up and the operation served
+//!   here or handed on by `routing`. Peer routes (`api::peer`) take Raft RPCs into kv-raft and
+//!   run operations other nodes forwarded.
+//! - `control`: the background jobs, one owner task each, started and stopped by [`Node`]: the
+//!   metadata group (the cluster map and membership), partition moves, leadership balance and
+//!   this node's own membership (see its table of jobs and what wakes each).
+//! - `routing`: where an operation goes (this node, a replica, the leader) and the batched
+//!   operation channel to each peer (`routing::channel`).
+//! - `state`: [`AppState`], what every handler and job shares.
+//! - below: `layout` (the map as routing sees it, and group numbering), [`wire`] (internal
+//!   messages between nodes), `auth`, `admission`, `tls`, `server` (the listener), `config`,
+//!   `error`.
+//!
 //! `testing` (feature `test-util`) starts whole clusters of real processes for tests.
 
 mod admission;
+mod api;
 pub mod auth;
-mod body;
-pub mod cluster_api;
-pub mod config;
-pub mod error;
-mod extract;
-pub mod forward;
-pub mod kv_api;
-pub mod leadership;
+mod config;
+mod control;
+mod error;
+mod layout;
 pub mod logging;
-pub mod metadata;
-pub mod moves;
-pub mod ops;
-pub mod peer_api;
-pub mod peers;
-pub mod placement;
-pub mod routes;
+mod routing;
 mod server;
-pub mod state;
+mod state;
 #[cfg(feature = "test-util")]
 pub mod testing;
-pub mod tls;
+mod tls;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -45,11 +50,12 @@ use kv_storage::Store;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 
+pub use api::{app, router, Surface};
 pub use config::{Config, Flags, StorageKind};
-pub use routes::app;
 pub use state::AppState;
 
-use crate::placement::Layout;
+use crate::control::Control;
+use crate::layout::Layout;
 
 /// The process-wide Prometheus recorder (metrics macros write to one global recorder).
 fn metrics_handle() -> PrometheusHandle {
@@ -74,8 +80,7 @@ pub struct Node {
     shutdown: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     peer_server: Option<JoinHandle<std::io::Result<()>>>,
-    reconciler: JoinHandle<()>,
-    balancer: JoinHandle<()>,
+    control: Control,
     reloader: JoinHandle<()>,
 }
 
@@ -161,12 +166,12 @@ impl Node {
             let _ = stop.wait_for(|s| *s).await;
         };
         let client_surface = match peer_listener {
-            Some(_) => routes::Surface::Clients,
-            None => routes::Surface::Shared,
+            Some(_) => api::Surface::Clients,
+            None => api::Surface::Shared,
         };
         let server = tokio::spawn(server::serve(
             listener,
-            routes::router(state.clone(), client_surface),
+            api::router(state.clone(), client_surface),
             limits.clone(),
             tls.clone().map(|t| (t, tls::Side::Clients)),
             until_stopped(stop.clone()),
@@ -174,7 +179,7 @@ impl Node {
         let peer_server = peer_listener.map(|listener| {
             tokio::spawn(server::serve(
                 listener,
-                routes::router(state.clone(), routes::Surface::Peers),
+                api::router(state.clone(), api::Surface::Peers),
                 server::ServerLimits {
                     key_prefix: None,
                     ..limits
@@ -191,22 +196,7 @@ impl Node {
             None => tracing::info!(node = config.id, %addr, "listening"),
         }
 
-        metadata::open(&state).await?;
-        let reconciler = tokio::spawn(metadata::reconcile_loop(
-            state.clone(),
-            shutdown.subscribe(),
-        ));
-        let balancer = tokio::spawn(leadership::balance_loop(
-            state.clone(),
-            shutdown.subscribe(),
-        ));
-        if let Some(via) = config.join.clone() {
-            tokio::spawn(metadata::join_loop(
-                state.clone(),
-                via,
-                shutdown.subscribe(),
-            ));
-        }
+        let control = Control::start(&state).await?;
         Ok(Node {
             state,
             addr,
@@ -214,8 +204,7 @@ impl Node {
             shutdown,
             server,
             peer_server,
-            reconciler,
-            balancer,
+            control,
             reloader,
         })
     }
@@ -237,10 +226,8 @@ impl Node {
     /// Stop accepting requests, finish in-flight ones, stop every group, flush storage.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        let _ = self.reconciler.await;
-        let _ = self.balancer.await;
+        self.control.stop(&self.state).await;
         let _ = self.reloader.await;
-        self.state.moves.abort_all();
         self.state.background.abort_all();
         let servers = async {
             let peers = async {

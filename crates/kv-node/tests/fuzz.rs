@@ -133,7 +133,7 @@ fn garbage(rng: &mut StdRng) -> Vec<u8> {
 
 /// A valid forwarded operation on `key` (mutated later like everything else).
 fn forwarded_op(rng: &mut StdRng, key: &str) -> Vec<u8> {
-    use kv_node::ops::{Forwarded, KeyOp, Precondition};
+    use kv_node::wire::{Forwarded, KeyOp, Precondition};
     let op = match rng.random_range(0..3) {
         0 => KeyOp::Get {
             key: key.as_bytes().to_vec(),
@@ -161,7 +161,7 @@ fn forwarded_op(rng: &mut StdRng, key: &str) -> Vec<u8> {
 
 /// A batch of forwarded operations holding `op` (and a copy of it).
 fn batch_of(op: &[u8]) -> Vec<u8> {
-    use kv_node::forward::channel::OpBatch;
+    use kv_node::wire::OpBatch;
     postcard::to_stdvec(&OpBatch {
         ops: vec![op.to_vec().into(), op.to_vec().into()],
     })

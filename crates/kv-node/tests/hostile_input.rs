@@ -481,8 +481,8 @@ async fn every_rejection_is_json() {
 /// A batch of forwarded operations that does not decode, or holds too many, is refused whole;
 /// inside a batch, a bad operation gets its own error and the good ones are served.
 async fn forwarded_batches_are_checked_op_by_op(c: &TestCluster) {
-    use kv_node::forward::channel::{OpAnswer, OpBatch, MAX_BATCH_OPS};
-    use kv_node::ops::{Forwarded, KeyOp, Precondition};
+    use kv_node::wire::{Forwarded, KeyOp, Precondition};
+    use kv_node::wire::{OpAnswer, OpBatch, MAX_BATCH_OPS};
     const PATH: &str = "/internal/v1/kv/batch";
     let r = raw(c, 1, "POST", PATH, &[], b"\x05\x01").await;
     expect_error(&r, 400, "invalid_forward");

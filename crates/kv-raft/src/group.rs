@@ -56,11 +56,48 @@ pub(crate) struct Submitted {
     _gate: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
+/// A replica's role in its group, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Leads the group (and, with check-quorum, still hears from a quorum).
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl Role {
+    /// The role's name in status documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Entries a replica may lag behind the leader and still count as keeping up
+/// ([`GroupStatus::keeps_up`]).
+pub const MAX_LAG: u64 = 64;
+
+/// On a leader's metrics: the highest log index member `id` is known to hold. `None` on a
+/// follower, for a member with nothing known yet and for a non-member.
+pub(crate) fn matched(m: &RaftMetrics<u64, BasicNode>, id: u64) -> Option<u64> {
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&id).copied().flatten())
+        .map(|l| l.index)
+}
+
 /// A group's Raft state as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupStatus {
     pub group: GroupId,
-    pub role: &'static str,
+    pub role: Role,
     pub term: u64,
     pub leader: Option<u64>,
     pub voters: Vec<u64>,
@@ -74,6 +111,29 @@ pub struct GroupStatus {
     pub purged_index: Option<u64>,
     /// On the leader: the highest index each member is known to hold.
     pub replication: Option<BTreeMap<u64, Option<u64>>>,
+}
+
+impl GroupStatus {
+    /// On the leader's status: the highest log index member `id` is known to hold (`None` on
+    /// a follower's status, or while nothing is known of `id`).
+    pub fn matched(&self, id: u64) -> Option<u64> {
+        self.replication
+            .as_ref()
+            .and_then(|r| r.get(&id).copied().flatten())
+    }
+
+    /// On the leader's status: whether member `id` holds the log up to `index`.
+    pub fn holds(&self, id: u64, index: u64) -> bool {
+        self.matched(id).is_some_and(|m| m >= index)
+    }
+
+    /// On the leader's status: whether member `id` holds the log to within [`MAX_LAG`]
+    /// entries (a leadership transfer to it then waits for the rest, which takes a moment).
+    pub fn keeps_up(&self, id: u64) -> bool {
+        let last = self.last_log_index.unwrap_or(0);
+        self.matched(id)
+            .is_some_and(|m| last.saturating_sub(m) <= MAX_LAG)
+    }
 }
 
 /// Pause between attempts to confirm leadership for a read.
@@ -686,13 +746,13 @@ impl Group {
         GroupStatus {
             group: self.id,
             role: match m.state {
-                ServerState::Leader if leads => "leader",
+                ServerState::Leader if leads => Role::Leader,
                 // Cut off from its quorum (check-quorum): no longer counts itself the leader.
-                ServerState::Leader => "follower",
-                ServerState::Follower => "follower",
-                ServerState::Candidate => "candidate",
-                ServerState::Learner => "learner",
-                ServerState::Shutdown => "shutdown",
+                ServerState::Leader => Role::Follower,
+                ServerState::Follower => Role::Follower,
+                ServerState::Candidate => Role::Candidate,
+                ServerState::Learner => Role::Learner,
+                ServerState::Shutdown => Role::Shutdown,
             },
             term: m.current_term,
             leader: self.leader_in(&m).map(|(id, _)| id),

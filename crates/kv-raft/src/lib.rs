@@ -32,7 +32,7 @@ mod types;
 mod validate;
 
 pub use error::GroupError;
-pub use group::{Group, GroupStatus, Metrics};
+pub use group::{Group, GroupStatus, Metrics, Role, MAX_LAG};
 pub use host::{RaftHost, RaftTuning};
 pub use log_store::LogStore;
 pub use network::{RpcKind, Scheme, Transport};

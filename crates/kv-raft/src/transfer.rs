@@ -11,7 +11,7 @@ use openraft::metrics::WaitError;
 use openraft::{BasicNode, Raft, RaftMetrics, ServerState};
 use tokio::time::Instant;
 
-use crate::group::{not_leading, shutting_down};
+use crate::group::{matched, not_leading, shutting_down};
 use crate::types::TypeConfig;
 use crate::{Group, GroupError};
 
@@ -22,8 +22,7 @@ const MAX_CATCH_UP: Duration = Duration::from_secs(2);
 /// Whether the metrics are a leader's, with `to` holding the leader's whole log.
 fn caught_up(m: &RaftMetrics<u64, BasicNode>, to: u64) -> bool {
     let leads = m.state == ServerState::Leader && m.current_leader == Some(m.id);
-    let matched = m.replication.as_ref().and_then(|r| r.get(&to));
-    leads && matched.is_some_and(|l| l.map(|l| l.index) == m.last_log_index)
+    leads && m.last_log_index.is_some() && matched(m, to) == m.last_log_index
 }
 
 /// Turns a leader's idle heartbeats off for as long as it lives, and back on when dropped, so

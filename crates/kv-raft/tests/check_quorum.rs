@@ -38,7 +38,10 @@ async fn a_leader_cut_off_from_its_quorum_steps_down_and_refuses_at_once() {
     })
     .await;
     let status = group.status().await;
-    assert_eq!((status.role, status.leader), ("follower", None));
+    assert_eq!(
+        (status.role, status.leader),
+        (kv_raft::Role::Follower, None)
+    );
     wait_until("the followers count as unreachable", SETTLE, || {
         std::future::ready(!group.reaches_quorum(&[]))
     })

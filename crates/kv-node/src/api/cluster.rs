@@ -7,17 +7,20 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use kv_client::api::{
-    ClusterStatus, GroupStatus, LeaveResult, MapSummary, Member, MoveStatus, PartitionRoute, Routes,
+    ClusterStatus, GroupStatus, LearnerProgress, LeaveResult, MapSummary, Member, MoveStatus,
+    PartitionRoute, Routes,
 };
 use kv_ring::PartitionId;
 use serde_json::json;
 
+use crate::api::extract::{Params, PathParams};
 use crate::auth::{Access, Caller, PeerProof, Role};
+use crate::control;
+use crate::control::peers::own_view;
 use crate::error::ApiError;
-use crate::extract::{Params, PathParams};
-use crate::metadata;
-use crate::placement::{group_of, partition_of_group};
+use crate::layout::{group_of, partition_of_group};
 use crate::state::AppState;
+use crate::wire::{GroupView, MoveView, NodeView, PeerMap, ReplicaRole};
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct StatusParams {
@@ -28,51 +31,57 @@ pub struct StatusParams {
 /// `GET /v1/cluster`: members, ring parameters, every partition's replicas with its Raft
 /// state (leader, term, indexes), and the partition moves in flight. Partitions this node does
 /// not host are filled in from the replicas that do, and moves are gathered from every member
-/// (each asked with `?scope=local`), so any node gives the whole picture.
-pub async fn status(
+/// (each asked for its view), so any node gives the whole picture.
+pub(super) async fn status(
     State(st): State<AppState>,
     Params(params): Params<StatusParams>,
 ) -> Json<ClusterStatus> {
-    if params.scope.as_deref() == Some("local") {
-        return Json(local_status(&st).await);
-    }
-    Json(cluster_view(&st).await)
+    let view = match params.scope.as_deref() {
+        Some("local") => own_view(&st).await,
+        _ => cluster_view(&st).await,
+    };
+    Json(public_status(&st, view))
 }
 
 /// `GET /internal/v1/view`: what this node sees, for its peers (status, drains, removals).
-pub async fn view(State(st): State<AppState>) -> Json<ClusterStatus> {
-    Json(local_status(&st).await)
+pub(super) async fn view(State(st): State<AppState>) -> Json<NodeView> {
+    Json(own_view(&st).await)
 }
 
 /// The whole cluster as this node can see it: its own groups, the other groups from the
 /// replicas that host them, and every member's moves.
-pub async fn cluster_view(st: &AppState) -> ClusterStatus {
-    let mut status = local_status(st).await;
-    let seen = crate::peers::member_views(st).await;
-    for g in status.groups.iter_mut().filter(|g| g.role == "none") {
+async fn cluster_view(st: &AppState) -> NodeView {
+    let mut status = own_view(st).await;
+    let seen = crate::control::peers::member_views(st).await;
+    for g in status
+        .groups
+        .iter_mut()
+        .filter(|g| g.role == ReplicaRole::None)
+    {
         // Prefer the replica that leads the partition; else the one with the highest term.
         let best = seen
             .iter()
             .filter_map(|s| {
                 s.groups
                     .iter()
-                    .find(|r| r.partition == g.partition && r.role != "none")
+                    .find(|r| r.partition == g.partition && r.role != ReplicaRole::None)
             })
-            .max_by_key(|r| (r.role == "leader", r.term));
+            .max_by_key(|r| (r.role == ReplicaRole::Leader, r.term));
         if let Some(r) = best {
-            let role = std::mem::take(&mut g.role);
             let replicas = std::mem::take(&mut g.replicas);
-            *g = r.clone();
-            g.role = role;
-            // The map as this node routes by, not as the peer does.
-            g.replicas = replicas;
-            // This node does not replicate the partition; the rest is the replicas' view.
-            g.replication = None;
+            *g = GroupView {
+                // This node's role (none) and the map as this node routes by, not as the peer
+                // does; this node does not replicate the partition, the rest is the replicas'.
+                role: g.role,
+                replicas,
+                replication: None,
+                ..r.clone()
+            };
         }
     }
     // A move is reported by the leader running it; after a leader change two nodes may both
     // list one for a moment: keep the newer map's.
-    let mut moves: std::collections::BTreeMap<u32, MoveStatus> = std::collections::BTreeMap::new();
+    let mut moves: std::collections::BTreeMap<u32, MoveView> = std::collections::BTreeMap::new();
     for m in seen
         .into_iter()
         .flat_map(|s| s.moves)
@@ -87,6 +96,58 @@ pub async fn cluster_view(st: &AppState) -> ClusterStatus {
     }
     status.moves = moves.into_values().collect();
     status
+}
+
+/// The public status document of `view`, with the map this node routes by.
+fn public_status(st: &AppState, view: NodeView) -> ClusterStatus {
+    let map = map_summary(st);
+    ClusterStatus {
+        node: view.node,
+        members: map.members,
+        partitions: map.partitions,
+        replication_factor: map.replication_factor,
+        vnodes: map.vnodes,
+        epoch: view.epoch,
+        groups: view
+            .groups
+            .into_iter()
+            .map(|g| GroupStatus {
+                partition: g.partition,
+                replicas: g.replicas,
+                voters: g.voters,
+                learners: g.learners,
+                leader: g.leader,
+                term: g.term,
+                role: g.role.as_str().to_string(),
+                last_log_index: g.last_log_index,
+                commit_index: g.commit_index,
+                applied_index: g.applied_index,
+                replication: g.replication,
+            })
+            .collect(),
+        moves: view
+            .moves
+            .into_iter()
+            .map(|m| MoveStatus {
+                partition: m.partition,
+                node: m.node,
+                epoch: m.epoch,
+                from: m.from,
+                to: m.to,
+                phase: m.phase.as_str().to_string(),
+                learners: m
+                    .learners
+                    .into_iter()
+                    .map(|(node, matched, target)| LearnerProgress {
+                        node,
+                        matched,
+                        target,
+                    })
+                    .collect(),
+                elapsed_ms: m.elapsed_ms,
+            })
+            .collect(),
+    }
 }
 
 /// `GET /v1/cluster/routes`: each partition's replicas and, where this node hosts it, its
@@ -123,28 +184,24 @@ pub fn route_table(st: &AppState) -> Routes {
     }
 }
 
-/// `GET /v1/cluster/map`: the map this node routes by, in short. Cheap: peers poll it to
-/// compare epochs.
-pub async fn map(State(st): State<AppState>) -> Json<MapSummary> {
-    Json(map_summary(&st, Addresses::Clients))
+/// `GET /v1/cluster/map`: the map this node routes by, in short, with the addresses clients
+/// reach the members at. Cheap: clients poll it to compare epochs.
+pub(super) async fn map(State(st): State<AppState>) -> Json<MapSummary> {
+    Json(map_summary(&st))
 }
 
 /// `GET /internal/v1/map`: the map with the addresses peers reach the members at.
-pub async fn peer_map(State(st): State<AppState>) -> Json<MapSummary> {
-    Json(map_summary(&st, Addresses::Peers))
+pub(super) async fn peer_map(State(st): State<AppState>) -> Json<PeerMap> {
+    let layout = st.layout();
+    Json(PeerMap {
+        epoch: st.epoch(),
+        members: layout.members.clone(),
+        ring: layout.placement.params(),
+    })
 }
 
-/// Which of a member's addresses a map summary lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Addresses {
-    /// Where clients reach it (the user-facing routes).
-    Clients,
-    /// Where peers reach it.
-    Peers,
-}
-
-/// The map this node routes by, in short.
-pub fn map_summary(st: &AppState, addresses: Addresses) -> MapSummary {
+/// The map this node routes by, in short, for clients.
+fn map_summary(st: &AppState) -> MapSummary {
     let layout = st.layout();
     let params = layout.placement.params();
     MapSummary {
@@ -154,80 +211,12 @@ pub fn map_summary(st: &AppState, addresses: Addresses) -> MapSummary {
             .iter()
             .map(|(id, addr)| Member {
                 id: *id,
-                addr: match addresses {
-                    Addresses::Clients => layout.client_addr(*id).unwrap_or(addr).to_string(),
-                    Addresses::Peers => addr.clone(),
-                },
+                addr: layout.client_addr(*id).unwrap_or(addr).to_string(),
             })
             .collect(),
         partitions: params.partitions,
         replication_factor: params.replication_factor,
         vnodes: params.vnodes,
-    }
-}
-
-async fn local_status(st: &AppState) -> ClusterStatus {
-    let layout = st.layout();
-    let mut groups = Vec::new();
-    if let Some(g) = st.host.group(crate::metadata::META_GROUP) {
-        let s = g.status().await;
-        let voters = s.voters.clone();
-        groups.push(api_status(None, voters, s));
-    }
-    for p in 0..layout.partitions() {
-        let p = PartitionId(p);
-        let replicas = layout.replicas(p);
-        match st.host.group(group_of(p)) {
-            Some(g) => {
-                let s = g.status().await;
-                // The map's (ring) order.
-                groups.push(api_status(
-                    partition_of_group(s.group).map(|p| p.0),
-                    replicas,
-                    s,
-                ));
-            }
-            None => groups.push(GroupStatus {
-                partition: Some(p.0),
-                replicas,
-                voters: Vec::new(),
-                learners: Vec::new(),
-                leader: None,
-                term: 0,
-                role: "none".into(),
-                last_log_index: None,
-                commit_index: None,
-                applied_index: None,
-                replication: None,
-            }),
-        }
-    }
-    let map = map_summary(st, Addresses::Clients);
-    ClusterStatus {
-        node: st.config.id,
-        members: map.members,
-        partitions: map.partitions,
-        replication_factor: map.replication_factor,
-        vnodes: map.vnodes,
-        epoch: map.epoch,
-        groups,
-        moves: st.moves.status(st.config.id),
-    }
-}
-
-fn api_status(partition: Option<u32>, replicas: Vec<u64>, s: kv_raft::GroupStatus) -> GroupStatus {
-    GroupStatus {
-        partition,
-        replicas,
-        voters: s.voters,
-        learners: s.learners,
-        leader: s.leader,
-        term: s.term,
-        role: s.role.to_string(),
-        last_log_index: s.last_log_index,
-        commit_index: s.commit_index,
-        applied_index: s.applied_index,
-        replication: s.replication,
     }
 }
 
@@ -286,7 +275,7 @@ pub async fn ready(State(st): State<AppState>) -> Response {
         .host
         .groups()
         .into_iter()
-        .filter(|g| g.id() != crate::metadata::META_GROUP)
+        .filter(|g| g.id() != crate::layout::META_GROUP)
         .collect();
     let waiting: Vec<u64> = groups
         .iter()
@@ -318,7 +307,7 @@ pub async fn ready(State(st): State<AppState>) -> Response {
 pub async fn metrics(State(st): State<AppState>) -> Response {
     let (mut leaders, mut quiet) = (0u64, 0u64);
     for g in st.host.groups() {
-        if g.id() != crate::metadata::META_GROUP && g.is_leader() {
+        if g.id() != crate::layout::META_GROUP && g.is_leader() {
             leaders += 1;
             quiet += u64::from(g.is_quiesced());
         }
@@ -351,7 +340,7 @@ pub async fn join(
             header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         );
-        return crate::forward::relay(
+        return crate::routing::relay(
             &st,
             &addr,
             axum::http::Method::POST,
@@ -362,7 +351,7 @@ pub async fn join(
         )
         .await;
     }
-    let epoch = metadata::add_member(&st, req.id, &req.addr, req.client_addr.as_deref()).await?;
+    let epoch = control::add_member(&st, req.id, &req.addr, req.client_addr.as_deref()).await?;
     Ok(Json(json!({"id": req.id, "addr": req.addr, "epoch": epoch})).into_response())
 }
 
@@ -389,7 +378,7 @@ fn join_access(caller: &Caller, id: u64) -> Result<Access, ApiError> {
 fn meta_leader_elsewhere(st: &AppState) -> Result<Option<String>, ApiError> {
     let group = st
         .host
-        .group(metadata::META_GROUP)
+        .group(crate::layout::META_GROUP)
         .ok_or_else(|| ApiError::unavailable("this node has no metadata group yet"))?;
     if group.is_leader() {
         return Ok(None);
@@ -460,7 +449,7 @@ pub async fn leave(
         // request does not outlive the forwarding timeout.
         Some(addr) => {
             let path = format!("/v1/cluster/nodes/{id}?force={}&wait=0", params.force);
-            let answer = crate::forward::relay(
+            let answer = crate::routing::relay(
                 &st,
                 &addr,
                 axum::http::Method::DELETE,
@@ -480,7 +469,7 @@ pub async fn leave(
                 .map_err(|e| ApiError::Internal(format!("metadata leader's answer: {e}")))?;
             Ok(result.epoch)
         }
-        None => metadata::remove_member(&st, id, params.force).await,
+        None => control::remove_member(&st, id, params.force).await,
     };
     let epoch = match removed {
         Ok(epoch) => epoch,
@@ -542,8 +531,8 @@ struct Presence {
 }
 
 async fn presence(st: &AppState, id: u64) -> Presence {
-    let mut views = crate::peers::member_views(st).await;
-    views.push(local_status(st).await);
+    let mut views = crate::control::peers::member_views(st).await;
+    views.push(own_view(st).await);
     let layout = st.layout();
     let mut out = Presence::default();
     let groups = std::iter::once(None).chain((0..layout.partitions()).map(Some));
@@ -551,7 +540,7 @@ async fn presence(st: &AppState, id: u64) -> Presence {
         let leader_view = views
             .iter()
             .flat_map(|v| v.groups.iter())
-            .filter(|g| g.partition == partition && g.role == "leader")
+            .filter(|g| g.partition == partition && g.role == ReplicaRole::Leader)
             .max_by_key(|g| g.term);
         let counted =
             leader_view.is_some_and(|g| g.voters.contains(&id) || g.learners.contains(&id));

@@ -10,128 +10,32 @@
 //! superseded is abandoned and re-planned against the new map.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kv_client::api::{LearnerProgress, MoveStatus};
 use kv_ring::PartitionId;
 
-use crate::placement::partition_of_group;
-use crate::state::AppState;
-
-/// Partition moves one node leads at once, unless `--max-moves` says otherwise.
-pub const DEFAULT_MAX_MOVES: usize = 2;
-/// How often a running move checks the learners' progress.
-const CATCH_UP_POLL: Duration = Duration::from_millis(50);
+use crate::layout::{partition_of_group, META_GROUP};
+use crate::state::{AppState, Phase, Progress};
+use crate::wire::{PeerMap, ReplicaRole, MAP_PATH};
+/// Longest a catching-up move waits for a change of the leader's metrics before it checks
+/// whether a new replica stalled.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 /// How long a move waits for the log compaction before adding replicas.
 const COMPACT_WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Queued,
-    CatchingUp,
-    ChangingVoters,
-    RemovingLearners,
-    Stalled,
-}
-
-impl Phase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Phase::Queued => "queued",
-            Phase::CatchingUp => "catching_up",
-            Phase::ChangingVoters => "changing_voters",
-            Phase::RemovingLearners => "removing_learners",
-            Phase::Stalled => "stalled",
-        }
-    }
-}
-
-struct Progress {
-    epoch: u64,
-    from: BTreeSet<u64>,
-    to: BTreeSet<u64>,
-    phase: Phase,
-    /// Learner -> (matched index, target index).
-    learners: BTreeMap<u64, (Option<u64>, u64)>,
-    started: Instant,
-}
-
-/// The moves this node is running, and the slots bounding how many run at once.
-pub struct Moves {
-    running: Mutex<BTreeMap<u32, Progress>>,
-    slots: Arc<tokio::sync::Semaphore>,
-    /// The move tasks, so shutdown can stop them.
-    tasks: Mutex<tokio::task::JoinSet<()>>,
-}
-
-impl Moves {
-    pub fn new(max_concurrent: usize) -> Moves {
-        Moves {
-            running: Mutex::default(),
-            slots: Arc::new(tokio::sync::Semaphore::new(max_concurrent.max(1))),
-            tasks: Mutex::default(),
-        }
-    }
-
-    fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Progress>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The moves this node (`me`) is running or has queued, for `/v1/cluster`.
-    pub fn status(&self, me: u64) -> Vec<MoveStatus> {
-        self.running()
-            .iter()
-            .map(|(p, m)| MoveStatus {
-                partition: *p,
-                node: me,
-                epoch: m.epoch,
-                from: m.from.iter().copied().collect(),
-                to: m.to.iter().copied().collect(),
-                phase: m.phase.as_str().to_string(),
-                learners: m
-                    .learners
-                    .iter()
-                    .map(|(id, (matched, target))| LearnerProgress {
-                        node: *id,
-                        matched: *matched,
-                        target: *target,
-                    })
-                    .collect(),
-                elapsed_ms: u64::try_from(m.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            })
-            .collect()
-    }
-
-    /// Whether any move is running or queued here.
-    pub fn is_idle(&self) -> bool {
-        self.running().is_empty()
-    }
-
-    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        // Reap finished moves so the set does not grow.
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(task);
-    }
-
-    /// Stop every move (on shutdown); the next leader of each partition re-plans it.
-    pub fn abort_all(&self) {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .abort_all();
-    }
-
-    fn update(&self, p: PartitionId, f: impl FnOnce(&mut Progress)) {
-        if let Some(m) = self.running().get_mut(&p.0) {
-            f(m);
-        }
+/// The moves job: on every new map epoch (and the safety-net tick: a partition that elected a
+/// leader in the middle of a move, a move to retry), start the moves this node must lead and
+/// drop the copies the map moved away from it, until `stop` turns true.
+pub(super) async fn job(st: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut epochs = st.epoch_changes();
+    let mut tick = super::safety_net(super::RECHECK_EVERY);
+    while super::next_wake(&mut epochs, &mut tick, &mut stop).await {
+        reconcile(&st).await;
     }
 }
 
 /// Start the moves this node must lead, and drop the copies the map moved away from it.
-pub async fn reconcile(st: &AppState) {
+async fn reconcile(st: &AppState) {
     let layout = st.layout();
     let Some(epoch) = st.epoch() else { return };
     let me = st.config.id;
@@ -218,10 +122,9 @@ fn start(st: &AppState, p: PartitionId, group: kv_raft::Group, desired: BTreeSet
                 // Keep the entry (shown as stalled) so the reconcile does not restart the move
                 // at once, but without the slot; a new map ends the wait early.
                 st.moves.update(p, |m| m.phase = Phase::Stalled);
-                let until = tokio::time::Instant::now() + STALL_BACKOFF;
-                while tokio::time::Instant::now() < until && st.epoch() == Some(epoch) {
-                    tokio::time::sleep(CATCH_UP_POLL * 4).await;
-                }
+                let mut epochs = st.epoch_changes();
+                let newer_map = epochs.wait_for(|e| *e != Some(epoch));
+                let _ = tokio::time::timeout(STALL_BACKOFF, newer_map).await;
             }
             Err(e) => {
                 metrics::counter!("kv_moves_abandoned_total").increment(1);
@@ -232,7 +135,7 @@ fn start(st: &AppState, p: PartitionId, group: kv_raft::Group, desired: BTreeSet
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
-        st.moves.running().remove(&p.0);
+        st.moves.end(p);
     });
 }
 
@@ -286,17 +189,18 @@ async fn run(
         // Everything up to (at least) the membership entry that added them.
         let target = group.status().await.last_log_index.unwrap_or(0);
         let mut last_progress = (BTreeMap::new(), Instant::now());
+        // The leader's replication progress is in its metrics: woken by each change of them,
+        // and by a new map (which may supersede this move).
+        let mut metrics = group.metrics();
+        let mut epochs = st.epoch_changes();
         loop {
             still_current()?;
             let status = group.status().await;
-            let replication = status.replication.unwrap_or_default();
-            let mut caught_up = true;
-            let mut progress = BTreeMap::new();
-            for id in &new {
-                let matched = replication.get(id).copied().flatten();
-                caught_up &= matched.is_some_and(|m| m >= target);
-                progress.insert(*id, (matched, target));
-            }
+            let caught_up = new.iter().all(|id| status.holds(*id, target));
+            let progress: BTreeMap<u64, (Option<u64>, u64)> = new
+                .iter()
+                .map(|id| (*id, (status.matched(*id), target)))
+                .collect();
             if caught_up {
                 break;
             }
@@ -315,7 +219,17 @@ async fn run(
                 return Ok(Finish::Stalled(slow));
             }
             st.moves.update(p, |m| m.learners = progress);
-            tokio::time::sleep(CATCH_UP_POLL).await;
+            // A learner that makes no progress changes nothing: the stall check runs at
+            // least every `STALL_CHECK`.
+            tokio::select! {
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        anyhow::bail!("the partition's group stopped");
+                    }
+                }
+                _ = epochs.changed() => {}
+                _ = tokio::time::sleep(STALL_CHECK) => {}
+            }
         }
     }
     if voters != *desired && !desired.contains(&st.config.id) {
@@ -327,7 +241,7 @@ async fn run(
         let staying = target
             .into_iter()
             .chain(desired.iter().copied())
-            .find(|id| voters.contains(id) && crate::leadership::keeps_up(&status, *id));
+            .find(|id| voters.contains(id) && status.keeps_up(*id));
         if let Some(to) = staying {
             still_current()?;
             tracing::info!(
@@ -369,7 +283,7 @@ async fn run(
 async fn confirm_epoch(st: &AppState, epoch: u64) -> anyhow::Result<()> {
     let meta = st
         .host
-        .group(crate::metadata::META_GROUP)
+        .group(META_GROUP)
         .ok_or_else(|| anyhow::anyhow!("no metadata group here"))?;
     let Some((leader, addr)) = meta.leader() else {
         anyhow::bail!("the metadata group has no leader to confirm the map with");
@@ -377,9 +291,9 @@ async fn confirm_epoch(st: &AppState, epoch: u64) -> anyhow::Result<()> {
     if leader == st.config.id {
         return Ok(());
     }
-    let theirs: kv_client::api::MapSummary = st
+    let theirs: PeerMap = st
         .http
-        .get(st.peer_url(&addr, "/internal/v1/map"))
+        .get(st.peer_url(&addr, MAP_PATH))
         .timeout(Duration::from_secs(2))
         .send()
         .await?
@@ -410,7 +324,7 @@ async fn drop_moved_away(
         let mut removed = !own.voters.is_empty() && !own.nodes.contains_key(&me);
         if !removed {
             if views.is_none() {
-                views = Some(crate::peers::member_views(st).await);
+                views = Some(super::peers::member_views(st).await);
             }
             let leader_view = views
                 .iter()
@@ -418,7 +332,7 @@ async fn drop_moved_away(
                 .filter_map(|v| {
                     v.groups
                         .iter()
-                        .find(|g| g.partition == Some(p.0) && g.role == "leader")
+                        .find(|g| g.partition == Some(p.0) && g.role == ReplicaRole::Leader)
                         .map(|g| (v.epoch, g))
                 })
                 .max_by_key(|(_, g)| g.term);

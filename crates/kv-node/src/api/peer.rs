@@ -1,7 +1,7 @@
 //! Peer routes: `POST /raft/{group}/{rpc}` carries openraft RPCs between nodes (see
 //! `kv_raft::Transport` for the wire format), and `POST /internal/v1/kv/batch` (or, one at a
 //! time, `POST /internal/v1/kv`) key operations a node forwards to the one that can serve them
-//! (see [`crate::ops`] and `forward::channel`).
+//! (see [`crate::wire`] and `crate::routing::channel`).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -12,13 +12,14 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use kv_raft::{GroupError, RpcKind};
 use kv_storage::GroupId;
 
-use crate::body::read_limited;
+use crate::api::body::read_limited;
+use crate::api::extract::PathParams;
 use crate::error::ApiError;
-use crate::extract::PathParams;
-use crate::forward::channel::{frame, relayed_header, OpAnswer, OpBatch, MAX_BATCH_OPS};
-use crate::ops::{Forwarded, KeyOp};
-use crate::placement::partition_of_group;
+use crate::layout::partition_of_group;
+use crate::routing::channel::{frame, relayed_header};
 use crate::state::AppState;
+use crate::wire::{Forwarded, KeyOp};
+use crate::wire::{OpAnswer, OpBatch, MAX_BATCH_OPS};
 
 /// Most bytes a peer RPC may carry: a replication batch (256 KiB of entries, or one entry of a
 /// largest value) or a snapshot chunk (1 MiB), with room for their framing.
@@ -95,7 +96,7 @@ pub async fn raft_batch(
 /// What replication moves onto this node: log entries (append) and snapshots, per kind of
 /// group. A join's data movement shows up here on the new node.
 fn count_received(group: u64, kind: RpcKind, len: usize) {
-    let groups = if group == crate::metadata::META_GROUP.0 {
+    let groups = if group == crate::layout::META_GROUP.0 {
         "metadata"
     } else {
         "partition"
@@ -145,19 +146,19 @@ async fn serve_forwarded(st: &AppState, encoded: &[u8]) -> Result<Response, ApiE
     let access = st.auth.access_of(forwarded.caller.as_deref())?;
     match forwarded.op {
         KeyOp::ScanPage(req) => {
-            let page = crate::kv_api::scan_page(st, req, forwarded.hops, &access).await?;
+            let page = crate::api::kv::scan_page(st, req, forwarded.hops, &access).await?;
             let bytes = postcard::to_stdvec(&page)
                 .map_err(|e| ApiError::Internal(format!("encoding a page: {e}")))?;
             Ok((StatusCode::OK, bytes).into_response())
         }
-        op => crate::kv_api::execute(st, op, forwarded.hops, &access).await,
+        op => crate::api::kv::execute(st, op, forwarded.hops, &access).await,
     }
 }
 
 /// `POST /internal/v1/kv/batch`: forwarded operations in one batch (postcard
 /// [`OpBatch`]), each run at once and on its own, as if it had come alone (admission
 /// included); the answer streams one frame per operation as each finishes (see
-/// `forward::channel`). A batch that does not decode or holds too many operations is refused
+/// `crate::routing::channel`). A batch that does not decode or holds too many operations is refused
 /// whole.
 pub async fn forwarded_batch(
     State(st): State<AppState>,
@@ -234,7 +235,7 @@ async fn answer_frame(index: u32, resp: Response) -> std::io::Result<Bytes> {
 /// creates it. Groups the current map does not assign here stay closed (404).
 async fn open_if_assigned(st: &AppState, group: GroupId) -> Result<(), ApiError> {
     if let Some(p) = partition_of_group(group) {
-        crate::forward::local_group(st, p).await?;
+        crate::routing::local_group(st, p).await?;
     }
     Ok(())
 }

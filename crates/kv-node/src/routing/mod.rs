@@ -1,5 +1,5 @@
 //! Request routing: decide whether this node can serve a partition's operation itself, and if
-//! not, hand the operation ([`crate::ops::KeyOp`]) to the node that can (the leader, or a
+//! not, hand the operation ([`crate::wire::KeyOp`]) to the node that can (the leader, or a
 //! replica) over the peer's operation channel ([`channel`]: batched, answers streamed back as
 //! each finishes) and relay its answer back unchanged. A hop counter stops loops while views of the
 //! leader are stale; a node the operation cannot reach is left out and the operation routed
@@ -19,15 +19,11 @@ use tokio::time::Instant;
 use self::channel::{relayed_headers, root_cause, Lost};
 use crate::auth::Access;
 use crate::error::{ApiError, PeerAnswer};
-use crate::ops::{Forwarded, KeyOp, MAX_HOPS};
-use crate::placement::group_of;
+use crate::layout::group_of;
 use crate::state::AppState;
+use crate::wire::{Forwarded, KeyOp, MAX_HOPS};
 
-pub mod channel;
-
-/// The peer route that takes one forwarded operation (older nodes forward this way; this node
-/// sends batches, [`channel::BATCH_PATH`]).
-pub const FORWARD_PATH: &str = "/internal/v1/kv";
+pub(crate) mod channel;
 
 /// What a node does with a request for a partition.
 pub enum Route {

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, MAX_KEY_BYTES};
 use crate::error::ApiError;
 
+/// The peer route that takes one forwarded operation (older nodes forward this way; this node
+/// sends batches, [`super::BATCH_PATH`]).
+pub const FORWARD_PATH: &str = "/internal/v1/kv";
+
 /// Forwarded operations give up after this many hops (views of the leader can be stale).
 pub const MAX_HOPS: u32 = 3;
 /// Most keys one scan (and one partition's page of it) returns.
@@ -133,7 +137,7 @@ impl KeyOp {
     }
 }
 
-/// Check a key from any source: not empty, at most [`MAX_KEY_BYTES`].
+/// Check a key from any source: not empty, at most `MAX_KEY_BYTES` (the config's limit).
 pub fn check_key(key: &[u8]) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::bad_request(

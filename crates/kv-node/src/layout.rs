@@ -89,6 +89,10 @@ impl Layout {
     }
 }
 
+/// Raft group numbering, in one place: group 0 is the metadata group, partition `p` is group
+/// `p + 1`.
+pub const META_GROUP: GroupId = GroupId(0);
+
 /// The Raft group of a data partition (group 0 is reserved for cluster metadata).
 pub fn group_of(p: PartitionId) -> GroupId {
     GroupId(u64::from(p.0) + 1)

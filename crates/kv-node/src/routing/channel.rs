@@ -12,7 +12,7 @@
 //! another's.
 //!
 //! Wire format: the request body is a postcard [`OpBatch`] (each operation a postcard
-//! [`Forwarded`](crate::ops::Forwarded), decoded and validated on its own by the peer); the
+//! [`Forwarded`](crate::wire::Forwarded), decoded and validated on its own by the peer); the
 //! answer body is a sequence of frames, each a little-endian `u32` length and a postcard
 //! [`OpAnswer`]: the status, the headers a client keeps and the body the client gets.
 //!
@@ -26,40 +26,21 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::error::PeerAnswer;
+use crate::wire::{OpAnswer, OpBatch, BATCH_PATH, MAX_BATCH_OPS};
 
-/// The peer route that takes batches of forwarded operations.
-pub const BATCH_PATH: &str = "/internal/v1/kv/batch";
 /// Batches on their way to one peer at once (sent, not yet taken).
 const IN_FLIGHT: usize = 2;
-/// Most operations in one batch; a peer refuses a batch with more.
-pub const MAX_BATCH_OPS: usize = 256;
+
 /// Most bytes of operations in one batch (one larger operation still goes, alone).
 const MAX_BATCH_BYTES: usize = 1 << 20;
+
 /// Most bytes of one operation's answer frame (a largest value, or a page of a scan, is far
 /// below): a longer frame means the stream is broken.
 const MAX_ANSWER_BYTES: usize = 256 << 20;
-
-/// The body of `POST /internal/v1/kv/batch`: postcard-encoded forwarded operations.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct OpBatch {
-    pub ops: Vec<serde_bytes::ByteBuf>,
-}
-
-/// The answer to one operation of a batch, as the client gets it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct OpAnswer {
-    /// The operation's place in its batch.
-    pub index: u32,
-    pub status: u16,
-    pub headers: Vec<(String, serde_bytes::ByteBuf)>,
-    #[serde(with = "serde_bytes")]
-    pub body: Vec<u8>,
-}
 
 /// Headers of a peer's answer that the client gets.
 pub fn relayed_header(name: &str) -> bool {

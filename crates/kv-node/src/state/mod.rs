@@ -1,12 +1,18 @@
-//! What every request handler shares.
+//! What every request handler and control job shares: [`AppState`], built from the layers
+//! below it (config, auth, admission, TLS, the layout, the operation channels to peers) and
+//! the record of partition moves ([`moves`]). Nothing here imports the API, routing or the
+//! control jobs.
 
 use std::sync::{Arc, RwLock};
 
 use kv_raft::RaftHost;
 
 use crate::config::Config;
-use crate::moves::Moves;
-use crate::placement::Layout;
+use crate::layout::Layout;
+
+mod moves;
+
+pub(crate) use moves::{Moves, Phase, Progress};
 
 /// Shared state of a running node. Cheap to clone.
 #[derive(Clone)]
@@ -20,7 +26,7 @@ pub struct AppState {
     epochs: Arc<tokio::sync::watch::Sender<Option<u64>>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The partition moves this node leads.
-    pub moves: Arc<Moves>,
+    pub(crate) moves: Arc<Moves>,
     /// One-off background tasks, stopped when the node shuts down.
     pub background: Arc<Background>,
     /// How much client work this node takes on at once.
@@ -32,7 +38,7 @@ pub struct AppState {
     /// The certificates of the listener and of connections to peers, if TLS is on.
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// The channels that carry forwarded operations to each peer.
-    pub forwarding: crate::forward::channel::OpChannels,
+    pub forwarding: crate::routing::channel::OpChannels,
 }
 
 /// One-off background tasks of a node (each ends by itself; shutdown aborts the rest).
@@ -75,7 +81,7 @@ impl AppState {
             background: Arc::default(),
             cluster_id: Arc::default(),
             auth,
-            forwarding: crate::forward::channel::OpChannels::new(http.clone(), tls.is_some()),
+            forwarding: crate::routing::channel::OpChannels::new(http.clone(), tls.is_some()),
             http,
             tls,
         }

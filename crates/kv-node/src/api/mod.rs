@@ -1,5 +1,10 @@
 //! The HTTP surface: `app(state)` builds the router so tests can drive it without a socket;
 //! [`router`] builds the part one listener serves when peers have a listener of their own.
+//!
+//! Every request passes the guards (`guard`: who sent it, then its kind's admission gate)
+//! before its handler: `kv` (keys and scans, served here or handed on by `crate::routing`),
+//! `cluster` (status, map, routes, membership, health, readiness, metrics) and `peer` (Raft
+//! RPCs into kv-raft, operations other nodes forwarded).
 
 use std::time::Instant;
 
@@ -9,9 +14,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 
+use crate::auth;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admission, auth, cluster_api, kv_api, peer_api};
+
+mod body;
+mod cluster;
+mod extract;
+mod guard;
+mod kv;
+mod peer;
 
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,52 +48,45 @@ pub fn router(state: AppState, surface: Surface) -> Router {
     let keys = Router::new()
         .route(
             "/v1/kv/{*key}",
-            get(kv_api::get_key)
-                .put(kv_api::put_key)
-                .delete(kv_api::delete_key),
+            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            admission::requests,
+            guard::requests,
         ));
     let scans = Router::new()
-        .route("/v1/kv", get(kv_api::scan))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            admission::scans,
-        ));
+        .route("/v1/kv", get(kv::scan))
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard::scans));
     let status = Router::new()
-        .route("/v1/cluster", get(cluster_api::status))
-        .route("/v1/cluster/map", get(cluster_api::map))
-        .route("/v1/cluster/routes", get(cluster_api::routes))
-        .route("/ready", get(cluster_api::ready))
-        .route("/metrics", get(cluster_api::metrics))
+        .route("/v1/cluster", get(cluster::status))
+        .route("/v1/cluster/map", get(cluster::map))
+        .route("/v1/cluster/routes", get(cluster::routes))
+        .route("/ready", get(cluster::ready))
+        .route("/metrics", get(cluster::metrics))
         .route_layer(middleware::from_fn(auth::status_readers));
     let membership = || {
         Router::new()
-            .route("/v1/cluster/nodes", post(cluster_api::join))
-            .route("/v1/cluster/nodes/{id}", delete(cluster_api::leave))
+            .route("/v1/cluster/nodes", post(cluster::join))
+            .route("/v1/cluster/nodes/{id}", delete(cluster::leave))
     };
-    let admin = Router::new().merge(status).merge(membership()).route_layer(
-        middleware::from_fn_with_state(state.clone(), admission::admin),
-    );
+    let admin = Router::new()
+        .merge(status)
+        .merge(membership())
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard::admin));
     // Peer routes read their bodies themselves, within limits of their own. Raft RPCs pass no
     // admission gate: heartbeats and votes must flow whatever the client load.
     let peer = Router::new()
-        .route("/raft/{group}/{rpc}", post(peer_api::raft_rpc))
-        .route("/raft/batch", post(peer_api::raft_batch))
-        .route("/internal/v1/view", get(cluster_api::view))
+        .route("/raft/{group}/{rpc}", post(peer::raft_rpc))
+        .route("/raft/batch", post(peer::raft_batch))
+        .route("/internal/v1/view", get(cluster::view))
         // Each operation of a batch passes the forwarded-operations gate on its own.
-        .route(
-            crate::forward::channel::BATCH_PATH,
-            post(peer_api::forwarded_batch),
-        )
+        .route(crate::wire::BATCH_PATH, post(peer::forwarded_batch))
         .merge(
             Router::new()
-                .route(crate::forward::FORWARD_PATH, post(peer_api::forwarded))
+                .route(crate::wire::FORWARD_PATH, post(peer::forwarded))
                 .route_layer(middleware::from_fn_with_state(
                     state.clone(),
-                    admission::forwarded,
+                    guard::forwarded,
                 )),
         )
         .route_layer(middleware::from_fn(auth::peers_only))
@@ -89,36 +94,31 @@ pub fn router(state: AppState, surface: Surface) -> Router {
     // A node the cluster removed must still learn that it was, so the map is shown to any node
     // certificate of the cluster's CA (or holder of the cluster secret).
     let peer_map = Router::new()
-        .route("/internal/v1/map", get(cluster_api::peer_map))
+        .route("/internal/v1/map", get(cluster::peer_map))
         .route_layer(middleware::from_fn(auth::nodes_only));
     let clients = Router::new().merge(keys).merge(scans).merge(admin).route(
         "/v1/kv/",
-        get(kv_api::empty_key)
-            .put(kv_api::empty_key)
-            .delete(kv_api::empty_key),
+        get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
     );
     let peers = Router::new().merge(peer).merge(peer_map);
     let routes = match surface {
         Surface::Shared => clients.merge(peers),
         Surface::Clients => clients,
         // Joins and leaves relayed by members, and a joining node's own request: each handler
-        // checks who may do it (`cluster_api::join_access`).
+        // checks who may do it (`cluster::join_access`).
         Surface::Peers => peers.merge(
             membership()
-                .route_layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    admission::admin,
-                ))
+                .route_layer(middleware::from_fn_with_state(state.clone(), guard::admin))
                 .route_layer(middleware::from_fn(auth::nodes_only)),
         ),
     };
     routes
-        .route("/health", get(cluster_api::health))
+        .route("/health", get(cluster::health))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::authenticate,
+            guard::authenticate,
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),

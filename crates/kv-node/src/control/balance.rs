@@ -11,22 +11,28 @@ use std::time::{Duration, Instant};
 
 use kv_ring::PartitionId;
 
-use crate::placement::partition_of_group;
+use crate::layout::partition_of_group;
 use crate::state::AppState;
 
-/// How often a node looks for leaderships to hand over.
+/// How often a node looks for leaderships to hand over when no event woke it: the safety net
+/// for what no event here shows (a partition electing a leader, a target catching up or coming
+/// back, a backoff ending).
 const BALANCE_EVERY: Duration = Duration::from_secs(1);
 /// How long a partition is left alone after a failed transfer.
 const BACKOFF_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
-/// Hand leaderships to their target leaders until `stop` turns true.
-pub async fn balance_loop(st: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(BALANCE_EVERY);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Hand leaderships to their target leaders until `stop` turns true; woken by a new map epoch,
+/// a move ending, or the safety-net tick.
+pub(super) async fn run(st: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = super::safety_net(BALANCE_EVERY);
+    let mut epochs = st.epoch_changes();
+    let mut endings = st.moves.endings();
     let mut failed: BTreeMap<u32, Instant> = BTreeMap::new();
     loop {
         tokio::select! {
-            _ = interval.tick() => {}
+            _ = tick.tick() => {}
+            _ = epochs.changed() => {}
+            _ = endings.changed() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         balance_once(&st, &mut failed).await;
@@ -62,27 +68,12 @@ async fn balance_once(st: &AppState, failed: &mut BTreeMap<u32, Instant>) {
         let Some(addr) = layout.addr(target) else {
             continue;
         };
-        if !keeps_up(&group.status().await, target) || !crate::peers::answers_health(st, addr).await
-        {
+        if !group.status().await.keeps_up(target) || !super::peers::answers_health(st, addr).await {
             continue;
         }
         transfer(st, p, &group, target, failed).await;
         return;
     }
-}
-
-/// Entries a replica may lag behind the leader and still count as keeping up.
-const MAX_LAG: u64 = 64;
-
-/// On the leader's status: whether replica `id` holds the log to within `MAX_LAG` (64) entries
-/// (a transfer then waits for the rest with writes held, which takes a moment).
-pub fn keeps_up(status: &kv_raft::GroupStatus, id: u64) -> bool {
-    let last = status.last_log_index.unwrap_or(0);
-    let matched = status
-        .replication
-        .as_ref()
-        .and_then(|r| r.get(&id).copied().flatten());
-    matched.is_some_and(|m| last.saturating_sub(m) <= MAX_LAG)
 }
 
 async fn transfer(

@@ -22,13 +22,15 @@ use kv_ring::PartitionId;
 use kv_storage::{Command, Condition, Outcome};
 use serde::Deserialize;
 
+use crate::api::extract::Params;
 use crate::auth::{Access, Caller, Role};
 use crate::error::{ApiError, PeerAnswer};
-use crate::extract::Params;
-use crate::forward::{serve, Answer};
-use crate::ops::{check_key, KeyOp, Page, PageRequest, Precondition, Row, Session, MAX_SCAN_LIMIT};
-use crate::placement::group_of;
+use crate::layout::group_of;
+use crate::routing::{serve, Answer};
 use crate::state::AppState;
+use crate::wire::{
+    check_key, KeyOp, Page, PageRequest, Precondition, Row, Session, MAX_SCAN_LIMIT,
+};
 
 pub use kv_client::api::{HEADER_ACK_BELOW, HEADER_CLIENT_ID, HEADER_EPOCH, HEADER_REQUEST_SEQ};
 
@@ -83,7 +85,7 @@ fn check_routed(st: &AppState, headers: &HeaderMap, key: &[u8]) -> Result<(), Ap
     }
     metrics::counter!("kv_misdirected_requests_total").increment(1);
     Err(ApiError::Misdirected(Box::new(
-        crate::cluster_api::route_table(st),
+        crate::api::cluster::route_table(st),
     )))
 }
 
@@ -232,7 +234,7 @@ pub async fn put_key(
     check_routed(&st, &headers, &key)?;
     let cond = precondition(&headers, true)?;
     let session = session(&headers)?;
-    let value = crate::body::read_limited(
+    let value = crate::api::body::read_limited(
         &headers,
         body,
         st.config.max_value_bytes,

@@ -1,0 +1,125 @@
+//! Talking to the other members outside Raft: is a node up, and what does each member see.
+
+use std::time::Duration;
+
+use kv_ring::PartitionId;
+
+use crate::layout::{group_of, META_GROUP};
+use crate::state::AppState;
+use crate::wire::{GroupView, NodeView, ReplicaRole, VIEW_PATH};
+
+/// Whether a kv node answers `GET /health` at `addr` within a second.
+pub(crate) async fn answers_health(st: &AppState, addr: &str) -> bool {
+    st.http
+        .get(st.peer_url(addr, "/health"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Who a node says it is, in its `/health` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) node: u64,
+    pub(crate) cluster_id: Option<u64>,
+}
+
+/// The identity of the kv node answering `GET /health` at `addr` within a second.
+pub(crate) async fn identity(st: &AppState, addr: &str) -> Option<Identity> {
+    let answer = st
+        .http
+        .get(st.peer_url(addr, "/health"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?;
+    let health: kv_client::api::Health = answer.json().await.ok()?;
+    let cluster_id = match health.cluster_id.as_deref() {
+        None => None,
+        Some(hex) => Some(u64::from_str_radix(hex, 16).ok()?),
+    };
+    Some(Identity {
+        node: health.node,
+        cluster_id,
+    })
+}
+
+/// What every other member of the map sees (`/internal/v1/view`), asked concurrently;
+/// members that do not answer within two seconds are left out (a loaded node builds its view
+/// slowly: one Raft round trip per hosted group).
+pub(crate) async fn member_views(st: &AppState) -> Vec<NodeView> {
+    let layout = st.layout();
+    let peers: Vec<&String> = layout
+        .members
+        .iter()
+        .filter(|(id, _)| **id != st.config.id)
+        .map(|(_, addr)| addr)
+        .collect();
+    let answers = futures::future::join_all(peers.iter().map(|addr| async move {
+        let answer = st
+            .http
+            .get(st.peer_url(addr, VIEW_PATH))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        answer.json::<NodeView>().await.ok()
+    }))
+    .await;
+    answers.into_iter().flatten().collect()
+}
+
+/// What this node sees: the metadata group and every partition of its map (those it does not
+/// host with role `none`), and the moves it runs. One Raft-core round trip per hosted group.
+pub(crate) async fn own_view(st: &AppState) -> NodeView {
+    let layout = st.layout();
+    let mut groups = Vec::new();
+    if let Some(g) = st.host.group(META_GROUP) {
+        let s = g.status().await;
+        let voters = s.voters.clone();
+        groups.push(group_view(None, voters, s));
+    }
+    for p in (0..layout.partitions()).map(PartitionId) {
+        // Replicas in the map's (ring) order.
+        let replicas = layout.replicas(p);
+        groups.push(match st.host.group(group_of(p)) {
+            Some(g) => group_view(Some(p.0), replicas, g.status().await),
+            None => GroupView {
+                partition: Some(p.0),
+                replicas,
+                voters: Vec::new(),
+                learners: Vec::new(),
+                leader: None,
+                term: 0,
+                role: ReplicaRole::None,
+                last_log_index: None,
+                commit_index: None,
+                applied_index: None,
+                replication: None,
+            },
+        });
+    }
+    NodeView {
+        node: st.config.id,
+        epoch: st.epoch(),
+        groups,
+        moves: st.moves.status(st.config.id),
+    }
+}
+
+fn group_view(partition: Option<u32>, replicas: Vec<u64>, s: kv_raft::GroupStatus) -> GroupView {
+    GroupView {
+        partition,
+        replicas,
+        voters: s.voters,
+        learners: s.learners,
+        leader: s.leader,
+        term: s.term,
+        role: s.role.into(),
+        last_log_index: s.last_log_index,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        replication: s.replication,
+    }
+}
