@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use kv_raft::GroupId;
 use kv_ring::{NodeId, PartitionId, Placement, RingParams};
-use kv_storage::GroupId;
 
 /// The cluster layout this node routes by.
 #[derive(Debug, Clone)]

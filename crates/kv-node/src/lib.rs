@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kv_raft::RaftHost;
-use kv_storage::Store;
+use kv_raft::Store;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 

@@ -41,6 +41,10 @@ pub use state_machine::StateMachine;
 pub use supervise::GroupFailure;
 pub use types::{Request, Response, TypeConfig};
 
+/// What a group's state machine stores and how it is written, from kv-storage: a node's
+/// server uses these through this crate, never the storage engine itself.
+pub use kv_storage::{Command, Condition, GroupId, Outcome, Record, Store};
+
 /// The Raft node id (a cluster member id).
 pub type NodeId = u64;
 /// Peer address as stored in Raft membership (`host:port`).

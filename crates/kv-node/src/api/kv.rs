@@ -17,9 +17,9 @@ use kv_client::api::{
     DeleteResult, ScanItem, ScanResult, WriteResult, HEADER_CONSISTENCY, HEADER_NODE,
     HEADER_PARTITION,
 };
+use kv_raft::{Command, Condition, Outcome};
 use kv_raft::{Group, GroupError};
 use kv_ring::PartitionId;
-use kv_storage::{Command, Condition, Outcome};
 use serde::Deserialize;
 
 use crate::api::extract::Params;
@@ -388,7 +388,7 @@ fn once(session: Option<Session>, cmd: Command) -> Command {
     }
 }
 
-fn read_response(key: &[u8], record: Option<kv_storage::Record>, stale: bool) -> Response {
+fn read_response(key: &[u8], record: Option<kv_raft::Record>, stale: bool) -> Response {
     let consistency = HeaderValue::from_static(if stale { "stale" } else { "linearizable" });
     let mut resp = match record {
         Some(r) => {

@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
+use kv_raft::GroupId;
 use kv_raft::{GroupError, RpcKind};
-use kv_storage::GroupId;
 
 use crate::api::body::read_limited;
 use crate::api::extract::PathParams;

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use kv_raft::Node as BasicNode;
+use kv_raft::{Command, Condition};
 use kv_ring::Placement;
-use kv_storage::{Command, Condition};
 use serde::{Deserialize, Serialize};
 
 use crate::layout::META_GROUP;

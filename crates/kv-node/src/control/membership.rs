@@ -7,7 +7,7 @@ use crate::config::valid_addr;
 use crate::error::ApiError;
 use crate::layout::{Layout, META_GROUP};
 use crate::state::AppState;
-use kv_storage::Outcome;
+use kv_raft::Outcome;
 
 /// On the metadata leader: add member `id` at `addr` (and, with a peer listener apart, serving
 /// clients at `client_addr`) by writing a new map (epoch + 1) with a placement recomputed over

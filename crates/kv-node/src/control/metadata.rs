@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kv_raft::Node as BasicNode;
+use kv_raft::Outcome;
 use kv_ring::RingParams;
-use kv_storage::Outcome;
 
 use super::map::{local_map, meta_voters, write_command, ClusterMap};
 use crate::layout::{group_of, Layout, META_GROUP};
