@@ -226,11 +226,8 @@ fn failure(status: StatusCode, error: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// A loopback port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+#[allow(unused_imports)] // each test file uses a different part
+pub use kv_node::testing::closed_port;
 
 /// The built `kv` binary with a clean environment for its `KV_*` variables.
 pub fn kv_command(args: &[&str]) -> tokio::process::Command {
@@ -264,16 +261,15 @@ pub async fn finish(mut command: tokio::process::Command) -> Output {
         .unwrap()
 }
 
-/// Polls `condition` until it holds, failing the test after [`RUN_LIMIT`].
+/// Polls `condition` until it holds, failing the test after [`RUN_LIMIT`] (the harness's
+/// `wait_until`, for a condition that cannot fail).
 pub async fn wait_until(mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + RUN_LIMIT;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition never held"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    kv_node::testing::wait_until(RUN_LIMIT, "the condition", || {
+        let held = condition();
+        async move { Ok(held.then_some(())) }
+    })
+    .await
+    .unwrap();
 }
 
 /// Parses `kv bench --json` output: exactly one JSON object on stdout.

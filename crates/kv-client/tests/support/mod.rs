@@ -60,33 +60,18 @@ pub fn partition_of(key: &str) -> u32 {
 
 /// Requests forwarded by all running nodes so far (their `kv_forwarded_requests_total`).
 pub async fn forwarded_requests(cluster: &TestCluster) -> u64 {
-    let mut total = 0;
+    let mut total = 0.0;
     for id in cluster.running() {
-        let text = cluster
-            .http()
-            .get(format!("{}/metrics", cluster.url(id)))
-            .send()
-            .await
-            .unwrap()
-            .text()
+        total += cluster
+            .metric(id, "kv_forwarded_requests_total", &[])
             .await
             .unwrap();
-        total += text
-            .lines()
-            .filter(|l| l.starts_with("kv_forwarded_requests_total"))
-            .filter_map(|l| l.split_whitespace().last())
-            .filter_map(|v| v.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum::<u64>();
     }
-    total
+    total as u64
 }
 
-/// A loopback port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+#[allow(unused_imports)] // each test file uses a different part
+pub use kv_node::testing::closed_port;
 
 /// A server that accepts connections and never answers, until dropped.
 pub struct SilentServer {

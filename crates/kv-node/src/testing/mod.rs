@@ -176,6 +176,12 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A loopback port nothing listens on (bound, then released): for tests of a peer or endpoint
+/// that refuses connections.
+pub fn closed_port() -> u16 {
+    free_port()
+}
+
 /// Poll `check` until it returns `Ok(Some(v))`, failing after `timeout` with the last error.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
 where
