@@ -1,44 +1,79 @@
-//! Where each key lives: the cluster members, the ring placement computed from them, and the
-//! mapping from partitions to Raft groups.
+//! Where each key lives: the cluster map ([`ClusterMap`]: members, their addresses, the ring
+//! placement computed from them), the map as routing reads it ([`Layout`]), and the numbering
+//! of Raft groups (group 0 is the metadata group, partition `p` is group `p + 1`).
 
 use std::collections::BTreeMap;
 
 use kv_raft::GroupId;
 use kv_ring::{NodeId, PartitionId, Placement, RingParams};
+use serde::{Deserialize, Serialize};
 
-/// The cluster layout this node routes by.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    /// Member id -> address (`host:port`) its peers reach it at.
+/// What the metadata group stores under `cluster/map`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    /// Member id -> the address its peers reach it at.
     pub members: BTreeMap<u64, String>,
-    pub placement: Placement,
-    /// Where clients reach the members that have a peer listener apart; the others serve
-    /// clients at their member address.
+    /// Where clients reach a member whose peer listener is apart (`--listen-peer`); members
+    /// absent here serve clients at their member address. Each such member publishes its own
+    /// (see `control::own_membership`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub clients: BTreeMap<u64, String>,
-    /// Each partition's target leader ([`Placement::leaders`]), computed once per map.
-    leaders: BTreeMap<PartitionId, NodeId>,
+    /// Ring parameters and partition -> replicas.
+    pub placement: Placement,
+    /// How many membership changes led to this map; 0 is the map the cluster was created with,
+    /// the only one whose partition groups are initialized (a joining node never initializes a
+    /// group: it is brought in by the group's leader).
+    #[serde(default)]
+    pub generation: u64,
+    /// Chosen at random when the cluster is created; a node joining must not belong to
+    /// another cluster. (Maps written before it existed get one with their next change.)
+    #[serde(default)]
+    pub cluster_id: Option<u64>,
 }
 
-impl Layout {
-    pub fn new(
-        members: BTreeMap<u64, String>,
-        placement: Placement,
-        clients: BTreeMap<u64, String>,
-    ) -> Layout {
-        let leaders = placement.leaders();
-        Layout {
-            members,
-            placement,
-            clients,
-            leaders,
-        }
-    }
-
-    pub fn compute(members: BTreeMap<u64, String>, params: RingParams) -> anyhow::Result<Layout> {
+impl ClusterMap {
+    /// The map of a new cluster of `members`: placement computed over them, generation 0, no
+    /// client addresses and no cluster id yet.
+    pub fn compute(members: BTreeMap<u64, String>, params: RingParams) -> anyhow::Result<Self> {
         let ids: Vec<NodeId> = members.keys().map(|id| NodeId(*id)).collect();
         let placement = Placement::compute(&ids, params)
             .map_err(|e| anyhow::anyhow!("cannot place partitions: {e}"))?;
-        Ok(Layout::new(members, placement, BTreeMap::new()))
+        Ok(ClusterMap {
+            members,
+            clients: BTreeMap::new(),
+            placement,
+            generation: 0,
+            cluster_id: None,
+        })
+    }
+}
+
+/// The cluster map this node routes by: the map itself (its fields are read through this, by
+/// `Deref`), and each partition's target leader, computed once per map.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    map: ClusterMap,
+    /// Each partition's target leader ([`Placement::leaders`]).
+    leaders: BTreeMap<PartitionId, NodeId>,
+}
+
+impl std::ops::Deref for Layout {
+    type Target = ClusterMap;
+
+    fn deref(&self) -> &ClusterMap {
+        &self.map
+    }
+}
+
+impl Layout {
+    pub fn new(map: ClusterMap) -> Layout {
+        let leaders = map.placement.leaders();
+        Layout { map, leaders }
+    }
+
+    /// The layout of [`ClusterMap::compute`].
+    pub fn compute(members: BTreeMap<u64, String>, params: RingParams) -> anyhow::Result<Layout> {
+        Ok(Layout::new(ClusterMap::compute(members, params)?))
     }
 
     /// The node that leads partition `p` once leadership is balanced (the balancer moves

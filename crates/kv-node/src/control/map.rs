@@ -1,6 +1,6 @@
-//! The cluster map: the one record (`cluster/map`) of the metadata group's state machine that
-//! says who the members are, where they listen, the ring parameters and which replicas hold
-//! each partition. Its version is the map's epoch, so every change is a compare-and-set on the
+//! The cluster map ([`ClusterMap`]) in the metadata group: the one record (`cluster/map`) of
+//! group 0's state machine that says who the members are, where they listen, the ring
+//! parameters and which replicas hold each partition. Its version is the map's epoch, so every change is a compare-and-set on the
 //! previous epoch. Voters of the metadata group are the first [`MAX_META_VOTERS`] members by
 //! id; further members follow it as learners.
 
@@ -8,39 +8,14 @@ use std::collections::BTreeMap;
 
 use kv_raft::Node as BasicNode;
 use kv_raft::{Command, Condition};
-use kv_ring::Placement;
-use serde::{Deserialize, Serialize};
 
-use crate::layout::META_GROUP;
+use crate::layout::{ClusterMap, META_GROUP};
 use crate::state::AppState;
 
 /// Most voters of the metadata group; more members join it as learners.
 pub(crate) const MAX_META_VOTERS: usize = 5;
 /// The key of the map in the metadata group.
 const MAP_KEY: &[u8] = b"cluster/map";
-
-/// What the metadata group stores under `cluster/map`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClusterMap {
-    /// Member id -> the address its peers reach it at.
-    pub members: BTreeMap<u64, String>,
-    /// Where clients reach a member whose peer listener is apart (`--listen-peer`); members
-    /// absent here serve clients at their member address. Each such member publishes its own
-    /// (see `publish_client_addr`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub clients: BTreeMap<u64, String>,
-    /// Ring parameters and partition -> replicas.
-    pub placement: Placement,
-    /// How many membership changes led to this map; 0 is the map the cluster was created with,
-    /// the only one whose partition groups are initialized (a joining node never initializes a
-    /// group: it is brought in by the group's leader).
-    #[serde(default)]
-    pub generation: u64,
-    /// Chosen at random when the cluster is created; a node joining must not belong to
-    /// another cluster. (Maps written before it existed get one with their next change.)
-    #[serde(default)]
-    pub cluster_id: Option<u64>,
-}
 
 /// The voters of the metadata group for a member set: the lowest ids.
 pub(crate) fn meta_voters(members: &BTreeMap<u64, String>) -> BTreeMap<u64, BasicNode> {

@@ -2,10 +2,10 @@
 //! leave, or the forced removal of a dead node), each a compare-and-set of the cluster map with
 //! the placement recomputed over the new member set.
 
-use super::map::{local_map, write_command, ClusterMap};
+use super::map::{local_map, write_command};
 use crate::config::valid_addr;
 use crate::error::ApiError;
-use crate::layout::{Layout, META_GROUP};
+use crate::layout::{ClusterMap, META_GROUP};
 use crate::state::AppState;
 use kv_raft::Outcome;
 
@@ -195,18 +195,17 @@ where
         let Some(planned) = plan(&map)? else {
             return Ok(epoch);
         };
-        let layout = Layout::compute(planned.members, map.placement.params())
+        let computed = ClusterMap::compute(planned.members, map.placement.params())
             .map_err(|e| ApiError::bad_request("invalid_member", format!("{e:#}")))?;
         let next = ClusterMap {
             clients: planned
                 .clients
                 .into_iter()
-                .filter(|(id, _)| layout.members.contains_key(id))
+                .filter(|(id, _)| computed.members.contains_key(id))
                 .collect(),
-            members: layout.members,
-            placement: layout.placement,
             generation: map.generation + 1,
             cluster_id: map.cluster_id.or_else(|| Some(rand::random())),
+            ..computed
         };
         let cmd =
             write_command(&next, Some(epoch)).map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -11,8 +11,8 @@ use kv_raft::Node as BasicNode;
 use kv_raft::Outcome;
 use kv_ring::RingParams;
 
-use super::map::{local_map, meta_voters, write_command, ClusterMap};
-use crate::layout::{group_of, Layout, META_GROUP};
+use super::map::{local_map, meta_voters, write_command};
+use crate::layout::{group_of, ClusterMap, Layout, META_GROUP};
 use crate::state::AppState;
 
 /// How often the job re-checks the map and the metadata group's members when no event woke
@@ -123,13 +123,9 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
         Some(current) => current,
         None => {
             let params: RingParams = st.config.ring;
-            let layout = Layout::compute(st.config.initial_cluster.clone(), params)?;
             let map = ClusterMap {
-                members: layout.members,
-                placement: layout.placement,
-                clients: BTreeMap::new(),
-                generation: 0,
                 cluster_id: Some(rand::random()),
+                ..ClusterMap::compute(st.config.initial_cluster.clone(), params)?
             };
             match group.write(write_command(&map, None)?).await? {
                 (Outcome::Written { version }, _) => {
@@ -210,11 +206,7 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
 
 /// Route by `map` from now on and start the partition groups it gives this node.
 async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()> {
-    let layout = Layout::new(
-        map.members.clone(),
-        map.placement.clone(),
-        map.clients.clone(),
-    );
+    let layout = Layout::new(map);
     if layout.placement.params() != st.config.ring {
         tracing::warn!(
             stored = ?layout.placement.params(),
@@ -226,7 +218,7 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
     for p in layout.partitions_of(me) {
         let gid = group_of(p);
         let group = st.host.open_group(gid).await?;
-        if map.generation > 0 {
+        if layout.generation > 0 {
             continue;
         }
         let members: BTreeMap<u64, BasicNode> = layout
@@ -258,7 +250,7 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
             });
         }
     }
-    if map.members.contains_key(&me) {
+    if layout.members.contains_key(&me) {
         tracing::info!(
             node = me,
             epoch,
@@ -272,7 +264,7 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
             "this node was removed from the cluster; once its partitions are dropped it may be stopped"
         );
     }
-    if let Some(id) = map.cluster_id {
+    if let Some(id) = layout.cluster_id {
         st.set_cluster_id(id);
     }
     st.set_layout(layout, epoch);
