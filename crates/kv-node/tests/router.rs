@@ -1,0 +1,131 @@
+//! The router driven in-process: a node started in this test's process (real redb file, its
+//! Raft groups and jobs running), and its routes called through `kv_node::app` with tower's
+//! `oneshot`, no socket in between. The same contract the process tests check over HTTP, in a
+//! fraction of the time, and with the guards that run for a request that came without a
+//! connection (no client certificate, no peer token).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use clap::Parser;
+use http_body_util::BodyExt;
+use kv_node::testing::{free_port, wait_until};
+use kv_node::{Config, Flags, Node};
+use tower::ServiceExt;
+
+/// A one-node cluster of 4 partitions in `dir`, started in this process.
+async fn start(dir: &std::path::Path) -> anyhow::Result<Node> {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let flags = Flags::try_parse_from([
+        "kv-node",
+        "--id",
+        "1",
+        "--listen",
+        &addr,
+        "--initial-cluster",
+        &format!("1={addr}"),
+        "--data-dir",
+        &dir.display().to_string(),
+        "--partitions",
+        "4",
+        "--heartbeat-ms",
+        "50",
+        "--election-timeout-ms",
+        "250",
+    ])?;
+    Node::start(Config::from_flags(flags)?).await
+}
+
+/// Status, headers and body of `request` as the router answers it.
+async fn call(
+    app: &Router,
+    request: Request<Body>,
+) -> anyhow::Result<(StatusCode, axum::http::HeaderMap, Vec<u8>)> {
+    let answer = app.clone().oneshot(request).await?;
+    let (parts, body) = answer.into_parts();
+    let bytes = body.collect().await?.to_bytes().to_vec();
+    Ok((parts.status, parts.headers, bytes))
+}
+
+fn json(body: &[u8]) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_slice(body).context("a JSON body")
+}
+
+#[tokio::test]
+async fn the_router_serves_the_key_api_in_process() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = start(dir.path()).await?;
+    let app = kv_node::app(node.state().clone());
+    wait_until(Duration::from_secs(30), "the node to be ready", || {
+        let app = app.clone();
+        async move {
+            let (status, _, _) = call(&app, Request::get("/ready").body(Body::empty())?).await?;
+            Ok((status == StatusCode::OK).then_some(()))
+        }
+    })
+    .await?;
+
+    let put = Request::put("/v1/kv/in-process").body(Body::from("one"))?;
+    let (status, _, body) = call(&app, put).await?;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let version = json(&body)?["version"]
+        .as_u64()
+        .context("a version in the answer")?;
+
+    let (status, headers, body) =
+        call(&app, Request::get("/v1/kv/in-process").body(Body::empty())?).await?;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, b"one".as_slice())
+    );
+    assert_eq!(
+        headers.get(header::ETAG).and_then(|v| v.to_str().ok()),
+        Some(format!("\"{version}\"").as_str())
+    );
+
+    // A compare-and-set on an older version changes nothing and says what the version is.
+    let stale = Request::put("/v1/kv/in-process")
+        .header(header::IF_MATCH, format!("\"{}\"", version + 7))
+        .body(Body::from("two"))?;
+    let (status, _, body) = call(&app, stale).await?;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(json(&body)?["current_version"], version);
+    let (_, _, body) = call(&app, Request::get("/v1/kv/in-process").body(Body::empty())?).await?;
+    assert_eq!(body, b"one");
+
+    // Absent keys, unknown routes and wrong methods are JSON errors with their status.
+    let (status, _, body) = call(&app, Request::get("/v1/kv/absent").body(Body::empty())?).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json(&body)?["error"], "key_not_found");
+    let (status, _, body) = call(&app, Request::get("/v2/nothing").body(Body::empty())?).await?;
+    assert_eq!(
+        (status, json(&body)?["error"].clone()),
+        (StatusCode::NOT_FOUND, "no_route".into())
+    );
+    let (status, _, _) = call(
+        &app,
+        Request::post("/v1/kv/in-process").body(Body::empty())?,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // The light route table names this node as every partition's leader.
+    let (status, _, body) = call(
+        &app,
+        Request::get("/v1/cluster/routes").body(Body::empty())?,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::OK);
+    let routes: kv_client::api::Routes = serde_json::from_slice(&body)?;
+    assert_eq!(routes.partitions.len(), 4);
+    assert!(
+        routes.partitions.iter().all(|p| p.leader == Some(1)),
+        "{routes:?}"
+    );
+
+    node.shutdown().await?;
+    Ok(())
+}
