@@ -143,16 +143,20 @@ impl OpChannels {
     ) -> Result<PeerAnswer, Lost> {
         let peer = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers
-                .entry(addr.to_string())
-                .or_insert_with(|| {
-                    Arc::new(Peer {
-                        url: format!("{}://{addr}{BATCH_PATH}", self.scheme),
-                        queue: Mutex::default(),
-                        done: Notify::new(),
+            // Looked up first: the address is copied only for a peer seen the first time.
+            match peers.get(addr) {
+                Some(peer) => peer.clone(),
+                None => peers
+                    .entry(addr.to_string())
+                    .or_insert_with(|| {
+                        Arc::new(Peer {
+                            url: format!("{}://{addr}{BATCH_PATH}", self.scheme),
+                            queue: Mutex::default(),
+                            done: Notify::new(),
+                        })
                     })
-                })
-                .clone()
+                    .clone(),
+            }
         };
         let (tx, rx) = oneshot::channel();
         let start = {
