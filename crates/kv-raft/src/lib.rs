@@ -11,6 +11,7 @@
 //! Every peer RPC is addressed to a group (`POST /raft/{group}/{rpc}`), so a node can host many
 //! groups behind one listener and one connection pool.
 
+pub mod batching;
 pub mod channel;
 mod check_quorum;
 mod compaction;

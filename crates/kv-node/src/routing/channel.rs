@@ -26,7 +26,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::sync::{oneshot, Notify};
+use kv_raft::batching::{BatchLimits, BatchQueue};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::PeerAnswer;
@@ -102,19 +103,18 @@ struct Pending {
     deadline: Instant,
 }
 
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Pending>,
-    in_flight: usize,
-    pumping: bool,
-}
-
 /// The channel to one peer.
 struct Peer {
     url: String,
-    queue: Mutex<Queue>,
-    done: Notify,
+    queue: BatchQueue<Pending>,
 }
+
+/// How much goes to one peer at once.
+const LIMITS: BatchLimits = BatchLimits {
+    in_flight: IN_FLIGHT,
+    max_items: MAX_BATCH_OPS,
+    max_bytes: MAX_BATCH_BYTES,
+};
 
 /// Every peer's channel, created on first use. Cheap to clone.
 #[derive(Clone)]
@@ -151,23 +151,18 @@ impl OpChannels {
                     .or_insert_with(|| {
                         Arc::new(Peer {
                             url: format!("{}://{addr}{BATCH_PATH}", self.scheme),
-                            queue: Mutex::default(),
-                            done: Notify::new(),
+                            queue: BatchQueue::new(LIMITS, |p: &Pending| p.op.len()),
                         })
                     })
                     .clone(),
             }
         };
         let (tx, rx) = oneshot::channel();
-        let start = {
-            let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.waiting.push(Pending {
-                op,
-                reply: tx,
-                deadline: Instant::now() + timeout,
-            });
-            !std::mem::replace(&mut q.pumping, true)
-        };
+        let start = peer.queue.push(Pending {
+            op,
+            reply: tx,
+            deadline: Instant::now() + timeout,
+        });
         if start {
             let channels = self.clone();
             tokio::spawn(async move { channels.pump(peer).await });
@@ -183,34 +178,7 @@ impl OpChannels {
 
     /// Send batches to `peer` while operations wait, at most [`IN_FLIGHT`] at a time.
     async fn pump(&self, peer: Arc<Peer>) {
-        loop {
-            let batch = {
-                let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
-                if q.in_flight >= IN_FLIGHT {
-                    None
-                } else if q.waiting.is_empty() {
-                    q.pumping = false;
-                    return;
-                } else {
-                    let mut bytes = 0;
-                    let mut take = 0;
-                    for p in &q.waiting {
-                        if take > 0
-                            && (bytes + p.op.len() > MAX_BATCH_BYTES || take >= MAX_BATCH_OPS)
-                        {
-                            break;
-                        }
-                        bytes += p.op.len();
-                        take += 1;
-                    }
-                    q.in_flight += 1;
-                    Some(q.waiting.drain(..take).collect::<Vec<_>>())
-                }
-            };
-            let Some(batch) = batch else {
-                peer.done.notified().await;
-                continue;
-            };
+        while let Some(batch) = peer.queue.next_batch().await {
             metrics::histogram!("kv_forward_batch_ops").record(batch.len() as f64);
             let http = self.http.clone();
             let peer = peer.clone();
@@ -219,34 +187,9 @@ impl OpChannels {
     }
 }
 
-/// Gives a batch's slot back once: when the peer has taken the batch, or it failed.
-struct Slot<'a> {
-    peer: &'a Peer,
-    held: bool,
-}
-
-impl Slot<'_> {
-    fn release(&mut self) {
-        if std::mem::take(&mut self.held) {
-            self.peer
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .in_flight -= 1;
-            self.peer.done.notify_one();
-        }
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
 /// One batch: post it, hand each operation its answer as it arrives.
 async fn send(http: &reqwest::Client, peer: &Peer, batch: Vec<Pending>) {
-    let mut slot = Slot { peer, held: true };
+    let mut slot = peer.queue.slot();
     let deadline = batch
         .iter()
         .map(|p| p.deadline)
