@@ -63,7 +63,8 @@ pub enum Response {
 
 openraft::declare_raft_types!(
     /// Type configuration of every group: u64 node ids, `host:port` nodes, snapshot data in
-    /// files so snapshots stream from and to disk instead of memory.
+    /// files so snapshots stream from and to disk instead of memory, tokio with the groups'
+    /// tick timers coalesced (`runtime`).
     pub TypeConfig:
         D = Request,
         R = Response,
@@ -71,7 +72,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::runtime::KvRuntime,
 );
 
 pub(crate) type Entry = openraft::Entry<TypeConfig>;
