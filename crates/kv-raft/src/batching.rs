@@ -104,6 +104,11 @@ impl<T> BatchQueue<T> {
         }
     }
 
+    /// How many items wait for a batch.
+    pub fn waiting(&self) -> usize {
+        self.state().waiting.len()
+    }
+
     /// The slot a batch from [`BatchQueue::next_batch`] took, given back once.
     pub fn slot(&self) -> Slot<'_, T> {
         Slot {
@@ -176,7 +181,11 @@ mod tests {
         first_slot.release();
         first_slot.release(); // once only
         let large = q.next_batch().await.unwrap();
-        assert_eq!(sizes(large), vec![20], "larger than a batch: goes on its own");
+        assert_eq!(
+            sizes(large),
+            vec![20],
+            "larger than a batch: goes on its own"
+        );
         drop(_second_slot);
         assert_eq!(sizes(q.next_batch().await.unwrap()), vec![1]);
     }

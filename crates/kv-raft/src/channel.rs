@@ -21,6 +21,7 @@
 //! a network error, which openraft retries; Raft RPCs are idempotent, so a call delivered
 //! twice changes nothing twice.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -28,8 +29,9 @@ use std::time::Duration;
 
 use kv_storage::GroupId;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
+use crate::batching::{BatchLimits, BatchQueue};
 use crate::encoding::{decode, encode};
 use crate::network::{RpcKind, Scheme};
 use crate::peer_health::PeerHealth;
@@ -46,7 +48,7 @@ pub const MAX_BATCH_CALLS: usize = 1024;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Call {
     pub group: u64,
-    pub rpc: String,
+    pub rpc: Cow<'static, str>,
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
@@ -169,21 +171,19 @@ struct Pending {
     deadline: tokio::time::Instant,
 }
 
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Pending>,
-    in_flight: usize,
-    /// A pump task runs for this peer.
-    pumping: bool,
-}
-
 /// The outgoing channel to one peer.
 struct Peer {
     addr: String,
     id: u64,
-    queue: Mutex<Queue>,
-    done: Notify,
+    queue: BatchQueue<Pending>,
 }
+
+/// How much goes to one peer at once.
+const LIMITS: BatchLimits = BatchLimits {
+    in_flight: IN_FLIGHT,
+    max_items: MAX_BATCH_CALLS,
+    max_bytes: MAX_BATCH_BYTES,
+};
 
 /// Every peer's channel, created on first use. Cheap to clone.
 #[derive(Clone)]
@@ -217,32 +217,31 @@ impl Channels {
     ) -> Result<Vec<u8>, String> {
         let peer = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers
-                .entry(addr.to_string())
-                .or_insert_with(|| {
-                    Arc::new(Peer {
-                        addr: addr.to_string(),
-                        id: target,
-                        queue: Mutex::default(),
-                        done: Notify::new(),
+            // Looked up first: the address is copied only for a peer seen the first time.
+            match peers.get(addr) {
+                Some(peer) => peer.clone(),
+                None => peers
+                    .entry(addr.to_string())
+                    .or_insert_with(|| {
+                        Arc::new(Peer {
+                            addr: addr.to_string(),
+                            id: target,
+                            queue: BatchQueue::new(LIMITS, |p: &Pending| p.call.body.len()),
+                        })
                     })
-                })
-                .clone()
+                    .clone(),
+            }
         };
         let (tx, rx) = oneshot::channel();
-        let start = {
-            let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.waiting.push(Pending {
-                call: Call {
-                    group: group.0,
-                    rpc: kind.as_str().to_string(),
-                    body,
-                },
-                reply: tx,
-                deadline: tokio::time::Instant::now() + timeout,
-            });
-            !std::mem::replace(&mut q.pumping, true)
-        };
+        let start = peer.queue.push(Pending {
+            call: Call {
+                group: group.0,
+                rpc: Cow::Borrowed(kind.as_str()),
+                body,
+            },
+            reply: tx,
+            deadline: tokio::time::Instant::now() + timeout,
+        });
         if start {
             let channels = self.clone();
             let peer = peer.clone();
@@ -264,46 +263,14 @@ impl Channels {
 
     /// Send batches to `peer` while calls wait, at most [`IN_FLIGHT`] at a time.
     async fn pump(&self, peer: Arc<Peer>) {
-        loop {
-            let batch = {
-                let mut q = peer.queue.lock().unwrap_or_else(|p| p.into_inner());
-                if q.in_flight >= IN_FLIGHT {
-                    None
-                } else if q.waiting.is_empty() {
-                    q.pumping = false;
-                    return;
-                } else {
-                    let mut bytes = 0;
-                    let mut take = 0;
-                    for p in &q.waiting {
-                        if take > 0
-                            && (bytes + p.call.body.len() > MAX_BATCH_BYTES
-                                || take >= MAX_BATCH_CALLS)
-                        {
-                            break;
-                        }
-                        bytes += p.call.body.len();
-                        take += 1;
-                    }
-                    q.in_flight += 1;
-                    Some(q.waiting.drain(..take).collect::<Vec<_>>())
-                }
-            };
-            let Some(batch) = batch else {
-                peer.done.notified().await;
-                continue;
-            };
+        while let Some(batch) = peer.queue.next_batch().await {
             metrics::histogram!("kv_peer_batch_calls").record(batch.len() as f64);
             let channels = self.clone();
             let sent_to = peer.clone();
             tokio::spawn(async move {
+                // The slot is held until every call of the batch has its answer.
+                let _slot = sent_to.queue.slot();
                 channels.send(&sent_to, batch).await;
-                sent_to
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .in_flight -= 1;
-                sent_to.done.notify_one();
             });
         }
     }
@@ -408,7 +375,7 @@ mod tests {
             batch
                 .calls
                 .iter()
-                .map(|c| (c.group, c.rpc.clone()))
+                .map(|c| (c.group, c.rpc.to_string()))
                 .collect(),
         );
         peer.gate.acquire().await.unwrap().forget();
@@ -456,7 +423,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .get(addr)
-                .map(|p| p.queue.lock().unwrap().waiting.len())
+                .map(|p| p.queue.waiting())
                 .unwrap_or(0);
             if queued >= n {
                 return;
