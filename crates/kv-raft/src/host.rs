@@ -179,6 +179,20 @@ impl RaftHost {
             .cloned()
     }
 
+    /// Run `f` on every hosted group, in no particular order, under the registry's read lock
+    /// (so `f` must be quick and must not open or close groups): for the per-heartbeat jobs,
+    /// which would otherwise clone and sort every group each round.
+    pub(crate) fn for_each_group(&self, mut f: impl FnMut(&Group)) {
+        for group in self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            f(group);
+        }
+    }
+
     /// Every hosted group, ordered by id.
     pub fn groups(&self) -> Vec<Group> {
         let mut groups: Vec<Group> = self

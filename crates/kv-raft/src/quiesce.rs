@@ -412,7 +412,7 @@ fn round(host: &RaftHost, in_flight: &Arc<Mutex<HashSet<u64>>>) {
     let health = host.transport().peers().clone();
     // Each peer, its address, and what its ping lists.
     let mut peers: HashMap<u64, (String, Vec<QuietGroup>)> = HashMap::new();
-    for group in host.groups() {
+    host.for_each_group(|group| {
         let metrics = group.raft.metrics();
         let m = metrics.borrow();
         let membership = m.membership_config.membership();
@@ -423,10 +423,13 @@ fn round(host: &RaftHost, in_flight: &Arc<Mutex<HashSet<u64>>>) {
                     .or_insert_with(|| (node.addr.clone(), Vec::new()));
             }
         }
+        // Every voter of every config (a joint one has two): no set built per group and round.
         let voters_answer = membership
-            .voter_ids()
-            .filter(|v| *v != me)
-            .all(|v| health.answered_ping_within(v, lease / 2));
+            .get_joint_config()
+            .iter()
+            .flatten()
+            .filter(|v| **v != me)
+            .all(|v| health.answered_ping_within(*v, lease / 2));
         let listed = {
             // Held for the tick: the quiet starts only while nothing is in flight.
             let gate = group.gate.try_write();
@@ -449,7 +452,7 @@ fn round(host: &RaftHost, in_flight: &Arc<Mutex<HashSet<u64>>>) {
             |leader| !health.pinged_within(leader, wait),
             &group.raft,
         );
-    }
+    });
     for (peer, (addr, quiet)) in peers {
         if !in_flight
             .lock()
@@ -502,21 +505,20 @@ impl RaftHost {
             ));
         }
         self.transport().peers().note_ping_received(ping.from);
-        let listed: HashSet<u64> = ping.quiet.iter().map(|q| q.group).collect();
+        let listed: HashMap<u64, QuietGroup> = ping.quiet.iter().map(|q| (q.group, *q)).collect();
         let mut accepted = Vec::new();
-        for at in &ping.quiet {
-            if let Some(g) = self.group(GroupId(at.group)) {
+        // One pass over the hosted groups: follow the quiet of those listed, end it for those
+        // that this peer held quiet and no longer lists.
+        self.for_each_group(|g| match listed.get(&g.id.0) {
+            Some(at) => {
                 let metrics = g.raft.metrics();
                 if g.quiet.follow(ping.from, *at, &metrics.borrow(), &g.raft) {
                     accepted.push(*at);
                 }
             }
-        }
-        for g in self.groups() {
-            if !listed.contains(&g.id.0) && g.quiet.quiet_leader() == Some(ping.from) {
-                g.quiet.unlisted();
-            }
-        }
+            None if g.quiet.quiet_leader() == Some(ping.from) => g.quiet.unlisted(),
+            None => {}
+        });
         encode(&accepted).map_err(|e| GroupError::BadRequest(format!("encoding an answer: {e}")))
     }
 }
