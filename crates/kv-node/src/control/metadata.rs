@@ -228,7 +228,7 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
             .collect();
         // A new partition is initialized by its target leader alone: openraft's initialize
         // campaigns at once, the other replicas open the group when its vote request arrives
-        // (see `peer_api`), and the first election lands on the target, so a fresh cluster
+        // (see `api::peer`), and the first election lands on the target, so a fresh cluster
         // needs no leadership transfers. Should the target not come up, the other replicas
         // initialize the group themselves after a while (the same membership on every
         // replica is safe), and the balancer moves leadership later.

@@ -5,9 +5,9 @@
 //! hold the log up to the membership change (by log or snapshot), switch the voters with joint
 //! consensus, then remove leftover learners. A removed replica deletes its copy once the group
 //! no longer counts it. Nothing about a move is stored: every node re-derives the moves from
-//! the map and the group's membership on each reconcile tick, so a move interrupted by a crash
-//! or a leader change is resumed by whoever leads the partition next, and a move whose map was
-//! superseded is abandoned and re-planned against the new map.
+//! the map and the group's membership each time the moves job wakes, so a move interrupted by
+//! a crash or a leader change is resumed by whoever leads the partition next, and a move whose
+//! map was superseded is abandoned and re-planned against the new map.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
