@@ -155,6 +155,7 @@ fn forwarded_op(rng: &mut StdRng, key: &str) -> Vec<u8> {
         hops: 1,
         op,
         caller: None,
+        epoch: None,
     })
     .unwrap()
 }

@@ -495,6 +495,7 @@ async fn forwarded_batches_are_checked_op_by_op(c: &TestCluster) {
             session: None,
         },
         caller: None,
+        epoch: None,
     })
     .unwrap();
     let too_many = OpBatch {

@@ -467,6 +467,53 @@ async fn requests_routed_by_an_older_map_are_redirected_with_the_new_routes() {
         put(left, key.clone(), Some(after.epoch)).await.status(),
         200
     );
+    // A node forwarding by the older map is refused the same way (nothing runs), so it routes
+    // again by the new map instead of having the operation forwarded on; one forwarding by the
+    // current map is served.
+    let forward = |epoch: Option<u64>| {
+        let c = &c;
+        let key = key.clone();
+        async move {
+            use kv_node::wire::{Forwarded, KeyOp, Precondition};
+            let op = postcard::to_stdvec(&Forwarded {
+                hops: 1,
+                op: KeyOp::Put {
+                    key: key.into_bytes(),
+                    value: b"forwarded".to_vec(),
+                    cond: Precondition::None,
+                    session: None,
+                },
+                caller: None,
+                epoch,
+            })
+            .unwrap();
+            c.http()
+                .post(format!("{}/internal/v1/kv", c.url(left)))
+                .body(op)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let version = |c: &TestCluster| {
+        let key = key.clone();
+        let url = c.url(joined);
+        let http = c.http().clone();
+        async move {
+            let r = http.get(format!("{url}/v1/kv/{key}")).send().await.unwrap();
+            r.headers()["etag"].to_str().unwrap().to_string()
+        }
+    };
+    let unchanged = version(&c).await;
+    let r = forward(Some(before.epoch)).await;
+    assert_eq!(r.status(), 421);
+    let body: Misdirected = r.json().await.unwrap();
+    assert_eq!(body.epoch, after.epoch);
+    assert_eq!(body.routes.partitions[p as usize].replicas, [joined]);
+    assert_eq!(version(&c).await, unchanged, "a refused operation ran");
+    assert_eq!(forward(Some(after.epoch)).await.status(), 200);
+    assert_eq!(forward(None).await.status(), 200);
+    assert_ne!(version(&c).await, unchanged);
     let r = c
         .http()
         .put(format!("{}/v1/kv/{key}", c.url(left)))

@@ -71,15 +71,22 @@ fn check_routed(st: &AppState, headers: &HeaderMap, key: &[u8]) -> Result<(), Ap
                 format!("{HEADER_EPOCH} must be an unsigned integer"),
             )
         })?;
+    check_epoch(st, sent, st.layout().partition_of(key))
+}
+
+/// Refuse (`421`, with this node's routes) an operation on partition `p` that its sender
+/// routed by the map of epoch `sent`, older than this node's, when this node does not host
+/// `p`: a client's request (`X-KV-Epoch`) or a peer's forwarded operation
+/// ([`crate::wire::Forwarded::epoch`]) alike.
+pub(crate) fn check_epoch(st: &AppState, sent: u64, p: PartitionId) -> Result<(), ApiError> {
     let Some(current) = st.epoch() else {
         return Ok(());
     };
     if sent >= current {
         return Ok(());
     }
-    let layout = st.layout();
-    let p = layout.partition_of(key);
-    let hosted = st.host.group(group_of(p)).is_some() || layout.replicas(p).contains(&st.config.id);
+    let hosted =
+        st.host.group(group_of(p)).is_some() || st.layout().replicas(p).contains(&st.config.id);
     if hosted {
         return Ok(());
     }

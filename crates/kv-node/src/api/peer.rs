@@ -138,12 +138,14 @@ pub async fn forwarded(
 /// One forwarded operation, decoded and validated here: what arrives from a peer is checked
 /// as a client request would be, and its client's rights with it.
 async fn serve_forwarded(st: &AppState, encoded: &[u8]) -> Result<Response, ApiError> {
-    let forwarded: Forwarded = postcard::from_bytes(encoded).map_err(|e| {
-        ApiError::bad_request("invalid_forward", format!("undecodable operation: {e}"))
-    })?;
+    let forwarded = Forwarded::decode(encoded)?;
     forwarded.validate(&st.config, st.layout().partitions())?;
     // The forwarding peer is authenticated (peer routes); the client it names is checked here.
     let access = st.auth.access_of(forwarded.caller.as_deref())?;
+    // Refused before anything runs: the forwarding node may send it elsewhere.
+    if let Some(sent) = forwarded.epoch {
+        crate::api::kv::check_epoch(st, sent, forwarded.op.partition(&st.layout()))?;
+    }
     match forwarded.op {
         KeyOp::ScanPage(req) => {
             let page = crate::api::kv::scan_page(st, req, forwarded.hops, &access).await?;

@@ -127,7 +127,10 @@ where
 {
     let deadline = Instant::now() + st.config.raft.request_timeout;
     let mut unreachable: Vec<u64> = Vec::new();
+    let mut misdirected = 0;
     loop {
+        // Read before routing: the map routed by is at least this new.
+        let epoch = st.epoch();
         let targets = match route(st, p, op, deadline, &unreachable).await? {
             Route::Forward(targets) => targets,
             Route::Local(group) => match local(group).await {
@@ -142,16 +145,29 @@ where
                 Err(GroupError::NotLeader {
                     leader: Some((id, addr)),
                 }) if id != st.config.id => {
-                    return Ok(forward_any(st, &[(id, addr)], op, hops, access).await?)
+                    return Ok(forward_any(st, &[(id, addr)], op, hops, epoch, access).await?)
                 }
                 Err(e) => return Err(e.into()),
             },
         };
-        match forward_any(st, &targets, op, hops, access).await {
+        match forward_any(st, &targets, op, hops, epoch, access).await {
             Err(ForwardError::Unreachable(e)) if Instant::now() >= deadline => return Err(e),
             // None of them took it: route again without them.
             Err(ForwardError::Unreachable(_)) => {
                 unreachable.extend(targets.iter().map(|(id, _)| *id));
+            }
+            // The partition moved away from the node it went to, by a map this node has yet to
+            // adopt (every member follows the metadata group, so it comes): route again by it.
+            // Nothing ran there. Twice at most: a map that keeps moving is left to the client.
+            Err(ForwardError::Misdirected(newer)) if misdirected < MAX_MISDIRECTED => {
+                misdirected += 1;
+                adopted(st, newer, deadline).await?;
+            }
+            Err(ForwardError::Misdirected(newer)) => {
+                return Err(ApiError::unavailable(format!(
+                    "partition {} keeps moving (map epoch {newer}); retry",
+                    p.0
+                )))
             }
             Err(ForwardError::Failed(e)) => return Err(e),
             Ok(answer) => return Ok(answer),
@@ -159,10 +175,31 @@ where
     }
 }
 
+/// How many times one operation is routed again after a peer refused it as misdirected.
+const MAX_MISDIRECTED: u32 = 2;
+
+/// Wait, until `deadline`, for this node to adopt the map of epoch `epoch` or a newer one.
+async fn adopted(st: &AppState, epoch: u64, deadline: Instant) -> Result<(), ApiError> {
+    let mut epochs = st.epoch_changes();
+    let newer = epochs.wait_for(|have| have.is_some_and(|have| have >= epoch));
+    let adopted = tokio::time::timeout_at(deadline, newer)
+        .await
+        .is_ok_and(|seen| seen.is_ok());
+    if adopted {
+        return Ok(());
+    }
+    Err(ApiError::unavailable(format!(
+        "a peer routes by map epoch {epoch}, which this node has not adopted yet; retry"
+    )))
+}
+
 /// Why forwarding failed: the target could not be reached (the operation never arrived, so
-/// another node may take it), or anything else (it may have been applied: the client decides).
+/// another node may take it), the target refused it because the partition moved by a newer
+/// map (of this epoch; nothing ran, so it may go elsewhere), or anything else (it may have been
+/// applied: the client decides).
 pub enum ForwardError {
     Unreachable(ApiError),
+    Misdirected(u64),
     Failed(ApiError),
 }
 
@@ -170,8 +207,22 @@ impl From<ForwardError> for ApiError {
     fn from(e: ForwardError) -> Self {
         match e {
             ForwardError::Unreachable(e) | ForwardError::Failed(e) => e,
+            ForwardError::Misdirected(epoch) => ApiError::unavailable(format!(
+                "the partition moved by map epoch {epoch}, which this node has not adopted yet; retry"
+            )),
         }
     }
+}
+
+/// The epoch of the newer map by which a peer refused a forwarded operation as misdirected
+/// (`421`, [`kv_client::api::Misdirected`]); `None` for any other answer, relayed as it is.
+fn misdirected_by(answer: &PeerAnswer) -> Option<u64> {
+    if answer.status != StatusCode::MISDIRECTED_REQUEST {
+        return None;
+    }
+    serde_json::from_slice::<kv_client::api::Misdirected>(&answer.body)
+        .ok()
+        .map(|m| m.epoch)
 }
 
 /// Hand `op` to the first of `targets` that accepts a connection; a node that does not is
@@ -181,6 +232,7 @@ async fn forward_any<T: Answer>(
     targets: &[(u64, String)],
     op: &KeyOp,
     hops: u32,
+    epoch: Option<u64>,
     access: &Access,
 ) -> Result<T, ForwardError> {
     if hops >= MAX_HOPS {
@@ -192,6 +244,7 @@ async fn forward_any<T: Answer>(
         hops: hops + 1,
         op: op.clone(),
         caller: access.caller_name(),
+        epoch,
     })
     .map_err(|e| ForwardError::Failed(ApiError::Internal(format!("encoding: {e}"))))?;
     let timeout = forward_timeout(st);
@@ -206,7 +259,12 @@ async fn forward_any<T: Answer>(
             Err(Lost::Unknown(why)) => {
                 return Err(ForwardError::Failed(ApiError::unavailable(why)))
             }
-            Ok(answer) => return T::from_peer(answer).map_err(ForwardError::Failed),
+            Ok(answer) => {
+                if let Some(newer) = misdirected_by(&answer) {
+                    return Err(ForwardError::Misdirected(newer));
+                }
+                return T::from_peer(answer).map_err(ForwardError::Failed);
+            }
         }
     }
     Err(ForwardError::Unreachable(last))

@@ -9,8 +9,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use kv_ring::PartitionId;
+
 use crate::config::{Config, MAX_KEY_BYTES};
 use crate::error::ApiError;
+use crate::layout::Layout;
 
 /// The peer route that takes one forwarded operation (older nodes forward this way; this node
 /// sends batches, [`super::BATCH_PATH`]).
@@ -30,6 +33,38 @@ pub struct Forwarded {
     /// The client it is done for (its token's name), when tokens are required: the serving
     /// node checks that client's rights.
     pub caller: Option<String>,
+    /// The epoch of the map the forwarding node routed by (`None` before it adopted one), as
+    /// a client's `X-KV-Epoch`: a node with a newer map that does not host the operation's
+    /// partition refuses it (`421`) instead of forwarding it on, and the forwarding node routes
+    /// again once it has that map. Last, so that nodes from before it existed, which ignore
+    /// trailing bytes, still decode the rest.
+    pub epoch: Option<u64>,
+}
+
+/// [`Forwarded`] as nodes from before its `epoch` sent it.
+#[derive(Deserialize)]
+struct ForwardedWithoutEpoch {
+    hops: u32,
+    op: KeyOp,
+    caller: Option<String>,
+}
+
+impl Forwarded {
+    /// Decode a forwarded operation (postcard), from a node of this version or an older one.
+    pub fn decode(bytes: &[u8]) -> Result<Forwarded, ApiError> {
+        postcard::from_bytes::<Forwarded>(bytes)
+            .or_else(|_| {
+                postcard::from_bytes::<ForwardedWithoutEpoch>(bytes).map(|old| Forwarded {
+                    hops: old.hops,
+                    op: old.op,
+                    caller: old.caller,
+                    epoch: None,
+                })
+            })
+            .map_err(|e| {
+                ApiError::bad_request("invalid_forward", format!("undecodable operation: {e}"))
+            })
+    }
 }
 
 /// A client write's identity for exactly-once application.
@@ -126,6 +161,16 @@ impl KeyOp {
         matches!(self, KeyOp::Get { .. } | KeyOp::ScanPage(_))
     }
 
+    /// The partition it is for, by `layout`.
+    pub fn partition(&self, layout: &Layout) -> PartitionId {
+        match self {
+            KeyOp::Get { key, .. } | KeyOp::Put { key, .. } | KeyOp::Delete { key, .. } => {
+                layout.partition_of(key)
+            }
+            KeyOp::ScanPage(page) => PartitionId(page.partition),
+        }
+    }
+
     /// Whether it needs the partition's leader: writes, and linearizable reads (which a
     /// follower serves after asking the leader for a read index).
     pub fn needs_leader(&self) -> bool {
@@ -198,5 +243,61 @@ impl Forwarded {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put() -> KeyOp {
+        KeyOp::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            cond: Precondition::Version(7),
+            session: None,
+        }
+    }
+
+    /// An operation from a node that forwards without an epoch decodes (epoch `None`), and one
+    /// with an epoch decodes on such a node (postcard leaves the trailing field unread).
+    #[test]
+    fn forwarded_operations_decode_across_versions() {
+        #[derive(Serialize)]
+        struct Old {
+            hops: u32,
+            op: KeyOp,
+            caller: Option<String>,
+        }
+        let old = postcard::to_stdvec(&Old {
+            hops: 2,
+            op: put(),
+            caller: Some("app".into()),
+        })
+        .unwrap();
+        let decoded = Forwarded::decode(&old).unwrap();
+        assert_eq!((decoded.hops, decoded.epoch), (2, None));
+        assert_eq!(decoded.caller.as_deref(), Some("app"));
+
+        let new = postcard::to_stdvec(&Forwarded {
+            hops: 1,
+            op: put(),
+            caller: None,
+            epoch: Some(12),
+        })
+        .unwrap();
+        let decoded = Forwarded::decode(&new).unwrap();
+        assert_eq!((decoded.hops, decoded.epoch), (1, Some(12)));
+        assert!(matches!(
+            decoded.op,
+            KeyOp::Put {
+                cond: Precondition::Version(7),
+                ..
+            }
+        ));
+        let on_an_old_node: ForwardedWithoutEpoch = postcard::from_bytes(&new).unwrap();
+        assert_eq!(on_an_old_node.hops, 1);
+
+        assert!(Forwarded::decode(&new[..new.len() - 3]).is_err());
     }
 }
