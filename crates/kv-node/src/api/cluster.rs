@@ -489,6 +489,8 @@ pub async fn leave(
         Err(e) => return Err(e),
     };
     let deadline = tokio::time::Instant::now() + wait;
+    let mut epochs = st.epoch_changes();
+    let mut endings = st.moves.endings();
     loop {
         let Presence {
             partitions: left,
@@ -510,12 +512,20 @@ pub async fn leave(
             };
             return Ok((status, Json(body)).into_response());
         }
-        tokio::time::sleep(LEAVE_POLL).await;
+        // Checked again when a new map is adopted or a move of this node's ends; the drain
+        // mostly happens on the other nodes' partition leaders, which no event here shows,
+        // hence the re-check.
+        let recheck = (tokio::time::Instant::now() + LEAVE_RECHECK).min(deadline);
+        tokio::select! {
+            _ = epochs.changed() => {}
+            _ = endings.changed() => {}
+            _ = tokio::time::sleep_until(recheck) => {}
+        }
     }
 }
 
-/// How often a waiting leave request re-checks the groups.
-const LEAVE_POLL: Duration = Duration::from_millis(200);
+/// How often a waiting leave request re-checks the groups when nothing here woke it.
+const LEAVE_RECHECK: Duration = Duration::from_millis(500);
 
 /// Where node `id` still is a member, as the groups' leaders see it (a removed replica's own
 /// view can stay stale forever: the leader stops replicating to it).
