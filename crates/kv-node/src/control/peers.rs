@@ -46,8 +46,8 @@ pub(crate) async fn identity(st: &AppState, addr: &str) -> Option<Identity> {
 }
 
 /// What every other member of the map sees (`/internal/v1/view`), asked concurrently;
-/// members that do not answer within two seconds are left out (a loaded node builds its view
-/// slowly: one Raft round trip per hosted group).
+/// members that do not answer within two seconds are left out (a loaded node's groups answer
+/// slowly).
 pub(crate) async fn member_views(st: &AppState) -> Vec<NodeView> {
     let layout = st.layout();
     let peers: Vec<&String> = layout
@@ -71,39 +71,50 @@ pub(crate) async fn member_views(st: &AppState) -> Vec<NodeView> {
 }
 
 /// What this node sees: the metadata group and every partition of its map (those it does not
-/// host with role `none`), and the moves it runs. One Raft-core round trip per hosted group.
+/// host with role `none`), and the moves it runs. The hosted groups' states are asked for all
+/// at once (each is a round trip to its Raft core, for the commit index), so the view takes
+/// about as long as the slowest group's answer.
 pub(crate) async fn own_view(st: &AppState) -> NodeView {
     let layout = st.layout();
-    let mut groups = Vec::new();
-    if let Some(g) = st.host.group(META_GROUP) {
-        let s = g.status().await;
-        let voters = s.voters.clone();
-        groups.push(group_view(None, voters, s));
-    }
-    for p in (0..layout.partitions()).map(PartitionId) {
-        // Replicas in the map's (ring) order.
-        let replicas = layout.replicas(p);
-        groups.push(match st.host.group(group_of(p)) {
-            Some(g) => group_view(Some(p.0), replicas, g.status().await),
-            None => GroupView {
-                partition: Some(p.0),
-                replicas,
-                voters: Vec::new(),
-                learners: Vec::new(),
-                leader: None,
-                term: 0,
-                role: ReplicaRole::None,
-                last_log_index: None,
-                commit_index: None,
-                applied_index: None,
-                replication: None,
-            },
-        });
-    }
+    let meta = async {
+        match st.host.group(META_GROUP) {
+            Some(g) => {
+                let s = g.status().await;
+                let voters = s.voters.clone();
+                Some(group_view(None, voters, s))
+            }
+            None => None,
+        }
+    };
+    let partitions =
+        futures::future::join_all((0..layout.partitions()).map(PartitionId).map(|p| {
+            // Replicas in the map's (ring) order.
+            let replicas = layout.replicas(p);
+            let group = st.host.group(group_of(p));
+            async move {
+                match group {
+                    Some(g) => group_view(Some(p.0), replicas, g.status().await),
+                    None => GroupView {
+                        partition: Some(p.0),
+                        replicas,
+                        voters: Vec::new(),
+                        learners: Vec::new(),
+                        leader: None,
+                        term: 0,
+                        role: ReplicaRole::None,
+                        last_log_index: None,
+                        commit_index: None,
+                        applied_index: None,
+                        replication: None,
+                    },
+                }
+            }
+        }));
+    let (meta, partitions) = futures::future::join(meta, partitions).await;
     NodeView {
         node: st.config.id,
         epoch: st.epoch(),
-        groups,
+        groups: meta.into_iter().chain(partitions).collect(),
         moves: st.moves.status(st.config.id),
     }
 }
