@@ -35,8 +35,25 @@ async fn start(dir: &std::path::Path) -> anyhow::Result<Node> {
         "50",
         "--election-timeout-ms",
         "250",
+        "--max-value-bytes",
+        "1024",
     ])?;
     Node::start(Config::from_flags(flags)?).await
+}
+
+/// The node started in `dir`, its router, once it is ready.
+async fn ready(dir: &std::path::Path) -> anyhow::Result<(Node, Router)> {
+    let node = start(dir).await?;
+    let app = kv_node::app(node.state().clone());
+    wait_until(Duration::from_secs(30), "the node to be ready", || {
+        let app = app.clone();
+        async move {
+            let (status, _, _) = call(&app, Request::get("/ready").body(Body::empty())?).await?;
+            Ok((status == StatusCode::OK).then_some(()))
+        }
+    })
+    .await?;
+    Ok((node, app))
 }
 
 /// Status, headers and body of `request` as the router answers it.
@@ -57,16 +74,7 @@ fn json(body: &[u8]) -> anyhow::Result<serde_json::Value> {
 #[tokio::test]
 async fn the_router_serves_the_key_api_in_process() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = start(dir.path()).await?;
-    let app = kv_node::app(node.state().clone());
-    wait_until(Duration::from_secs(30), "the node to be ready", || {
-        let app = app.clone();
-        async move {
-            let (status, _, _) = call(&app, Request::get("/ready").body(Body::empty())?).await?;
-            Ok((status == StatusCode::OK).then_some(()))
-        }
-    })
-    .await?;
+    let (node, app) = ready(dir.path()).await?;
 
     let put = Request::put("/v1/kv/in-process").body(Body::from("one"))?;
     let (status, _, body) = call(&app, put).await?;
@@ -124,6 +132,159 @@ async fn the_router_serves_the_key_api_in_process() -> anyhow::Result<()> {
     assert!(
         routes.partitions.iter().all(|p| p.leader == Some(1)),
         "{routes:?}"
+    );
+
+    node.shutdown().await?;
+    Ok(())
+}
+
+/// A refused request's answer: `status`, JSON, the error `code` and a message.
+fn expect_error(
+    answer: (StatusCode, axum::http::HeaderMap, Vec<u8>),
+    status: StatusCode,
+    code: &str,
+) {
+    let (got, headers, body) = answer;
+    assert_eq!(got, status, "wrong status for code {code}");
+    assert!(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/json")),
+        "errors are JSON"
+    );
+    let body = json(&body).expect("a JSON error body");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+fn put(key: &str, value: impl Into<Body>) -> Request<Body> {
+    Request::put(format!("/v1/kv/{key}"))
+        .body(value.into())
+        .expect("a request")
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).expect("a request")
+}
+
+/// Bad input: every error is JSON with the documented status and code, and changes nothing.
+#[tokio::test]
+async fn bad_input_gets_documented_json_errors_and_changes_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, app) = ready(dir.path()).await?;
+
+    // Oversized key and value: 413.
+    let long_key = "k".repeat(1025);
+    expect_error(
+        call(&app, put(&long_key, "v")).await?,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    );
+    expect_error(
+        call(&app, put("big", vec![b'x'; 1025])).await?,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    );
+    assert_eq!(
+        call(&app, get("/v1/kv/big")).await?.0,
+        StatusCode::NOT_FOUND,
+        "a refused write changes nothing"
+    );
+    // A value exactly at the limit is fine.
+    assert_eq!(
+        call(&app, put("edge", vec![b'x'; 1024])).await?.0,
+        StatusCode::OK
+    );
+
+    // Empty key: 400.
+    expect_error(
+        call(&app, put("", "v")).await?,
+        StatusCode::BAD_REQUEST,
+        "empty_key",
+    );
+
+    // Invalid preconditions: 400, and the key is untouched.
+    assert_eq!(call(&app, put("cas", "orig")).await?.0, StatusCode::OK);
+    for (name, value) in [
+        ("If-Match", "\"abc\""),
+        ("If-Match", "W/"),
+        ("If-None-Match", "\"3\""),
+    ] {
+        let request = Request::put("/v1/kv/cas")
+            .header(name, value)
+            .body(Body::from("changed"))?;
+        expect_error(
+            call(&app, request).await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_precondition",
+        );
+    }
+    assert_eq!(call(&app, get("/v1/kv/cas")).await?.2, b"orig");
+
+    // Bad query parameters.
+    expect_error(
+        call(&app, get("/v1/kv/cas?consistency=eventual")).await?,
+        StatusCode::BAD_REQUEST,
+        "invalid_consistency",
+    );
+    for limit in ["0", "abc", "-1", "1000000"] {
+        expect_error(
+            call(&app, get(&format!("/v1/kv?prefix=a&limit={limit}"))).await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+        );
+    }
+
+    // Unknown route and method: JSON 404 / 405.
+    expect_error(
+        call(&app, get("/v2/nothing")).await?,
+        StatusCode::NOT_FOUND,
+        "no_route",
+    );
+    expect_error(
+        call(&app, Request::post("/v1/kv/cas").body(Body::from("x"))?).await?,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+
+    // Malformed JSON on an admin route: 400.
+    for body in ["{not json", "{\"id\":\"one\"}", "[]"] {
+        let request = Request::post("/v1/cluster/nodes")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))?;
+        expect_error(
+            call(&app, request).await?,
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        );
+    }
+
+    // Garbage on a peer route is refused without harming the node.
+    let garbage = |path: &str| {
+        Request::post(path)
+            .body(Body::from("garbage"))
+            .expect("a request")
+    };
+    assert_eq!(
+        call(&app, garbage("/raft/1/append")).await?.0,
+        StatusCode::BAD_REQUEST
+    );
+    expect_error(
+        call(&app, garbage("/raft/99/append")).await?,
+        StatusCode::NOT_FOUND,
+        "unknown_group",
+    );
+    assert_eq!(call(&app, put("still", "alive")).await?.0, StatusCode::OK);
+
+    // Missing keys are JSON 404s.
+    expect_error(
+        call(&app, get("/v1/kv/absent")).await?,
+        StatusCode::NOT_FOUND,
+        "key_not_found",
     );
 
     node.shutdown().await?;
