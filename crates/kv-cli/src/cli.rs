@@ -124,6 +124,9 @@ pub enum Command {
     Cas(CasArgs),
     /// Delete a key; prints the version it had.
     Delete(DeleteArgs),
+    /// Give a key written with --ttl a new time to live from now, keeping its value and
+    /// version (a lock's or a lease's keep-alive); prints the version.
+    Refresh(RefreshArgs),
     /// List the keys starting with a prefix, in key order, with versions and values.
     Scan(ScanArgs),
     /// Inspect and change cluster membership.
@@ -278,6 +281,20 @@ pub struct WriteArgs {
     pub key: String,
     #[command(flatten)]
     pub value: ValueSource,
+    /// The key expires this long after the write (e.g. 30s, 5m; 1s to 366 days) unless
+    /// refreshed (`kv refresh`) or rewritten; without it the key is permanent.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
+    pub ttl: Option<Duration>,
+}
+
+/// Flags of `kv refresh`.
+#[derive(Debug, Clone, Args)]
+pub struct RefreshArgs {
+    /// The key.
+    pub key: String,
+    /// The new time to live, from now (e.g. 30s).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
+    pub ttl: Duration,
 }
 
 /// Flags of `kv cas`.
@@ -290,6 +307,9 @@ pub struct CasArgs {
     pub version: u64,
     #[command(flatten)]
     pub value: ValueSource,
+    /// The key expires this long after the write (see `kv put --ttl`).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
+    pub ttl: Option<Duration>,
 }
 
 /// Flags of `kv delete`.

@@ -6,7 +6,7 @@ use std::io::Read as _;
 use anyhow::Context as _;
 use bytes::Bytes;
 
-use crate::cli::{CasArgs, DeleteArgs, GetArgs, ScanArgs, ValueSource, WriteArgs};
+use crate::cli::{CasArgs, DeleteArgs, GetArgs, RefreshArgs, ScanArgs, ValueSource, WriteArgs};
 use crate::error::CliError;
 use crate::output::Outcome;
 
@@ -29,24 +29,47 @@ pub async fn get(client: &kv_client::Client, args: &GetArgs) -> Result<Outcome, 
 /// `kv put`.
 pub async fn put(client: &kv_client::Client, args: &WriteArgs) -> Result<Outcome, CliError> {
     let value = read_value(&args.value)?;
-    let version = client.put(&args.key, value).await?;
+    let options = with_ttl(kv_client::PutOptions::default(), args.ttl);
+    let version = client.put_with(&args.key, value, &options).await?;
     Ok(written(&args.key, version))
 }
 
 /// `kv create`: exit code 3 if the key exists.
 pub async fn create(client: &kv_client::Client, args: &WriteArgs) -> Result<Outcome, CliError> {
     let value = read_value(&args.value)?;
-    let version = client.create(&args.key, value).await?;
+    let options = with_ttl(kv_client::PutOptions::default().if_absent(), args.ttl);
+    let version = client.put_with(&args.key, value, &options).await?;
     Ok(written(&args.key, version))
 }
 
 /// `kv cas`: exit code 3 if the key is not at `--version`.
 pub async fn cas(client: &kv_client::Client, args: &CasArgs) -> Result<Outcome, CliError> {
     let value = read_value(&args.value)?;
-    let version = client
-        .compare_and_set(&args.key, args.version, value)
-        .await?;
+    let options = with_ttl(
+        kv_client::PutOptions::default().if_version(args.version),
+        args.ttl,
+    );
+    let version = client.put_with(&args.key, value, &options).await?;
     Ok(written(&args.key, version))
+}
+
+/// `kv refresh`: exit code 1 if the key does not exist (or has expired).
+pub async fn refresh(client: &kv_client::Client, args: &RefreshArgs) -> Result<Outcome, CliError> {
+    let version = client
+        .refresh(&args.key, args.ttl)
+        .await?
+        .ok_or_else(|| not_found(&args.key))?;
+    Ok(written(&args.key, version))
+}
+
+fn with_ttl(
+    options: kv_client::PutOptions,
+    ttl: Option<std::time::Duration>,
+) -> kv_client::PutOptions {
+    match ttl {
+        Some(ttl) => options.ttl(ttl),
+        None => options,
+    }
 }
 
 /// `kv delete`: exit code 1 if the key does not exist, 3 if it is not at `--if-version`.

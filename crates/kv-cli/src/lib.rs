@@ -77,6 +77,7 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
         Command::Create(args) => keys::create(&client(cli)?, args).await?,
         Command::Cas(args) => keys::cas(&client(cli)?, args).await?,
         Command::Delete(args) => keys::delete(&client(cli)?, args).await?,
+        Command::Refresh(args) => keys::refresh(&client(cli)?, args).await?,
         Command::Scan(args) => keys::scan(&client(cli)?, args).await?,
         Command::Cluster(command) => cluster::run(&client(cli)?, command).await?,
         Command::Cert(command) => cert_files::run(command)?,

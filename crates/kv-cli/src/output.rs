@@ -62,7 +62,14 @@ impl Outcome {
     /// hash-token` `{"hash"}`, `auth new-token` `{"token","hash"}`.
     pub fn json(&self) -> serde_json::Value {
         let encoded = match self {
-            Outcome::Value { key, value } => serde_json::to_value(item(key, value)),
+            Outcome::Value { key, value } => {
+                serde_json::to_value(item(key, value)).map(|mut item| {
+                    if let (Some(ttl), Some(fields)) = (value.ttl_remaining, item.as_object_mut()) {
+                        fields.insert("ttl_remaining".into(), ttl.as_secs().into());
+                    }
+                    item
+                })
+            }
             Outcome::Written { key, version } => serde_json::to_value(WriteResult {
                 key: key.clone(),
                 version: *version,
@@ -362,6 +369,7 @@ c    4        0xff00
         let value = kv_client::Value {
             data: vec![0xff, 0x01].into(),
             version: 9,
+            ttl_remaining: None,
         };
         let outcome = Outcome::Value {
             key: "k".into(),
@@ -377,11 +385,12 @@ c    4        0xff00
             value: kv_client::Value {
                 data: "hi".into(),
                 version: 2,
+                ttl_remaining: Some(std::time::Duration::from_secs(30)),
             },
         };
         assert_eq!(
             text.json(),
-            json!({"key": "k", "version": 2, "value": "hi"})
+            json!({"key": "k", "version": 2, "value": "hi", "ttl_remaining": 30})
         );
     }
 

@@ -12,6 +12,12 @@ pub const HEADER_CONSISTENCY: &str = "x-kv-consistency";
 /// hosts the key's partition under a newer map answers `421` with its [`Routes`]
 /// ([`Misdirected`]) instead of forwarding.
 pub const HEADER_EPOCH: &str = "x-kv-epoch";
+/// Header of a read answer for a key with a deadline (`?ttl=`): the seconds it has left,
+/// rounded up. Absent for keys without one.
+pub const HEADER_TTL_REMAINING: &str = "x-kv-ttl-remaining";
+/// The shortest and the longest time to live a key may be given (`?ttl=`).
+pub const MIN_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
 /// Header a forwarding node adds; it counts hops to stop forwarding loops.
 pub const HEADER_FORWARDED: &str = "x-kv-forwarded";
 
@@ -58,6 +64,21 @@ where
 pub struct WriteResult {
     pub key: String,
     pub version: u64,
+}
+
+/// Answer to a successful `POST /v1/kv/{key}/refresh?ttl=..`: the key keeps its value and its
+/// version, and now expires in `ttl_ms` milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshResult {
+    pub key: String,
+    pub version: u64,
+    pub ttl_ms: u64,
+}
+
+/// `ttl` as the `?ttl=` query parameter's value: whole milliseconds (`1500ms`), which every
+/// duration parser reads the same way.
+pub fn ttl_param(ttl: std::time::Duration) -> String {
+    format!("{}ms", ttl.as_millis())
 }
 
 /// Answer to a successful `DELETE /v1/kv/{key}`: the version the key had when removed.

@@ -30,6 +30,45 @@ pub struct Value {
     pub data: Bytes,
     /// The key's version: it grows with every write of the key.
     pub version: u64,
+    /// Time the key has left, for a key written with a time to live (in whole seconds, rounded
+    /// up, as [`crate::api::HEADER_TTL_REMAINING`] says); `None` for a permanent key.
+    pub ttl_remaining: Option<Duration>,
+}
+
+/// How [`Client::put_with`] writes: with a time to live, and under a precondition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    ttl: Option<Duration>,
+    condition: Option<PutCondition>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PutCondition {
+    Absent,
+    Version(u64),
+}
+
+impl PutOptions {
+    /// The key expires `ttl` after the write (between [`crate::api::MIN_TTL`] and
+    /// [`crate::api::MAX_TTL`]) unless refreshed ([`Client::refresh`]) or rewritten; without
+    /// it the key is permanent (a write without a TTL makes a key with one permanent).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Only if the key does not exist (`If-None-Match: *`): how a lock or a leader lease is
+    /// taken.
+    pub fn if_absent(mut self) -> Self {
+        self.condition = Some(PutCondition::Absent);
+        self
+    }
+
+    /// Only if the key is at version `expected` (`If-Match`).
+    pub fn if_version(mut self, expected: u64) -> Self {
+        self.condition = Some(PutCondition::Version(expected));
+        self
+    }
 }
 
 /// How fresh a read must be.
@@ -382,6 +421,12 @@ impl Client {
             StatusCode::NOT_FOUND => Ok(None),
             _ => Ok(Some(Value {
                 version: reply.etag_version()?,
+                ttl_remaining: reply
+                    .headers
+                    .get(crate::api::HEADER_TTL_REMAINING)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok())
+                    .map(Duration::from_secs),
                 data: reply.body,
             })),
         }
@@ -390,6 +435,40 @@ impl Client {
     /// Writes `value` under `key`; returns the key's new version.
     pub async fn put(&self, key: &str, value: impl Into<Bytes>) -> Result<u64> {
         self.write_value(key, value.into(), None).await
+    }
+
+    /// Writes `value` under `key` as `options` say (a time to live, a precondition); returns
+    /// the key's new version, or [`Error::PreconditionFailed`] with the current version.
+    pub async fn put_with(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        options: &PutOptions,
+    ) -> Result<u64> {
+        let condition = options.condition.map(|c| match c {
+            PutCondition::Absent => (IF_NONE_MATCH, HeaderValue::from_static("*")),
+            PutCondition::Version(v) => (IF_MATCH, etag(v)),
+        });
+        let query = options
+            .ttl
+            .map(|ttl| format!("?ttl={}", crate::api::ttl_param(ttl)))
+            .unwrap_or_default();
+        self.write_value_at(key, &query, value.into(), condition)
+            .await
+    }
+
+    /// Gives `key` a new time to live, `ttl` from now, keeping its value and version (a lock's
+    /// or a lease's keep-alive); returns the version, or `None` if the key does not exist (or
+    /// has expired: it cannot be brought back).
+    pub async fn refresh(&self, key: &str, ttl: Duration) -> Result<Option<u64>> {
+        let query = format!("/refresh?ttl={}", crate::api::ttl_param(ttl));
+        let mut call = Call::key(Method::POST, key, &query)?;
+        call.write = Some(self.inner.session.begin_write());
+        let reply = self.execute(call).await?;
+        match reply.status {
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Ok(Some(reply.json::<crate::api::RefreshResult>()?.version)),
+        }
     }
 
     /// Writes `value` under `key` only if the key does not exist (`If-None-Match: *`); returns
@@ -543,7 +622,17 @@ impl Client {
         value: Bytes,
         condition: Option<(reqwest::header::HeaderName, HeaderValue)>,
     ) -> Result<u64> {
-        let mut call = Call::key(Method::PUT, key, "")?;
+        self.write_value_at(key, "", value, condition).await
+    }
+
+    async fn write_value_at(
+        &self,
+        key: &str,
+        query: &str,
+        value: Bytes,
+        condition: Option<(reqwest::header::HeaderName, HeaderValue)>,
+    ) -> Result<u64> {
+        let mut call = Call::key(Method::PUT, key, query)?;
         call.headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),

@@ -50,6 +50,6 @@ mod session;
 mod transport;
 
 pub use client::{
-    Client, ClientBuilder, Consistency, ScanOptions, TlsConfig, Value, DEFAULT_TIMEOUT,
+    Client, ClientBuilder, Consistency, PutOptions, ScanOptions, TlsConfig, Value, DEFAULT_TIMEOUT,
 };
 pub use error::{one_line, Error, Result};
