@@ -616,7 +616,8 @@ impl Group {
         let group = self.id;
         Ok(self
             .store
-            .read(move |e| e.scan(group, &prefix, after.as_deref(), limit, max_bytes))
+            // Expired keys are not hidden yet: kv-node passes no clock here so far.
+            .read(move |e| e.scan(group, &prefix, after.as_deref(), limit, max_bytes, None))
             .await?)
     }
 

@@ -51,8 +51,13 @@ struct Queue {
 
 fn size(cmd: &Command) -> usize {
     match cmd {
-        Command::Put { key, value, .. } => key.len() + value.len(),
-        Command::Delete { key, .. } => key.len(),
+        Command::Put { key, value, .. } | Command::TimedPut { key, value, .. } => {
+            key.len() + value.len()
+        }
+        Command::Delete { key, .. }
+        | Command::TimedDelete { key, .. }
+        | Command::Refresh { key, .. }
+        | Command::Expire { key, .. } => key.len(),
         Command::Once { command, .. } => size(command),
     }
 }

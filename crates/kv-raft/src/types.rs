@@ -38,6 +38,38 @@ fn write_command(f: &mut std::fmt::Formatter<'_>, cmd: &Command) -> std::fmt::Re
             )
         }
         Command::Delete { key, .. } => write!(f, "delete {:?}", String::from_utf8_lossy(key)),
+        Command::TimedPut {
+            key,
+            value,
+            expires_at,
+            ..
+        } => {
+            write!(
+                f,
+                "put {:?} ({} bytes)",
+                String::from_utf8_lossy(key),
+                value.len()
+            )?;
+            match expires_at {
+                Some(deadline) => write!(f, " expiring at {deadline}"),
+                None => Ok(()),
+            }
+        }
+        Command::TimedDelete { key, .. } => {
+            write!(f, "delete {:?}", String::from_utf8_lossy(key))
+        }
+        Command::Refresh {
+            key, expires_at, ..
+        } => write!(
+            f,
+            "refresh {:?} to expire at {expires_at}",
+            String::from_utf8_lossy(key)
+        ),
+        Command::Expire { key, version, .. } => write!(
+            f,
+            "expire {:?} at version {version}",
+            String::from_utf8_lossy(key)
+        ),
         Command::Once {
             client,
             seq,

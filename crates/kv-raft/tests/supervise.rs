@@ -54,8 +54,21 @@ impl Engine for FlakyEngine {
         after: Option<&[u8]>,
         limit: usize,
         max_bytes: usize,
+        live_at: Option<u64>,
     ) -> kv_storage::Result<Vec<(Vec<u8>, Record)>> {
-        self.inner.scan(group, prefix, after, limit, max_bytes)
+        self.inner
+            .scan(group, prefix, after, limit, max_bytes, live_at)
+    }
+    fn next_deadline(&self, group: GroupId) -> kv_storage::Result<Option<u64>> {
+        self.inner.next_deadline(group)
+    }
+    fn expired(
+        &self,
+        group: GroupId,
+        now_ms: u64,
+        limit: usize,
+    ) -> kv_storage::Result<Vec<(Vec<u8>, u64)>> {
+        self.inner.expired(group, now_ms, limit)
     }
     fn export_group(
         &self,

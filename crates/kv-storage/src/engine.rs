@@ -70,7 +70,8 @@ pub enum Op {
         commands: Vec<(u64, Command)>,
         applied: Vec<u8>,
     },
-    /// Remove everything stored for the group: log, metadata, key/value data and sessions.
+    /// Remove everything stored for the group: log, metadata, key/value data, sessions and
+    /// the expiry index.
     /// Through the writer queue it is ordered after every write queued before it, so a late
     /// write of a closing group (a queued `save_committed`, say) cannot bring it back.
     DropGroup,
@@ -126,13 +127,18 @@ pub trait Engine: Send + Sync + 'static {
     /// Stored log entries with `from <= index < to`, ascending.
     fn read_log(&self, group: GroupId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>>;
 
-    /// The record stored under `key`.
+    /// The record stored under `key`, with its deadline, expired or not: the caller decides
+    /// with [`Record::live_at`] and its own clock (a linearizable read: the leader's).
     fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Record>>;
 
     /// Up to `limit` records whose key starts with `prefix` and sorts after `after` (if given),
     /// ascending by key, stopping once their keys and values add up to `max_bytes` or more (the
     /// record that gets there is included). So fewer than `limit` records adding up to less
     /// than `max_bytes` means there are no more, and a scan always makes progress.
+    ///
+    /// With `live_at: Some(now)` records not [live](Record::live_at) at `now` are skipped and
+    /// count toward neither bound (so the rule above still holds for live keys); with `None`
+    /// every stored record is returned. Either way records carry their deadlines.
     fn scan(
         &self,
         group: GroupId,
@@ -140,15 +146,30 @@ pub trait Engine: Send + Sync + 'static {
         after: Option<&[u8]>,
         limit: usize,
         max_bytes: usize,
+        live_at: Option<u64>,
     ) -> Result<Vec<(Vec<u8>, Record)>>;
 
-    /// Write a consistent snapshot of the group's key/value data to `out` in the format of the
-    /// `snapshot` module (read in one transaction with [`MetaKey::Applied`]).
+    /// The earliest deadline of any record of the group, expired or not; `None` if no record
+    /// has one. The expirer sleeps until then (or until a write gives an earlier one).
+    fn next_deadline(&self, group: GroupId) -> Result<Option<u64>>;
+
+    /// Up to `limit` keys of the group whose deadline is at or before `now_ms`, earliest
+    /// deadline first (ties by key), each with its current version: what the expirer proposes
+    /// [`Command::Expire`] for.
+    ///
+    /// Backed by a `(deadline, key)` index per group that every write, import and group drop
+    /// keeps exact: it holds a key iff the key's record has a deadline, under that deadline.
+    fn expired(&self, group: GroupId, now_ms: u64, limit: usize) -> Result<Vec<(Vec<u8>, u64)>>;
+
+    /// Write a consistent snapshot of the group's key/value data (records with their
+    /// deadlines, expired ones too, and sessions) to `out` in the format of the `snapshot`
+    /// module (read in one transaction with [`MetaKey::Applied`]).
     fn export_group(&self, group: GroupId, out: &mut dyn Write) -> Result<ExportSummary>;
 
     /// Replace the group's key/value data with the snapshot read from `input` and set
     /// [`MetaKey::Applied`] to `applied`, atomically: a stream that fails to decode or fails its
-    /// checksum changes nothing. Returns the number of keys imported.
+    /// checksum changes nothing. The expiry index of the group is rebuilt from the imported
+    /// records. Returns the number of keys imported.
     fn import_group(&self, group: GroupId, input: &mut dyn Read, applied: &[u8]) -> Result<u64>;
 
     /// Remove everything stored for the group: log, metadata and key/value data (an

@@ -16,15 +16,17 @@ mod command;
 mod engine;
 mod error;
 mod memory;
+mod record;
 mod redb_engine;
 mod snapshot;
 pub mod testing;
 mod writer;
 
-pub use command::{Command, Condition, Outcome, Record, SESSION_WINDOW};
+pub use command::{Command, Condition, Outcome, SESSION_WINDOW};
 pub use engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
 pub use error::StorageError;
 pub use memory::MemoryEngine;
+pub use record::Record;
 pub use redb_engine::RedbEngine;
 pub use writer::{Store, WriteCallback};
 

@@ -7,6 +7,7 @@ use std::sync::RwLock;
 
 use crate::command::{self, KvAccess};
 use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
+use crate::record::Head;
 use crate::snapshot::{Frame, SnapshotReader, SnapshotWriter};
 use crate::{Outcome, Record, Result, StorageError};
 
@@ -14,9 +15,50 @@ use crate::{Outcome, Record, Result, StorageError};
 struct State {
     log: BTreeMap<(GroupId, u64), Vec<u8>>,
     meta: HashMap<(GroupId, MetaKey), Vec<u8>>,
-    kv: BTreeMap<(GroupId, Vec<u8>), Record>,
+    kv: Kv,
     /// (group, client, seq) -> outcome of that client write.
     sessions: BTreeMap<(GroupId, u64, u64), Outcome>,
+}
+
+/// The key/value records of all groups with their expiry index.
+///
+/// Invariant: `expiry` holds `(group, deadline, key) -> version` exactly for the records with
+/// a deadline. Every change of `records` goes through the methods below, which keep it.
+#[derive(Default)]
+struct Kv {
+    records: BTreeMap<(GroupId, Vec<u8>), Record>,
+    expiry: BTreeMap<(GroupId, u64, Vec<u8>), u64>,
+}
+
+impl Kv {
+    fn put(&mut self, group: GroupId, key: &[u8], record: Record) {
+        let new = record
+            .expires_at
+            .map(|d| ((group, d, key.to_vec()), record.version));
+        if let Some(old) = self.records.insert((group, key.to_vec()), record) {
+            self.unindex(group, key, &old);
+        }
+        if let Some((k, version)) = new {
+            self.expiry.insert(k, version);
+        }
+    }
+
+    fn remove(&mut self, group: GroupId, key: &[u8]) {
+        if let Some(old) = self.records.remove(&(group, key.to_vec())) {
+            self.unindex(group, key, &old);
+        }
+    }
+
+    fn unindex(&mut self, group: GroupId, key: &[u8], old: &Record) {
+        if let Some(d) = old.expires_at {
+            self.expiry.remove(&(group, d, key.to_vec()));
+        }
+    }
+
+    fn clear(&mut self, group: GroupId) {
+        self.records.retain(|(g, _), _| *g != group);
+        self.expiry.retain(|(g, _, _), _| *g != group);
+    }
 }
 
 /// Keeps all groups' data in memory; nothing survives the process.
@@ -44,21 +86,30 @@ impl MemoryEngine {
 }
 
 struct GroupKv<'a> {
-    kv: &'a mut BTreeMap<(GroupId, Vec<u8>), Record>,
+    kv: &'a mut Kv,
     sessions: &'a mut BTreeMap<(GroupId, u64, u64), Outcome>,
     group: GroupId,
 }
 
+impl GroupKv<'_> {
+    fn record(&self, key: &[u8]) -> Option<&Record> {
+        self.kv.records.get(&(self.group, key.to_vec()))
+    }
+}
+
 impl KvAccess for GroupKv<'_> {
-    fn version_of(&mut self, key: &[u8]) -> Result<Option<u64>> {
-        Ok(self.kv.get(&(self.group, key.to_vec())).map(|r| r.version))
+    fn head_of(&mut self, key: &[u8]) -> Result<Option<Head>> {
+        Ok(self.record(key).map(Record::head))
+    }
+    fn record_of(&mut self, key: &[u8]) -> Result<Option<Record>> {
+        Ok(self.record(key).cloned())
     }
     fn put(&mut self, key: &[u8], record: &Record) -> Result<()> {
-        self.kv.insert((self.group, key.to_vec()), record.clone());
+        self.kv.put(self.group, key, record.clone());
         Ok(())
     }
     fn remove(&mut self, key: &[u8]) -> Result<()> {
-        self.kv.remove(&(self.group, key.to_vec()));
+        self.kv.remove(self.group, key);
         Ok(())
     }
     fn session(&mut self, client: u64, seq: u64) -> Result<Option<Outcome>> {
@@ -135,7 +186,7 @@ impl Engine for MemoryEngine {
                         state.meta.insert((g, MetaKey::Applied), applied.clone());
                     }
                     Op::DropGroup => {
-                        state.kv.retain(|(group, _), _| *group != g);
+                        state.kv.clear(g);
                         state.log.retain(|(group, _), _| *group != g);
                         state.meta.retain(|(group, _), _| *group != g);
                         state.sessions.retain(|(group, _, _), _| *group != g);
@@ -172,7 +223,7 @@ impl Engine for MemoryEngine {
     }
 
     fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Record>> {
-        Ok(self.read()?.kv.get(&(group, key.to_vec())).cloned())
+        Ok(self.read()?.kv.records.get(&(group, key.to_vec())).cloned())
     }
 
     fn scan(
@@ -182,6 +233,7 @@ impl Engine for MemoryEngine {
         after: Option<&[u8]>,
         limit: usize,
         max_bytes: usize,
+        live_at: Option<u64>,
     ) -> Result<Vec<(Vec<u8>, Record)>> {
         let state = self.read()?;
         let start = (group, prefix.to_vec());
@@ -189,9 +241,11 @@ impl Engine for MemoryEngine {
         let mut bytes = 0usize;
         let matching = state
             .kv
+            .records
             .range(start..)
             .take_while(|((g, k), _)| *g == group && k.starts_with(prefix))
             .filter(|((_, k), _)| after.is_none_or(|a| k.as_slice() > a))
+            .filter(|(_, r)| live_at.is_none_or(|now| r.live_at(now)))
             .take(limit);
         for ((_, k), r) in matching {
             bytes = bytes.saturating_add(k.len() + r.value.len());
@@ -203,16 +257,42 @@ impl Engine for MemoryEngine {
         Ok(out)
     }
 
+    fn next_deadline(&self, group: GroupId) -> Result<Option<u64>> {
+        let state = self.read()?;
+        let first = state
+            .kv
+            .expiry
+            .range((group, 0, Vec::new())..)
+            .next()
+            .filter(|((g, _, _), _)| *g == group)
+            .map(|((_, deadline, _), _)| *deadline);
+        Ok(first)
+    }
+
+    fn expired(&self, group: GroupId, now_ms: u64, limit: usize) -> Result<Vec<(Vec<u8>, u64)>> {
+        let state = self.read()?;
+        // Ordered by (group, deadline): the due keys are a prefix of the group's range.
+        Ok(state
+            .kv
+            .expiry
+            .range((group, 0, Vec::new())..)
+            .take_while(|((g, deadline, _), _)| *g == group && *deadline <= now_ms)
+            .take(limit)
+            .map(|((_, _, key), version)| (key.clone(), *version))
+            .collect())
+    }
+
     fn export_group(&self, group: GroupId, out: &mut dyn Write) -> Result<ExportSummary> {
         let state = self.read()?;
         let applied = state.meta.get(&(group, MetaKey::Applied)).cloned();
         let mut w = SnapshotWriter::new(out)?;
         for ((_, k), r) in state
             .kv
+            .records
             .range((group, Vec::new())..)
             .take_while(|((g, _), _)| *g == group)
         {
-            w.record(k, r.version, &r.value)?;
+            w.record(k, r)?;
         }
         for ((_, client, seq), outcome) in state
             .sessions
@@ -244,11 +324,11 @@ impl Engine for MemoryEngine {
             }
         }
         let mut state = self.write_lock()?;
-        state.kv.retain(|(g, _), _| *g != group);
+        state.kv.clear(group);
         state.sessions.retain(|(g, _, _), _| *g != group);
         let n = records.len() as u64;
         for (k, r) in records {
-            state.kv.insert((group, k), r);
+            state.kv.put(group, &k, r);
         }
         state.sessions.extend(sessions);
         state

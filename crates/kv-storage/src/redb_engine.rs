@@ -1,10 +1,14 @@
-//! The redb engine: one redb file per node holding every group, in three tables keyed by group
+//! The redb engine: one redb file per node holding every group, in tables keyed by group
 //! first so that each group's data is one contiguous key range:
 //!
 //! - `log`:  `(group, index)` -> encoded entry
 //! - `meta`: `(group, MetaKey::name())` -> value
-//! - `kv`:   `(group, key)` -> [`Record::encode`]d record
+//! - `kv`:   `(group, key)` -> [`Record::encode`]d record (with its deadline, if any)
 //! - `sessions`: `(group, client, seq)` -> encoded [`Outcome`] of that client write
+//! - `expiry`: `(group, deadline, key)` -> version, for exactly the `kv` records that have a
+//!   deadline. Derived data: only [`put_record`] and [`remove_record`] write `kv` records, and
+//!   they update it in the same transaction. A file written before deadlines existed has no
+//!   deadlines, so the table starting out empty is exact for it.
 //!
 //! Every [`Engine`] method is one redb transaction, so each is atomic and sees one consistent
 //! state. Write transactions serialize inside redb: [`Engine::import_group`] waits for (and
@@ -22,6 +26,7 @@ use redb::{
 
 use crate::command::{self, KvAccess};
 use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
+use crate::record::Head;
 use crate::snapshot::{Frame, SnapshotReader, SnapshotWriter};
 use crate::{Outcome, Record, Result, StorageError};
 
@@ -29,6 +34,65 @@ const LOG: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<'_, (u64, &str), &[u8]> = TableDefinition::new("meta");
 const KV: TableDefinition<'_, (u64, &[u8]), &[u8]> = TableDefinition::new("kv");
 const SESSIONS: TableDefinition<'_, (u64, u64, u64), &[u8]> = TableDefinition::new("sessions");
+const EXPIRY: TableDefinition<'_, (u64, u64, &[u8]), u64> = TableDefinition::new("expiry");
+
+type ExpiryTable<'txn> = Table<'txn, (u64, u64, &'static [u8]), u64>;
+
+/// Every index entry of `group` in `expiry`.
+fn expiry_span(group: u64) -> GroupSpan3 {
+    let end = match group.checked_add(1) {
+        Some(next) => Bound::Excluded((next, 0, &[][..])),
+        None => Bound::Unbounded,
+    };
+    (Bound::Included((group, 0, &[][..])), end)
+}
+
+type GroupSpan3 = (
+    Bound<(u64, u64, &'static [u8])>,
+    Bound<(u64, u64, &'static [u8])>,
+);
+
+/// Store `record` under `key` of `group`, moving the key's expiry index entry with it.
+fn put_record(
+    kv: &mut KvTable<'_>,
+    expiry: &mut ExpiryTable<'_>,
+    group: u64,
+    key: &[u8],
+    record: &Record,
+) -> Result<()> {
+    let old = kv
+        .insert((group, key), record.encode().as_slice())
+        .map_err(backend)?
+        .map(|old| Record::decode_head(old.value()))
+        .transpose()?;
+    if let Some(deadline) = old.and_then(|h| h.expires_at) {
+        expiry.remove((group, deadline, key)).map_err(backend)?;
+    }
+    if let Some(deadline) = record.expires_at {
+        expiry
+            .insert((group, deadline, key), record.version)
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Remove `key` of `group` and its expiry index entry.
+fn remove_record(
+    kv: &mut KvTable<'_>,
+    expiry: &mut ExpiryTable<'_>,
+    group: u64,
+    key: &[u8],
+) -> Result<()> {
+    let old = kv
+        .remove((group, key))
+        .map_err(backend)?
+        .map(|old| Record::decode_head(old.value()))
+        .transpose()?;
+    if let Some(deadline) = old.and_then(|h| h.expires_at) {
+        expiry.remove((group, deadline, key)).map_err(backend)?;
+    }
+    Ok(())
+}
 
 type SessionTable<'txn> = Table<'txn, (u64, u64, u64), &'static [u8]>;
 
@@ -84,13 +148,14 @@ impl RedbEngine {
             .create(path)
             .map_err(backend)?;
         let engine = RedbEngine { db };
-        // Read transactions open tables without creating them; creating all three here means
+        // Read transactions open tables without creating them; creating all of them here means
         // they never fail with "table does not exist".
         engine.write_txn(Durability::Immediate, |txn| {
             txn.open_table(LOG).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
             txn.open_table(KV).map_err(backend)?;
             txn.open_table(SESSIONS).map_err(backend)?;
+            txn.open_table(EXPIRY).map_err(backend)?;
             Ok(())
         })?;
         Ok(engine)
@@ -118,28 +183,32 @@ impl RedbEngine {
 /// One group's slice of the open `kv` table, for [`command::apply`].
 struct GroupKv<'a, 'txn> {
     table: &'a mut KvTable<'txn>,
+    expiry: &'a mut ExpiryTable<'txn>,
     sessions: &'a mut SessionTable<'txn>,
     group: u64,
 }
 
 impl KvAccess for GroupKv<'_, '_> {
-    fn version_of(&mut self, key: &[u8]) -> Result<Option<u64>> {
+    fn head_of(&mut self, key: &[u8]) -> Result<Option<Head>> {
         match self.table.get((self.group, key)).map_err(backend)? {
-            Some(stored) => Record::decode_version(stored.value()).map(Some),
+            Some(stored) => Record::decode_head(stored.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn record_of(&mut self, key: &[u8]) -> Result<Option<Record>> {
+        match self.table.get((self.group, key)).map_err(backend)? {
+            Some(stored) => Record::decode(stored.value()).map(Some),
             None => Ok(None),
         }
     }
 
     fn put(&mut self, key: &[u8], record: &Record) -> Result<()> {
-        self.table
-            .insert((self.group, key), record.encode().as_slice())
-            .map_err(backend)?;
-        Ok(())
+        put_record(self.table, self.expiry, self.group, key, record)
     }
 
     fn remove(&mut self, key: &[u8]) -> Result<()> {
-        self.table.remove((self.group, key)).map_err(backend)?;
-        Ok(())
+        remove_record(self.table, self.expiry, self.group, key)
     }
 
     fn session(&mut self, client: u64, seq: u64) -> Result<Option<Outcome>> {
@@ -200,6 +269,7 @@ impl Engine for RedbEngine {
             let mut meta = txn.open_table(META).map_err(backend)?;
             let mut kv = txn.open_table(KV).map_err(backend)?;
             let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(backend)?;
             let mut all = Vec::with_capacity(batches.len());
             for batch in batches {
                 let g = batch.group.0;
@@ -226,6 +296,7 @@ impl Engine for RedbEngine {
                         Op::Apply { commands, applied } => {
                             let mut table = GroupKv {
                                 table: &mut kv,
+                                expiry: &mut expiry,
                                 sessions: &mut sessions,
                                 group: g,
                             };
@@ -241,6 +312,9 @@ impl Engine for RedbEngine {
                             clear_group(&mut log, g, 0)?;
                             clear_group(&mut meta, g, "")?;
                             clear_group(&mut kv, g, &[][..])?;
+                            expiry
+                                .retain_in(expiry_span(g), |_, _| false)
+                                .map_err(backend)?;
                             sessions
                                 .retain_in(session_span(g), |_, _| false)
                                 .map_err(backend)?;
@@ -306,6 +380,7 @@ impl Engine for RedbEngine {
         after: Option<&[u8]>,
         limit: usize,
         max_bytes: usize,
+        live_at: Option<u64>,
     ) -> Result<Vec<(Vec<u8>, Record)>> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -329,12 +404,48 @@ impl Engine for RedbEngine {
             if !key.starts_with(prefix) {
                 break;
             }
-            let record = Record::decode(value.value())?;
+            let stored = value.value();
+            if let Some(now) = live_at {
+                // Expired records are skipped without copying their values.
+                if !Record::decode_head(stored)?.live_at(now) {
+                    continue;
+                }
+            }
+            let record = Record::decode(stored)?;
             bytes = bytes.saturating_add(key.len() + record.value.len());
             out.push((key.to_vec(), record));
             if out.len() == limit || bytes >= max_bytes {
                 break;
             }
+        }
+        Ok(out)
+    }
+
+    fn next_deadline(&self, group: GroupId) -> Result<Option<u64>> {
+        let txn = self.read_txn()?;
+        let expiry = txn.open_table(EXPIRY).map_err(backend)?;
+        let mut range = expiry.range(expiry_span(group.0)).map_err(backend)?;
+        match range.next() {
+            Some(entry) => Ok(Some(entry.map_err(backend)?.0.value().1)),
+            None => Ok(None),
+        }
+    }
+
+    fn expired(&self, group: GroupId, now_ms: u64, limit: usize) -> Result<Vec<(Vec<u8>, u64)>> {
+        let txn = self.read_txn()?;
+        let expiry = txn.open_table(EXPIRY).map_err(backend)?;
+        let mut out = Vec::new();
+        // Ordered by (group, deadline): the due keys are a prefix of the group's range.
+        for entry in expiry.range(expiry_span(group.0)).map_err(backend)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, version) = entry.map_err(backend)?;
+            let (_, deadline, key) = key.value();
+            if deadline > now_ms {
+                break;
+            }
+            out.push((key.to_vec(), version.value()));
         }
         Ok(out)
     }
@@ -350,7 +461,7 @@ impl Engine for RedbEngine {
         for entry in kv.range(group_span(group.0, &[][..])).map_err(backend)? {
             let (key, value) = entry.map_err(backend)?;
             let record = Record::decode(value.value())?;
-            w.record(key.value().1, record.version, &record.value)?;
+            w.record(key.value().1, &record)?;
         }
         let sessions = txn.open_table(SESSIONS).map_err(backend)?;
         for entry in sessions.range(session_span(group.0)).map_err(backend)? {
@@ -372,6 +483,10 @@ impl Engine for RedbEngine {
         self.write_txn(Durability::Immediate, |txn| {
             let mut kv = txn.open_table(KV).map_err(backend)?;
             clear_group(&mut kv, g, &[][..])?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(backend)?;
+            expiry
+                .retain_in(expiry_span(g), |_, _| false)
+                .map_err(backend)?;
             let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
             sessions
                 .retain_in(session_span(g), |_, _| false)
@@ -383,8 +498,7 @@ impl Engine for RedbEngine {
             while let Some(frame) = reader.next_frame()? {
                 match frame {
                     Frame::Record(key, record) => {
-                        kv.insert((g, key.as_slice()), record.encode().as_slice())
-                            .map_err(backend)?;
+                        put_record(&mut kv, &mut expiry, g, &key, &record)?;
                         keys += 1;
                     }
                     Frame::Session {

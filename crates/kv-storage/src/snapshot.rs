@@ -1,19 +1,30 @@
 //! The snapshot stream: a group's key/value data as a byte stream that can be written to a file
 //! and sent over the network in chunks without holding it in memory.
 //!
-//! Layout: the magic `KVSNAP01`, then one frame per record
-//! (`0x01`, key length u32 LE, key, version u64 LE, value length u32 LE, value), one frame per
-//! remembered client outcome (`0x02`, client u64 LE, seq u64 LE, outcome length u32 LE,
-//! encoded outcome), then the trailer (`0x00`, frame count u64 LE, CRC-32 u32 LE of every
-//! preceding byte).
+//! Layout: the magic `KVSNAP01`, then one frame per record, one frame per remembered client
+//! outcome (`0x02`, client u64 LE, seq u64 LE, outcome length u32 LE, encoded outcome), then
+//! the trailer (`0x00`, frame count u64 LE, CRC-32 u32 LE of every preceding byte).
+//!
+//! A record frame is `0x01`, key length u32 LE, key, version u64 LE, value length u32 LE,
+//! value for a permanent key, and `0x03`, key length u32 LE, key, version u64 LE, deadline
+//! u64 LE, value length u32 LE, value for a key with a deadline. Expired records are
+//! exported too: the state machine is copied exactly, and their removal is the `Expire`
+//! entry that follows in the log.
+//!
+//! Frame `0x03` came with deadlines. A stream without deadlines is byte for byte what the
+//! first version wrote, so old snapshots import unchanged and a group without TTL keys still
+//! produces snapshots a node of the first version can read (one with deadlines it refuses as
+//! an unknown frame, rather than dropping them silently).
 
 use std::io::{Read, Write};
 
+use crate::record::MAX_VERSION;
 use crate::{Outcome, Record, Result, StorageError};
 
 const MAGIC: &[u8; 8] = b"KVSNAP01";
 const TAG_RECORD: u8 = 1;
 const TAG_SESSION: u8 = 2;
+const TAG_RECORD_WITH_DEADLINE: u8 = 3;
 const TAG_END: u8 = 0;
 /// Keys and values larger than this are refused as corrupt rather than allocated.
 const MAX_FIELD: u32 = 256 << 20;
@@ -45,13 +56,20 @@ impl<'a> SnapshotWriter<'a> {
         Ok(())
     }
 
-    pub(crate) fn record(&mut self, key: &[u8], version: u64, value: &[u8]) -> Result<()> {
-        self.put(&[TAG_RECORD])?;
+    pub(crate) fn record(&mut self, key: &[u8], record: &Record) -> Result<()> {
+        let tag = match record.expires_at {
+            None => TAG_RECORD,
+            Some(_) => TAG_RECORD_WITH_DEADLINE,
+        };
+        self.put(&[tag])?;
         self.put(&len_u32(key.len())?.to_le_bytes())?;
         self.put(key)?;
-        self.put(&version.to_le_bytes())?;
-        self.put(&len_u32(value.len())?.to_le_bytes())?;
-        self.put(value)?;
+        self.put(&record.version.to_le_bytes())?;
+        if let Some(deadline) = record.expires_at {
+            self.put(&deadline.to_le_bytes())?;
+        }
+        self.put(&len_u32(record.value.len())?.to_le_bytes())?;
+        self.put(&record.value)?;
         self.count += 1;
         Ok(())
     }
@@ -160,12 +178,28 @@ impl<'a> SnapshotReader<'a> {
         let mut tag = [0u8; 1];
         self.take(&mut tag)?;
         match tag[0] {
-            TAG_RECORD => {
+            tag @ (TAG_RECORD | TAG_RECORD_WITH_DEADLINE) => {
                 let key = self.take_field()?;
                 let version = self.take_u64()?;
+                if version > MAX_VERSION {
+                    return Err(StorageError::Corrupt(format!(
+                        "snapshot record version {version} is out of range"
+                    )));
+                }
+                let expires_at = match tag {
+                    TAG_RECORD_WITH_DEADLINE => Some(self.take_u64()?),
+                    _ => None,
+                };
                 let value = self.take_field()?;
                 self.count += 1;
-                Ok(Some(Frame::Record(key, Record { version, value })))
+                Ok(Some(Frame::Record(
+                    key,
+                    Record {
+                        version,
+                        value,
+                        expires_at,
+                    },
+                )))
             }
             TAG_SESSION => {
                 let client = self.take_u64()?;
@@ -210,8 +244,8 @@ mod tests {
     fn round_trip_and_checksum_catches_a_flipped_byte() {
         let mut buf = Vec::new();
         let mut w = SnapshotWriter::new(&mut buf).unwrap();
-        w.record(b"a", 3, b"one").unwrap();
-        w.record(b"b", 9, b"").unwrap();
+        w.record(b"a", &Record::new(3, "one")).unwrap();
+        w.record(b"b", &Record::new(9, "")).unwrap();
         let (n, bytes) = w.finish().unwrap();
         assert_eq!(n, 2);
         assert_eq!(bytes as usize, buf.len());
@@ -237,5 +271,59 @@ mod tests {
             result = r.next_frame();
         }
         assert!(result.is_err(), "a corrupted stream must be refused");
+    }
+
+    fn frames(stream: &[u8]) -> Result<Vec<Frame>> {
+        let mut input = stream;
+        let mut r = SnapshotReader::new(&mut input)?;
+        let mut out = Vec::new();
+        while let Some(frame) = r.next_frame()? {
+            out.push(frame);
+        }
+        Ok(out)
+    }
+
+    fn records(stream: &[u8]) -> Vec<(Vec<u8>, Record)> {
+        frames(stream)
+            .unwrap()
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Record(k, r) => Some((k, r)),
+                Frame::Session { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_from_before_deadlines_reads_as_permanent_records() {
+        let old = crate::testing::fixtures::snapshot_from_before_deadlines();
+        assert_eq!(records(&old), vec![(b"k".to_vec(), Record::new(7, "v"))]);
+        // And permanent records are still written in exactly that form.
+        let mut again = Vec::new();
+        let mut w = SnapshotWriter::new(&mut again).unwrap();
+        w.record(b"k", &Record::new(7, "v")).unwrap();
+        w.session(1, 2, &Outcome::Written { version: 7 }).unwrap();
+        w.finish().unwrap();
+        assert_eq!(again, old);
+    }
+
+    #[test]
+    fn deadlines_round_trip_next_to_permanent_records() {
+        let expiring = Record {
+            expires_at: Some(1_700_000_000_123),
+            ..Record::new(5, "soon")
+        };
+        let mut buf = Vec::new();
+        let mut w = SnapshotWriter::new(&mut buf).unwrap();
+        w.record(b"a", &Record::new(3, "kept")).unwrap();
+        w.record(b"b", &expiring).unwrap();
+        w.finish().unwrap();
+        assert_eq!(
+            records(&buf),
+            vec![
+                (b"a".to_vec(), Record::new(3, "kept")),
+                (b"b".to_vec(), expiring)
+            ]
+        );
     }
 }

@@ -81,13 +81,7 @@ fn assert_durable_batch_is_there(engine: &dyn Engine) {
         engine.read_meta(G, MetaKey::Applied).unwrap(),
         Some(b"applied-1".to_vec())
     );
-    assert_eq!(
-        engine.get(G, b"k").unwrap(),
-        Some(Record {
-            version: 1,
-            value: b"v".to_vec()
-        })
-    );
+    assert_eq!(engine.get(G, b"k").unwrap(), Some(Record::new(1, "v")));
     assert_eq!(engine.groups().unwrap(), vec![G]);
 }
 

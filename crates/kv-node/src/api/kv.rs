@@ -437,6 +437,14 @@ fn write_response(key: String, outcome: Outcome) -> Response {
         Outcome::PreconditionFailed { current } => {
             ApiError::PreconditionFailed { current }.into_response()
         }
+        // Answers to TTL commands, which this API does not propose yet.
+        Outcome::Refreshed { version, .. } => Json(WriteResult { key, version }).into_response(),
+        Outcome::Expired { version } => Json(DeleteResult {
+            key,
+            deleted: true,
+            version,
+        })
+        .into_response(),
     }
 }
 

@@ -28,10 +28,7 @@ pub fn put_version_is_the_log_index(make: MakeEngine<'_>) {
     assert_eq!(apply(e, G1, 13, binary), Outcome::Written { version: 13 });
     assert_eq!(
         e.get(G1, &[0, 255, 0]).unwrap(),
-        Some(Record {
-            version: 13,
-            value: Vec::new()
-        })
+        Some(Record::new(13, Vec::new()))
     );
     assert_eq!(e.get(G1, &[0, 255]).unwrap(), None);
 }

@@ -67,10 +67,7 @@ pub(super) fn get(engine: &dyn Engine, group: GroupId, key: &str) -> Option<Reco
 }
 
 pub(super) fn record(version: u64, value: &str) -> Record {
-    Record {
-        version,
-        value: value.as_bytes().to_vec(),
-    }
+    Record::new(version, value.as_bytes())
 }
 
 pub(super) fn scan_keys(
@@ -87,6 +84,7 @@ pub(super) fn scan_keys(
             after.map(str::as_bytes),
             limit,
             usize::MAX,
+            None,
         )
         .unwrap()
         .into_iter()
@@ -114,6 +112,86 @@ pub(super) fn fill(engine: &dyn Engine, group: GroupId, first_index: u64, keys: 
 /// Everything stored in a group's key/value data.
 pub(super) fn dump(engine: &dyn Engine, group: GroupId) -> Vec<(Vec<u8>, Record)> {
     engine
-        .scan(group, b"", None, usize::MAX, usize::MAX)
+        .scan(group, b"", None, usize::MAX, usize::MAX, None)
         .unwrap()
+}
+
+/// A snapshot stream as the first version (before deadlines) wrote it, byte by byte: one
+/// record ("k", version 7, "v"), one session (client 1, seq 2, `Written { version: 7 }`),
+/// the trailer.
+pub(crate) fn snapshot_from_before_deadlines() -> Vec<u8> {
+    let mut s = b"KVSNAP01".to_vec();
+    s.extend([
+        1, 1, 0, 0, 0, b'k', 7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, b'v',
+    ]);
+    s.extend([
+        2, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0,
+    ]);
+    s.extend([1, 7, 0, 0, 0, 0, 0, 0, 0]);
+    s.extend([0, 2, 0, 0, 0, 0, 0, 0, 0]);
+    let crc = crc32fast::hash(&s);
+    s.extend(crc.to_le_bytes());
+    s
+}
+
+/// The leader's clock in the TTL cases, unix ms.
+pub(super) const NOW: u64 = 1_700_000_000_000;
+
+pub(super) fn timed_put(
+    key: &str,
+    value: &str,
+    expires_at: Option<u64>,
+    cond: Condition,
+    now: u64,
+) -> Command {
+    Command::TimedPut {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        expires_at,
+        cond,
+        now,
+    }
+}
+
+pub(super) fn timed_delete(key: &str, cond: Condition, now: u64) -> Command {
+    Command::TimedDelete {
+        key: key.as_bytes().to_vec(),
+        cond,
+        now,
+    }
+}
+
+pub(super) fn refresh(key: &str, expires_at: u64, cond: Condition, now: u64) -> Command {
+    Command::Refresh {
+        key: key.as_bytes().to_vec(),
+        expires_at,
+        cond,
+        now,
+    }
+}
+
+pub(super) fn expire(key: &str, version: u64, now: u64) -> Command {
+    Command::Expire {
+        key: key.as_bytes().to_vec(),
+        version,
+        now,
+    }
+}
+
+/// A record with a deadline.
+pub(super) fn expiring(version: u64, value: &str, expires_at: u64) -> Record {
+    Record {
+        expires_at: Some(expires_at),
+        ..record(version, value)
+    }
+}
+
+/// Every key of `group` that the expiry index lists, with its version, earliest first.
+pub(super) fn all_expiring(engine: &dyn Engine, group: GroupId) -> Vec<(String, u64)> {
+    engine
+        .expired(group, u64::MAX, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (String::from_utf8(k).unwrap(), v))
+        .collect()
 }

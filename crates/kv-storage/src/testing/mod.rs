@@ -14,12 +14,14 @@ use std::sync::Arc;
 use crate::Engine;
 
 mod apply;
-mod fixtures;
+mod expiry;
+pub(crate) mod fixtures;
 mod group_data;
 mod log;
 mod scan;
 
 pub use apply::*;
+pub use expiry::*;
 pub use group_data::*;
 pub use log::*;
 pub use scan::*;
@@ -98,6 +100,54 @@ pub const CASES: &[(&str, Case)] = &[
         "sessions_travel_with_snapshots",
         sessions_travel_with_snapshots,
     ),
+    (
+        "timed_put_stores_its_deadline_and_a_plain_put_clears_it",
+        timed_put_stores_its_deadline_and_a_plain_put_clears_it,
+    ),
+    (
+        "expire_removes_a_key_only_at_its_version_once_due",
+        expire_removes_a_key_only_at_its_version_once_due,
+    ),
+    (
+        "a_rewrite_or_refresh_after_the_expiry_check_survives",
+        a_rewrite_or_refresh_after_the_expiry_check_survives,
+    ),
+    (
+        "refresh_moves_the_deadline_and_keeps_value_and_version",
+        refresh_moves_the_deadline_and_keeps_value_and_version,
+    ),
+    (
+        "timed_commands_see_expired_keys_as_absent",
+        timed_commands_see_expired_keys_as_absent,
+    ),
+    (
+        "expired_lists_due_keys_earliest_first_per_group",
+        expired_lists_due_keys_earliest_first_per_group,
+    ),
+    (
+        "scan_with_a_clock_skips_expired_keys",
+        scan_with_a_clock_skips_expired_keys,
+    ),
+    (
+        "ttl_commands_commit_in_one_batch",
+        ttl_commands_commit_in_one_batch,
+    ),
+    (
+        "ttl_commands_apply_at_most_once_in_sessions",
+        ttl_commands_apply_at_most_once_in_sessions,
+    ),
+    (
+        "deadlines_travel_with_snapshots_and_rebuild_the_index",
+        deadlines_travel_with_snapshots_and_rebuild_the_index,
+    ),
+    (
+        "a_snapshot_from_before_deadlines_imports_as_permanent_keys",
+        a_snapshot_from_before_deadlines_imports_as_permanent_keys,
+    ),
+    (
+        "dropping_a_group_clears_only_its_expiry_index",
+        dropping_a_group_clears_only_its_expiry_index,
+    ),
 ];
 
 /// Run every case against engines from `make`.
@@ -148,6 +198,18 @@ macro_rules! conformance_tests {
             groups_lists_groups_with_metadata,
             once_applies_a_client_write_at_most_once,
             sessions_travel_with_snapshots,
+            timed_put_stores_its_deadline_and_a_plain_put_clears_it,
+            expire_removes_a_key_only_at_its_version_once_due,
+            a_rewrite_or_refresh_after_the_expiry_check_survives,
+            refresh_moves_the_deadline_and_keeps_value_and_version,
+            timed_commands_see_expired_keys_as_absent,
+            expired_lists_due_keys_earliest_first_per_group,
+            scan_with_a_clock_skips_expired_keys,
+            ttl_commands_commit_in_one_batch,
+            ttl_commands_apply_at_most_once_in_sessions,
+            deadlines_travel_with_snapshots_and_rebuild_the_index,
+            a_snapshot_from_before_deadlines_imports_as_permanent_keys,
+            dropping_a_group_clears_only_its_expiry_index,
         );
     };
     (@cases $runner:path; $($case:ident),* $(,)?) => {

@@ -71,7 +71,7 @@ pub fn scan_prefix_after_limit_sorted(make: MakeEngine<'_>) {
     assert_eq!(paged, scan_keys(e, G1, "", None, usize::MAX));
 
     // Records come back whole.
-    let got = e.scan(G1, b"c", None, 10, usize::MAX).unwrap();
+    let got = e.scan(G1, b"c", None, 10, usize::MAX, None).unwrap();
     assert_eq!(got, vec![(b"c".to_vec(), record(4, "g1:c"))]);
 }
 
@@ -112,7 +112,7 @@ pub fn scan_stops_at_the_byte_budget_but_returns_one_row(make: MakeEngine<'_>) {
         );
     }
     let keys = |max_bytes: usize| -> Vec<String> {
-        e.scan(G1, b"", None, usize::MAX, max_bytes)
+        e.scan(G1, b"", None, usize::MAX, max_bytes, None)
             .unwrap()
             .into_iter()
             .map(|(k, _)| String::from_utf8(k).unwrap())
@@ -140,8 +140,8 @@ pub fn scan_stops_at_the_byte_budget_but_returns_one_row(make: MakeEngine<'_>) {
         ["a", "b", "c", "d"],
         "short of the budget: no more rows"
     );
-    let page = e.scan(G1, b"", Some(b"a"), 2, 150).unwrap();
+    let page = e.scan(G1, b"", Some(b"a"), 2, 150, None).unwrap();
     assert_eq!(page.len(), 2, "the tighter of limit and budget wins");
-    let page = e.scan(G1, b"", Some(b"a"), 3, 150).unwrap();
+    let page = e.scan(G1, b"", Some(b"a"), 3, 150, None).unwrap();
     assert_eq!(page.len(), 2);
 }
