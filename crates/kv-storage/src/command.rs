@@ -3,25 +3,6 @@
 //! A key's version is the Raft log index of the command that last wrote it. Indexes only grow
 //! within a group and a key never changes group, so versions strictly increase with every write
 //! of a key, across deletes and re-creates too.
-//!
-//! ## Deadlines (per-key TTL)
-//!
-//! Time enters only through the commands: the leader that proposes a time-dependent command
-//! puts its clock reading (`now`, unix ms) and any deadline (`expires_at`, unix ms) in it, so
-//! every replica applying the entry decides the same way, whatever its own clock says.
-//!
-//! - A key whose deadline is at or before a command's `now` is *expired* for that command: its
-//!   conditions see the key as absent, a [`Command::TimedPut`] replaces it (a new version, as
-//!   for any write), a [`Command::TimedDelete`] or [`Command::Refresh`] answers
-//!   [`Outcome::NotFound`] and leaves it in place. Only [`Command::Expire`] removes an expired
-//!   record (or a later put overwrites it), so every disappearance by time is one log entry.
-//! - The untimed [`Command::Put`] and [`Command::Delete`] (entries from before TTLs) have no
-//!   clock: they see every stored record as present. A `Put` makes the key permanent.
-//! - The expirer (the partition leader) asks the engine for [`crate::Engine::expired`] keys
-//!   and proposes one `Expire { key, version, now }` per key. It removes the key only if the
-//!   key still has exactly that version and a deadline at or before the entry's `now`: a
-//!   rewrite in between changes the version, a refresh in between moves the deadline past
-//!   `now` (`now` of the refresh plus a positive TTL), and either way the key survives.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +10,25 @@ use crate::record::{Head, Record, MAX_VERSION};
 use crate::Result;
 
 /// A client write, as carried in a Raft log entry.
+///
+/// ## Deadlines (per-key TTL)
+///
+/// Time enters only through the commands: the leader that proposes a time-dependent command
+/// puts its clock reading (`now`, unix ms) and any deadline (`expires_at`, unix ms) in it, so
+/// every replica applying the entry decides the same way, whatever its own clock says.
+///
+/// - A key whose deadline is at or before a command's `now` is *expired* for that command: its
+///   conditions see the key as absent, a [`Command::TimedPut`] replaces it (a new version, as
+///   for any write), a [`Command::TimedDelete`] or [`Command::Refresh`] answers
+///   [`Outcome::NotFound`] and leaves it in place. Only [`Command::Expire`] removes an expired
+///   record (or a later put overwrites it), so every disappearance by time is one log entry.
+/// - The untimed [`Command::Put`] and [`Command::Delete`] (entries from before TTLs) have no
+///   clock: they see every stored record as present. A `Put` makes the key permanent.
+/// - The expirer (the partition leader) asks the engine for [`crate::Engine::expired`] keys
+///   and proposes one `Expire { key, version, now }` per key. It removes the key only if the
+///   key still has exactly that version and a deadline at or before the entry's `now`: a
+///   rewrite in between changes the version, a refresh in between moves the deadline past
+///   `now` (`now` of the refresh plus a positive TTL), and either way the key survives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Write `value` under `key` if `cond` holds.

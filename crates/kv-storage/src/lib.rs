@@ -11,6 +11,12 @@
 //! writes are queued (from many groups) in one transaction, so concurrent writers share one fsync
 //! (group commit). Reads run on tokio's blocking pool via [`Store::read`]; nothing here blocks an
 //! async worker thread.
+//!
+//! Per-key TTLs are part of the state machine too: a [`Record`] may carry a deadline set by a
+//! [`Command::TimedPut`] or [`Command::Refresh`], removed by a [`Command::Expire`] that the
+//! partition leader proposes for the keys [`Engine::expired`] lists. Storage never reads a
+//! clock; every time it compares against comes from a command or from the caller (the rules
+//! are on [`Command`]).
 
 mod command;
 mod engine;

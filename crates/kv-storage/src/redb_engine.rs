@@ -663,4 +663,89 @@ mod tests {
         );
         assert_eq!(engine.groups().unwrap(), vec![]);
     }
+
+    /// A file as the first version left it: no `expiry` table, records without deadlines.
+    #[test]
+    fn a_file_from_before_deadlines_opens_with_an_exact_empty_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                txn.open_table(LOG).unwrap();
+                txn.open_table(META).unwrap();
+                txn.open_table(SESSIONS).unwrap();
+                let mut kv = txn.open_table(KV).unwrap();
+                // Version 5, "hi", as the first `Record::encode` wrote it.
+                kv.insert((1, &b"old"[..]), &[5, 0, 0, 0, 0, 0, 0, 0, b'h', b'i'][..])
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let engine = RedbEngine::open(&path).unwrap();
+        let g = GroupId(1);
+        assert_eq!(engine.get(g, b"old").unwrap(), Some(Record::new(5, "hi")));
+        assert_eq!(engine.next_deadline(g).unwrap(), None);
+        assert_eq!(
+            engine
+                .scan(g, b"", None, 10, usize::MAX, Some(u64::MAX))
+                .unwrap(),
+            vec![(b"old".to_vec(), Record::new(5, "hi"))],
+            "a permanent key is live at any time"
+        );
+        // The old record takes part in the new commands like any other.
+        let refresh = Command::Refresh {
+            key: b"old".to_vec(),
+            expires_at: 100,
+            cond: Condition::Version(5),
+            now: 50,
+        };
+        let outcomes = engine
+            .write(&[WriteBatch::new(g, true).op(Op::Apply {
+                commands: vec![(6, refresh)],
+                applied: vec![6],
+            })])
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [[Outcome::Refreshed {
+                version: 5,
+                expires_at: 100
+            }]]
+        );
+        assert_eq!(engine.expired(g, 100, 10).unwrap(), [(b"old".to_vec(), 5)]);
+    }
+
+    #[test]
+    fn a_record_with_a_truncated_deadline_is_corrupt_not_permanent() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RedbEngine::open(&dir.path().join("node.redb")).unwrap();
+        let mut bytes = Record {
+            expires_at: Some(9),
+            ..Record::new(3, "")
+        }
+        .encode();
+        bytes.truncate(12);
+        engine
+            .write_txn(Durability::Immediate, |txn| {
+                let mut kv = txn.open_table(KV).map_err(backend)?;
+                kv.insert((1, &b"k"[..]), bytes.as_slice())
+                    .map_err(backend)?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(matches!(
+            engine.get(GroupId(1), b"k"),
+            Err(StorageError::Corrupt(_))
+        ));
+        let overwrite = WriteBatch::new(GroupId(1), true).op(Op::Apply {
+            commands: vec![(4, put("k"))],
+            applied: vec![4],
+        });
+        assert!(
+            matches!(engine.write(&[overwrite]), Err(StorageError::Corrupt(_))),
+            "the index entry of a record that does not decode cannot be found"
+        );
+    }
 }

@@ -229,3 +229,46 @@ fn redb_store_dropped_outside_a_runtime_releases_the_file() {
     }
     assert_durable_batch_is_there(&RedbEngine::open(&path).unwrap());
 }
+
+#[test]
+fn redb_deadlines_and_their_index_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let ttl_put = |key: &str, expires_at| Command::TimedPut {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        expires_at: Some(expires_at),
+        cond: Condition::Always,
+        now: 0,
+    };
+    {
+        let engine = RedbEngine::open(&path).unwrap();
+        let batch = WriteBatch::new(G, true).op(Op::Apply {
+            commands: vec![(1, ttl_put("late", 200)), (2, ttl_put("early", 100))],
+            applied: b"2".to_vec(),
+        });
+        engine.write(&[batch]).unwrap();
+    }
+    let engine = RedbEngine::open(&path).unwrap();
+    assert_eq!(
+        engine.get(G, b"early").unwrap(),
+        Some(Record {
+            expires_at: Some(100),
+            ..Record::new(2, "v")
+        })
+    );
+    assert_eq!(engine.next_deadline(G).unwrap(), Some(100));
+    assert_eq!(
+        engine.expired(G, 150, 10).unwrap(),
+        vec![(b"early".to_vec(), 2)]
+    );
+    kv_storage::testing::assert_expiry_index_exact(&engine, G);
+    // An expired key stays expired after the restart: reads with the clock skip it.
+    assert_eq!(
+        engine
+            .scan(G, b"", None, 10, usize::MAX, Some(150))
+            .unwrap()
+            .len(),
+        1
+    );
+}
