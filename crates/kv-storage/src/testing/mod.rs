@@ -14,17 +14,19 @@ use std::sync::Arc;
 use crate::Engine;
 
 mod apply;
-mod expiry;
+mod expiry_index;
 pub(crate) mod fixtures;
 mod group_data;
 mod log;
 mod scan;
+mod ttl;
 
 pub use apply::*;
-pub use expiry::*;
+pub use expiry_index::*;
 pub use group_data::*;
 pub use log::*;
 pub use scan::*;
+pub use ttl::*;
 
 /// Makes a fresh, empty engine.
 pub type MakeEngine<'a> = &'a dyn Fn() -> Arc<dyn Engine>;
