@@ -38,6 +38,7 @@ mod state;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod tls;
+mod ttl;
 pub mod wire;
 
 use std::net::SocketAddr;

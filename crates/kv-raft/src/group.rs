@@ -601,7 +601,8 @@ impl Group {
     }
 
     /// Up to `limit` keys with `prefix` after `after`, ascending, and at most about `max_bytes`
-    /// of keys and values (at least one row; see [`kv_storage::Engine::scan`]).
+    /// of keys and values (at least one row; see [`kv_storage::Engine::scan`]). With
+    /// `live_at: Some(now)` (unix ms), keys whose deadline has passed by then are left out.
     pub async fn scan(
         &self,
         prefix: Vec<u8>,
@@ -609,6 +610,7 @@ impl Group {
         limit: usize,
         max_bytes: usize,
         stale: bool,
+        live_at: Option<u64>,
     ) -> Result<Vec<(Vec<u8>, Record)>, GroupError> {
         if !stale {
             self.read_barrier().await?;
@@ -616,8 +618,24 @@ impl Group {
         let group = self.id;
         Ok(self
             .store
-            // Expired keys are not hidden yet: kv-node passes no clock here so far.
-            .read(move |e| e.scan(group, &prefix, after.as_deref(), limit, max_bytes, None))
+            .read(move |e| e.scan(group, &prefix, after.as_deref(), limit, max_bytes, live_at))
+            .await?)
+    }
+
+    /// The earliest deadline (unix ms) of any key of this replica, expired or not.
+    pub async fn next_deadline(&self) -> Result<Option<u64>, GroupError> {
+        let group = self.id;
+        Ok(self.store.read(move |e| e.next_deadline(group)).await?)
+    }
+
+    /// Up to `limit` keys of this replica whose deadline is at or before `now` (unix ms),
+    /// earliest first, each with its version: what the leader proposes
+    /// [`Command::Expire`](kv_storage::Command::Expire) for.
+    pub async fn expired(&self, now: u64, limit: usize) -> Result<Vec<(Vec<u8>, u64)>, GroupError> {
+        let group = self.id;
+        Ok(self
+            .store
+            .read(move |e| e.expired(group, now, limit))
             .await?)
     }
 

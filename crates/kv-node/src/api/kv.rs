@@ -14,8 +14,8 @@ use axum::Extension;
 use axum::Json;
 use base64::Engine as _;
 use kv_client::api::{
-    DeleteResult, ScanItem, ScanResult, WriteResult, HEADER_CONSISTENCY, HEADER_NODE,
-    HEADER_PARTITION,
+    DeleteResult, RefreshResult, ScanItem, ScanResult, WriteResult, HEADER_CONSISTENCY,
+    HEADER_NODE, HEADER_PARTITION, HEADER_TTL_REMAINING,
 };
 use kv_raft::{Command, Condition, Outcome};
 use kv_raft::{Group, GroupError};
@@ -227,11 +227,19 @@ pub struct ReadParams {
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
+/// Query parameters of `PUT /v1/kv/{key}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutParams {
+    /// The key expires this long after the write (`30s`), unless refreshed or rewritten.
+    ttl: Option<String>,
+}
+
 pub async fn put_key(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     KeyPath(key): KeyPath,
-    Params(NoParams {}): Params<NoParams>,
+    Params(params): Params<PutParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -241,6 +249,7 @@ pub async fn put_key(
     check_routed(&st, &headers, &key)?;
     let cond = precondition(&headers, true)?;
     let session = session(&headers)?;
+    let ttl_ms = params.ttl.as_deref().map(crate::ttl::parse).transpose()?;
     let value = crate::api::body::read_limited(
         &headers,
         body,
@@ -249,11 +258,66 @@ pub async fn put_key(
         "value",
     )
     .await?;
-    let op = KeyOp::Put {
+    let op = match ttl_ms {
+        None => KeyOp::Put {
+            key,
+            value: value.to_vec(),
+            cond,
+            session,
+        },
+        Some(ttl_ms) => KeyOp::PutTtl {
+            key,
+            value: value.to_vec(),
+            cond,
+            session,
+            ttl_ms,
+        },
+    };
+    execute(&st, op, 0, &access).await
+}
+
+/// Query parameters of `POST /v1/kv/{key}/refresh`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshParams {
+    /// The new time to live, from now.
+    ttl: Option<String>,
+}
+
+/// The path suffix that makes a `POST` on a key a refresh of its time to live.
+const REFRESH_SUFFIX: &str = "/refresh";
+
+/// `POST /v1/kv/{key}/refresh?ttl=30s`: give a live key a new time to live from now, keeping
+/// its value and version (`If-Match` may name the version). `404` if the key does not exist
+/// or has expired. Any other `POST` on a key is `405`, as before.
+pub async fn post_key(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    KeyPath(path): KeyPath,
+    Params(params): Params<RefreshParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(key) = path.strip_suffix(REFRESH_SUFFIX) else {
+        return Err(ApiError::MethodNotAllowed);
+    };
+    let access = caller.access(Role::Readwrite)?;
+    let key = validate_key(key.to_owned())?;
+    access.require(Role::Readwrite, Some(&key))?;
+    check_routed(&st, &headers, &key)?;
+    let ttl_ms = match params.ttl.as_deref() {
+        Some(text) => crate::ttl::parse(text)?,
+        None => {
+            return Err(ApiError::bad_request(
+                "invalid_ttl",
+                "a refresh needs ?ttl= (e.g. ?ttl=30s)",
+            ))
+        }
+    };
+    let op = KeyOp::Refresh {
         key,
-        value: value.to_vec(),
-        cond,
-        session,
+        cond: precondition(&headers, false)?,
+        session: session(&headers)?,
+        ttl_ms,
     };
     execute(&st, op, 0, &access).await
 }
@@ -307,23 +371,30 @@ pub async fn execute(
     hops: u32,
     access: &Access,
 ) -> Result<Response, ApiError> {
-    let (key, role) = match &op {
-        KeyOp::Get { key, .. } => (key, Role::Readonly),
-        KeyOp::Put { key, .. } | KeyOp::Delete { key, .. } => (key, Role::Readwrite),
-        KeyOp::ScanPage(_) => {
-            return Err(ApiError::Internal(
-                "a scan page is not a key operation".into(),
-            ))
-        }
+    let role = match &op {
+        KeyOp::Get { .. } => Role::Readonly,
+        _ => Role::Readwrite,
+    };
+    let Some(key) = op.key() else {
+        return Err(ApiError::Internal(
+            "a scan page is not a key operation".into(),
+        ));
     };
     access.require(role, Some(key))?;
     let p = st.layout().partition_of(key);
+    let gives_deadline = matches!(op, KeyOp::PutTtl { .. } | KeyOp::Refresh { .. });
     let me = st.config.id;
     let local_op = op.clone();
+    let expiry = st.expiry.clone();
     serve(st, p, &op, hops, access, move |group| {
         let local_op = local_op.clone();
+        let expiry = expiry.clone();
         async move {
             let mut resp = on_replica(group, local_op).await?;
+            // This node led the write: its expirer may have an earlier deadline to keep.
+            if gives_deadline && resp.status().is_success() {
+                expiry.notify_one();
+            }
             let h = resp.headers_mut();
             h.insert(HEADER_PARTITION, HeaderValue::from(p.0));
             h.insert(HEADER_NODE, HeaderValue::from(me));
@@ -333,12 +404,25 @@ pub async fn execute(
     .await
 }
 
-/// Run a key operation on this node's replica of its partition.
+/// Run a key operation on this node's replica of its partition. Writes run on the leader
+/// (routing sends them there), so `now` is the leader's clock: the time the commands carry,
+/// from which deadlines are computed and by which conditions see a key as expired.
 async fn on_replica(group: Group, op: KeyOp) -> Result<Response, GroupError> {
-    match op {
+    let now = crate::ttl::now_ms();
+    let name = |key: &[u8]| String::from_utf8_lossy(key).into_owned();
+    let (key, session, cmd) = match op {
         KeyOp::Get { key, stale } => {
             let record = group.get(key.clone(), stale).await?;
-            Ok(read_response(&key, record, stale))
+            // Whether a key with a deadline still lives is the leader's clock's call: a
+            // follower's read of one is answered by the leader.
+            let timed = record.as_ref().is_some_and(|r| r.expires_at.is_some());
+            if !stale && timed && !group.is_leader() {
+                return Err(GroupError::NotLeader {
+                    leader: group.leader(),
+                });
+            }
+            let record = record.filter(|r| r.live_at(now));
+            return Ok(read_response(&key, record, stale, now));
         }
         KeyOp::Put {
             key,
@@ -346,32 +430,57 @@ async fn on_replica(group: Group, op: KeyOp) -> Result<Response, GroupError> {
             cond,
             session,
         } => {
-            let name = String::from_utf8_lossy(&key).into_owned();
-            let cmd = once(
-                session,
-                Command::Put {
-                    key,
-                    value,
-                    cond: condition(cond),
-                },
-            );
-            let (outcome, _) = group.write(cmd).await?;
-            Ok(write_response(name, outcome))
+            let cmd = Command::TimedPut {
+                key: key.clone(),
+                value,
+                expires_at: None,
+                cond: condition(cond),
+                now,
+            };
+            (key, session, cmd)
+        }
+        KeyOp::PutTtl {
+            key,
+            value,
+            cond,
+            session,
+            ttl_ms,
+        } => {
+            let cmd = Command::TimedPut {
+                key: key.clone(),
+                value,
+                expires_at: Some(now.saturating_add(ttl_ms)),
+                cond: condition(cond),
+                now,
+            };
+            (key, session, cmd)
         }
         KeyOp::Delete { key, cond, session } => {
-            let name = String::from_utf8_lossy(&key).into_owned();
-            let cmd = once(
-                session,
-                Command::Delete {
-                    key,
-                    cond: condition(cond),
-                },
-            );
-            let (outcome, _) = group.write(cmd).await?;
-            Ok(write_response(name, outcome))
+            let cmd = Command::TimedDelete {
+                key: key.clone(),
+                cond: condition(cond),
+                now,
+            };
+            (key, session, cmd)
         }
-        KeyOp::ScanPage(_) => Err(GroupError::BadRequest("not a key operation".into())),
-    }
+        KeyOp::Refresh {
+            key,
+            cond,
+            session,
+            ttl_ms,
+        } => {
+            let cmd = Command::Refresh {
+                key: key.clone(),
+                expires_at: now.saturating_add(ttl_ms),
+                cond: condition(cond),
+                now,
+            };
+            (key, session, cmd)
+        }
+        KeyOp::ScanPage(_) => return Err(GroupError::BadRequest("not a key operation".into())),
+    };
+    let (outcome, _) = group.write(once(session, cmd)).await?;
+    Ok(write_response(name(&key), outcome, now))
 }
 
 fn condition(cond: Precondition) -> Condition {
@@ -395,7 +504,7 @@ fn once(session: Option<Session>, cmd: Command) -> Command {
     }
 }
 
-fn read_response(key: &[u8], record: Option<kv_raft::Record>, stale: bool) -> Response {
+fn read_response(key: &[u8], record: Option<kv_raft::Record>, stale: bool, now: u64) -> Response {
     let consistency = HeaderValue::from_static(if stale { "stale" } else { "linearizable" });
     let mut resp = match record {
         Some(r) => {
@@ -407,6 +516,12 @@ fn read_response(key: &[u8], record: Option<kv_raft::Record>, stale: bool) -> Re
             );
             if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", r.version)) {
                 h.insert(header::ETAG, etag);
+            }
+            if let Some(deadline) = r.expires_at {
+                h.insert(
+                    HEADER_TTL_REMAINING,
+                    HeaderValue::from(crate::ttl::remaining_secs(deadline, now)),
+                );
             }
             resp
         }
@@ -420,7 +535,7 @@ fn read_response(key: &[u8], record: Option<kv_raft::Record>, stale: bool) -> Re
     resp
 }
 
-fn write_response(key: String, outcome: Outcome) -> Response {
+fn write_response(key: String, outcome: Outcome, now: u64) -> Response {
     match outcome {
         Outcome::Written { version } => Json(WriteResult { key, version }).into_response(),
         Outcome::Deleted { version } => Json(DeleteResult {
@@ -437,8 +552,16 @@ fn write_response(key: String, outcome: Outcome) -> Response {
         Outcome::PreconditionFailed { current } => {
             ApiError::PreconditionFailed { current }.into_response()
         }
-        // Answers to TTL commands, which this API does not propose yet.
-        Outcome::Refreshed { version, .. } => Json(WriteResult { key, version }).into_response(),
+        Outcome::Refreshed {
+            version,
+            expires_at,
+        } => Json(RefreshResult {
+            key,
+            version,
+            ttl_ms: expires_at.saturating_sub(now),
+        })
+        .into_response(),
+        // Only the expirer proposes expiries; answered as the delete it is.
         Outcome::Expired { version } => Json(DeleteResult {
             key,
             deleted: true,
@@ -543,9 +666,26 @@ pub async fn scan_page(
             let max_bytes = usize::try_from(req.max_bytes).unwrap_or(usize::MAX);
             // One more than asked: tells whether the partition holds more.
             let start_after = req.start_after.map(|c| c.into_vec());
+            // Keys past their deadline by this node's clock are left out; a follower's
+            // linearizable page holding keys with deadlines is the leader's to answer, by its
+            // clock (as for a read of one key).
+            let leads = group.is_leader();
+            let live_at = (req.stale || leads).then(crate::ttl::now_ms);
             let mut rows = group
-                .scan(req.prefix, start_after, limit + 1, max_bytes, req.stale)
+                .scan(
+                    req.prefix,
+                    start_after,
+                    limit + 1,
+                    max_bytes,
+                    req.stale,
+                    live_at,
+                )
                 .await?;
+            if live_at.is_none() && rows.iter().any(|(_, r)| r.expires_at.is_some()) {
+                return Err(GroupError::NotLeader {
+                    leader: group.leader(),
+                });
+            }
             let more = rows.len() > limit
                 || rows
                     .iter()

@@ -48,7 +48,10 @@ pub fn router(state: AppState, surface: Surface) -> Router {
     let keys = Router::new()
         .route(
             "/v1/kv/{*key}",
-            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
+            get(kv::get_key)
+                .put(kv::put_key)
+                .delete(kv::delete_key)
+                .post(kv::post_key),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

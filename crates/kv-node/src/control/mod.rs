@@ -10,6 +10,7 @@
 //! | noticing this node's removal while it was away | [`own_membership`] | — | 2 s (nothing reaches a removed node) |
 //! | publishing this node's client address | [`own_membership`] | a new map epoch | 1 s (a retry) |
 //! | joining (`--join`) | [`own_membership`] | — | retries with backoff until it has joined |
+//! | expiring keys past their deadline on the partitions this node leads | [`expiry`] | the earliest deadline, a write here that gave a key one | 1 s (a leadership gained) |
 //!
 //! The cluster map itself is [`map`]; membership changes on the metadata leader are
 //! [`membership`]; [`peers`] asks other members outside Raft (health, identity, views).
@@ -22,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::state::AppState;
 
 mod balance;
+mod expiry;
 mod map;
 mod membership;
 mod metadata;
@@ -50,6 +52,7 @@ impl Control {
         jobs.spawn(metadata::run(st.clone(), stopped.clone()));
         jobs.spawn(moves::job(st.clone(), stopped.clone()));
         jobs.spawn(balance::run(st.clone(), stopped.clone()));
+        jobs.spawn(expiry::run(st.clone(), stopped.clone()));
         jobs.spawn(own_membership::watch_removal(st.clone(), stopped.clone()));
         jobs.spawn(own_membership::publish_client_addr(
             st.clone(),

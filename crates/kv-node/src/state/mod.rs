@@ -39,6 +39,9 @@ pub struct AppState {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// The channels that carry forwarded operations to each peer.
     pub forwarding: crate::routing::channel::OpChannels,
+    /// Wakes the expirer (`control::expiry`): this node led a write that gave a key a
+    /// deadline, which may come before any it was waiting for.
+    pub(crate) expiry: Arc<tokio::sync::Notify>,
 }
 
 /// One-off background tasks of a node (each ends by itself; shutdown aborts the rest).
@@ -82,6 +85,7 @@ impl AppState {
             cluster_id: Arc::default(),
             auth,
             forwarding: crate::routing::channel::OpChannels::new(http.clone(), tls.is_some()),
+            expiry: Arc::default(),
             http,
             tls,
         }

@@ -110,6 +110,26 @@ pub enum KeyOp {
     },
     /// One partition's share of a scan.
     ScanPage(PageRequest),
+    // Added later: postcard encodes the variant's index, so new ones only go at the end.
+    /// A put whose key expires `ttl_ms` after the partition leader proposes it.
+    PutTtl {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        cond: Precondition,
+        session: Option<Session>,
+        ttl_ms: u64,
+    },
+    /// Give a live key a new time to live, `ttl_ms` from when the leader proposes it, keeping
+    /// its value and version.
+    Refresh {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        cond: Precondition,
+        session: Option<Session>,
+        ttl_ms: u64,
+    },
 }
 
 /// A page of one partition's keys with a prefix, after a cursor.
@@ -163,11 +183,24 @@ impl KeyOp {
 
     /// The partition it is for, by `layout`.
     pub fn partition(&self, layout: &Layout) -> PartitionId {
+        match self.key() {
+            Some(key) => layout.partition_of(key),
+            None => match self {
+                KeyOp::ScanPage(page) => PartitionId(page.partition),
+                _ => PartitionId(0),
+            },
+        }
+    }
+
+    /// The key it is for (none for a scan page).
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
-            KeyOp::Get { key, .. } | KeyOp::Put { key, .. } | KeyOp::Delete { key, .. } => {
-                layout.partition_of(key)
-            }
-            KeyOp::ScanPage(page) => PartitionId(page.partition),
+            KeyOp::Get { key, .. }
+            | KeyOp::Put { key, .. }
+            | KeyOp::Delete { key, .. }
+            | KeyOp::PutTtl { key, .. }
+            | KeyOp::Refresh { key, .. } => Some(key),
+            KeyOp::ScanPage(_) => None,
         }
     }
 
@@ -177,7 +210,10 @@ impl KeyOp {
         match self {
             KeyOp::Get { stale, .. } => !stale,
             KeyOp::ScanPage(page) => !page.stale,
-            KeyOp::Put { .. } | KeyOp::Delete { .. } => true,
+            KeyOp::Put { .. }
+            | KeyOp::Delete { .. }
+            | KeyOp::PutTtl { .. }
+            | KeyOp::Refresh { .. } => true,
         }
     }
 }
@@ -212,8 +248,35 @@ impl Forwarded {
                 ),
             ));
         }
+        let ttl = |ttl_ms: u64| {
+            if crate::ttl::valid(ttl_ms) {
+                Ok(())
+            } else {
+                Err(ApiError::bad_request(
+                    "invalid_forward",
+                    format!("a time to live of {ttl_ms} ms is out of range"),
+                ))
+            }
+        };
         match &self.op {
             KeyOp::Get { key, .. } | KeyOp::Delete { key, .. } => check_key(key),
+            KeyOp::Refresh { key, ttl_ms, .. } => {
+                check_key(key)?;
+                ttl(*ttl_ms)
+            }
+            KeyOp::PutTtl {
+                key, value, ttl_ms, ..
+            } => {
+                check_key(key)?;
+                ttl(*ttl_ms)?;
+                if value.len() > config.max_value_bytes {
+                    return Err(ApiError::TooLarge(format!(
+                        "value exceeds the limit of {} bytes",
+                        config.max_value_bytes
+                    )));
+                }
+                Ok(())
+            }
             KeyOp::Put { key, value, .. } => {
                 check_key(key)?;
                 if value.len() > config.max_value_bytes {
