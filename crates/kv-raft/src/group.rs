@@ -47,6 +47,8 @@ pub struct Group {
     pub(crate) proposer: Arc<Proposer>,
     /// Whether the group is quiet, as leader or follower (see `quiesce`).
     pub(crate) quiet: Arc<Quiet>,
+    /// Set by the state machine once a key with a deadline is applied or installed.
+    pub(crate) deadlines: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A proposal handed to openraft, waiting for its commit.
@@ -620,6 +622,13 @@ impl Group {
             .store
             .read(move |e| e.scan(group, &prefix, after.as_deref(), limit, max_bytes, live_at))
             .await?)
+    }
+
+    /// Whether any key of this replica may have a deadline (a time to live): false until one is
+    /// applied here or arrives in a snapshot. Until then the untimed commands (`Put`,
+    /// `Delete`, which nodes from before TTLs also apply) mean the same as the timed ones.
+    pub fn has_deadlines(&self) -> bool {
+        self.deadlines.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The earliest deadline (unix ms) of any key of this replica, expired or not.

@@ -237,6 +237,7 @@ impl RaftHost {
         let mut log = LogStore::new(id, self.store.clone());
         let restored = self.restored_leadership(&mut log).await?;
         let sm = StateMachine::open(id, self.store.clone(), &self.snapshot_root).await?;
+        let deadlines = sm.deadlines();
         let raft = Raft::new(
             self.node_id,
             self.config.clone(),
@@ -265,6 +266,7 @@ impl RaftHost {
             reads: Arc::new(ReadBatcher::new(Rounds::Leader)),
             follower_reads: Arc::new(ReadBatcher::new(Rounds::Follower)),
             proposer: Arc::default(),
+            deadlines,
         };
         self.groups
             .write()

@@ -25,6 +25,9 @@ pub struct StateMachine {
     membership: Membership,
     /// The file `begin_receiving_snapshot` handed out, renamed into place on install.
     incoming: std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>,
+    /// Whether any key of the group may have a deadline (see [`crate::Group::has_deadlines`]):
+    /// set when one is applied or installed, never cleared while the group runs.
+    deadlines: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StateMachine {
@@ -43,12 +46,14 @@ impl StateMachine {
                 let _ = tokio::fs::remove_file(entry.path()).await;
             }
         }
+        let has_deadlines = store.read(move |e| e.next_deadline(group)).await?.is_some();
         let mut sm = StateMachine {
             group,
             store,
             dir,
             membership: Membership::default(),
             incoming: Default::default(),
+            deadlines: std::sync::Arc::new(has_deadlines.into()),
         };
         // An unreadable marker must stop the group: defaulting would later persist an empty
         // membership over the real one.
@@ -58,6 +63,11 @@ impl StateMachine {
             .map_err(|e| kv_storage::StorageError::Backend(e.to_string()))?
             .membership;
         Ok(sm)
+    }
+
+    /// The flag [`crate::Group::has_deadlines`] reads.
+    pub(crate) fn deadlines(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.deadlines.clone()
     }
 
     async fn applied(&self) -> Result<Applied, StorageIoError> {
@@ -174,6 +184,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
+/// Whether applying `cmd` may leave a key with a deadline.
+fn gives_deadline(cmd: &Command) -> bool {
+    match cmd {
+        Command::TimedPut { expires_at, .. } => expires_at.is_some(),
+        Command::Refresh { .. } => true,
+        Command::Once { command, .. } => gives_deadline(command),
+        _ => false,
+    }
+}
+
 /// Where an applied entry's answer comes from, among the outcomes of its commands.
 enum Slot {
     None,
@@ -223,6 +243,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if last.is_none() {
             return Ok(Vec::new());
+        }
+        if commands.iter().any(|(_, cmd)| gives_deadline(cmd)) {
+            self.deadlines
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         let applied = Applied {
             last_applied: last,
@@ -320,9 +344,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Ok(keys)
             })
             .await
-            .map_err(|e| sto_err(subject, ErrorVerb::Write, e))?;
+            .map_err(|e| sto_err(subject.clone(), ErrorVerb::Write, e))?;
         self.membership = meta.last_membership.clone();
         self.set_current(meta).await?;
+        if self
+            .store
+            .read(move |e| e.next_deadline(group))
+            .await
+            .map_err(|e| sto_err(subject, ErrorVerb::Read, e))?
+            .is_some()
+        {
+            self.deadlines
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         tracing::info!(%group, id = %meta.snapshot_id, keys, "installed snapshot");
         Ok(())
     }

@@ -410,6 +410,12 @@ pub async fn execute(
 async fn on_replica(group: Group, op: KeyOp) -> Result<Response, GroupError> {
     let now = crate::ttl::now_ms();
     let name = |key: &[u8]| String::from_utf8_lossy(key).into_owned();
+    // Until the partition holds a key with a deadline, a put or delete without one proposes
+    // the untimed command: it means the same there, and nodes from before TTLs apply it, so a
+    // cluster that uses no TTLs can be upgraded node by node. (A TTL written but not yet
+    // applied here when a later write checks is at least `MIN_TTL` from expiring, so the
+    // untimed write still sees it as the timed one would.)
+    let timed = group.has_deadlines();
     let (key, session, cmd) = match op {
         KeyOp::Get { key, stale } => {
             let record = group.get(key.clone(), stale).await?;
@@ -430,12 +436,20 @@ async fn on_replica(group: Group, op: KeyOp) -> Result<Response, GroupError> {
             cond,
             session,
         } => {
-            let cmd = Command::TimedPut {
-                key: key.clone(),
-                value,
-                expires_at: None,
-                cond: condition(cond),
-                now,
+            let cmd = if timed {
+                Command::TimedPut {
+                    key: key.clone(),
+                    value,
+                    expires_at: None,
+                    cond: condition(cond),
+                    now,
+                }
+            } else {
+                Command::Put {
+                    key: key.clone(),
+                    value,
+                    cond: condition(cond),
+                }
             };
             (key, session, cmd)
         }
@@ -456,10 +470,17 @@ async fn on_replica(group: Group, op: KeyOp) -> Result<Response, GroupError> {
             (key, session, cmd)
         }
         KeyOp::Delete { key, cond, session } => {
-            let cmd = Command::TimedDelete {
-                key: key.clone(),
-                cond: condition(cond),
-                now,
+            let cmd = if timed {
+                Command::TimedDelete {
+                    key: key.clone(),
+                    cond: condition(cond),
+                    now,
+                }
+            } else {
+                Command::Delete {
+                    key: key.clone(),
+                    cond: condition(cond),
+                }
             };
             (key, session, cmd)
         }
