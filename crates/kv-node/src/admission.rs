@@ -22,7 +22,13 @@ pub struct Admission {
     scans: Arc<Semaphore>,
     /// Cluster status and membership changes.
     admin: Arc<Semaphore>,
+    /// Blocking reads (`?wait=`), from clients or forwarded: they mostly wait, so they have
+    /// a gate of their own instead of holding the others' room.
+    waits: Arc<Semaphore>,
 }
+
+/// Blocking reads waiting at once on one node.
+pub const MAX_WAITING_READS: usize = 4096;
 
 /// Cluster status pages and membership changes served at once.
 const MAX_ADMIN: usize = 16;
@@ -34,6 +40,7 @@ impl Admission {
             forwarded: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             scans: Arc::new(Semaphore::new(limits.max_concurrent_scans)),
             admin: Arc::new(Semaphore::new(MAX_ADMIN)),
+            waits: Arc::new(Semaphore::new(MAX_WAITING_READS)),
         }
     }
 }
@@ -42,6 +49,11 @@ impl Admission {
     /// Room for one more forwarded operation (one of a batch), or the `429` it gets.
     pub fn try_forwarded(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         try_admit(&self.forwarded, "forwarded operations")
+    }
+
+    /// Room for one more blocking read, or the `429` it gets.
+    pub fn try_wait(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        try_admit(&self.waits, "blocking reads")
     }
 }
 
@@ -64,7 +76,15 @@ async fn admit(gate: &Arc<Semaphore>, what: &'static str, req: Request, next: Ne
 impl Admission {
     /// Run a key request from a client through its gate.
     pub(crate) async fn requests(&self, req: Request, next: Next) -> Response {
-        admit(&self.requests, "requests", req, next).await
+        let blocking = req.method() == axum::http::Method::GET
+            && req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p.starts_with("wait=")));
+        match blocking {
+            true => admit(&self.waits, "blocking reads", req, next).await,
+            false => admit(&self.requests, "requests", req, next).await,
+        }
     }
 
     /// Run a single forwarded operation through its gate.

@@ -49,6 +49,8 @@ pub struct Group {
     pub(crate) quiet: Arc<Quiet>,
     /// Set by the state machine once a key with a deadline is applied or installed.
     pub(crate) deadlines: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests waiting for a key to change, woken by the state machine.
+    pub(crate) waiters: Arc<crate::key_waiters::KeyWaiters>,
 }
 
 /// A proposal handed to openraft, waiting for its commit.
@@ -622,6 +624,13 @@ impl Group {
             .store
             .read(move |e| e.scan(group, &prefix, after.as_deref(), limit, max_bytes, live_at))
             .await?)
+    }
+
+    /// Wait for changes of `key` on this replica: while the guard lives,
+    /// [`KeyWait::next_change`](crate::KeyWait::next_change) wakes once a command on the key
+    /// has been applied here. Register, look at the key, then wait: nothing is missed.
+    pub fn wait_on(&self, key: &[u8]) -> crate::KeyWait {
+        self.waiters.wait_on(key)
     }
 
     /// Whether any key of this replica may have a deadline (a time to live): false until one is

@@ -238,6 +238,7 @@ impl RaftHost {
         let restored = self.restored_leadership(&mut log).await?;
         let sm = StateMachine::open(id, self.store.clone(), &self.snapshot_root).await?;
         let deadlines = sm.deadlines();
+        let waiters = sm.waiters();
         let raft = Raft::new(
             self.node_id,
             self.config.clone(),
@@ -267,6 +268,7 @@ impl RaftHost {
             follower_reads: Arc::new(ReadBatcher::new(Rounds::Follower)),
             proposer: Arc::default(),
             deadlines,
+            waiters,
         };
         self.groups
             .write()

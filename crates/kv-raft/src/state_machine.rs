@@ -28,6 +28,8 @@ pub struct StateMachine {
     /// Whether any key of the group may have a deadline (see [`crate::Group::has_deadlines`]):
     /// set when one is applied or installed, never cleared while the group runs.
     deadlines: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Requests waiting for a key to change (see [`crate::Group::wait_on`]).
+    waiters: std::sync::Arc<crate::key_waiters::KeyWaiters>,
 }
 
 impl StateMachine {
@@ -54,6 +56,7 @@ impl StateMachine {
             membership: Membership::default(),
             incoming: Default::default(),
             deadlines: std::sync::Arc::new(has_deadlines.into()),
+            waiters: Default::default(),
         };
         // An unreadable marker must stop the group: defaulting would later persist an empty
         // membership over the real one.
@@ -63,6 +66,11 @@ impl StateMachine {
             .map_err(|e| kv_storage::StorageError::Backend(e.to_string()))?
             .membership;
         Ok(sm)
+    }
+
+    /// The waiters [`crate::Group::wait_on`] registers with.
+    pub(crate) fn waiters(&self) -> std::sync::Arc<crate::key_waiters::KeyWaiters> {
+        self.waiters.clone()
     }
 
     /// The flag [`crate::Group::has_deadlines`] reads.
@@ -254,6 +262,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let applied = encode(&applied)
             .map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        let changed: Vec<Vec<u8>> = match self.waiters.any() {
+            true => commands.iter().map(|(_, cmd)| cmd.key().to_vec()).collect(),
+            false => Vec::new(),
+        };
         // Not fsynced: after a crash, entries after the durable "applied" marker are replayed
         // from the (durable) log.
         let batch = WriteBatch::new(self.group, false).op(Op::Apply { commands, applied });
@@ -265,6 +277,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .into_iter()
             .map(Some)
             .collect::<Vec<_>>();
+        self.waiters.applied(changed.iter().map(Vec::as_slice));
         let mut take = |n: usize| outcomes.get_mut(n).and_then(Option::take);
         Ok(slots
             .into_iter()
@@ -357,6 +370,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.deadlines
                 .store(true, std::sync::atomic::Ordering::Release);
         }
+        self.waiters.all_changed();
         tracing::info!(%group, id = %meta.snapshot_id, keys, "installed snapshot");
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! peers enter at [`execute`] too, so both run the same code.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
@@ -29,7 +30,8 @@ use crate::layout::group_of;
 use crate::routing::{serve, Answer};
 use crate::state::AppState;
 use crate::wire::{
-    check_key, KeyOp, Page, PageRequest, Precondition, Row, Session, MAX_SCAN_LIMIT,
+    changed_since, check_key, KeyOp, Page, PageRequest, Precondition, Row, Session, MAX_SCAN_LIMIT,
+    MAX_WAIT,
 };
 
 pub use kv_client::api::{HEADER_ACK_BELOW, HEADER_CLIENT_ID, HEADER_EPOCH, HEADER_REQUEST_SEQ};
@@ -221,6 +223,48 @@ fn precondition(headers: &HeaderMap, allow_create_only: bool) -> Result<Precondi
 #[serde(deny_unknown_fields)]
 pub struct ReadParams {
     consistency: Option<String>,
+    /// A blocking read: answer once the key has changed since version `after`, or after
+    /// this long (`30s`; at most [`MAX_WAIT`]).
+    wait: Option<String>,
+    after: Option<String>,
+}
+
+impl ReadParams {
+    /// `(after, wait_ms)` of a blocking read; `None` for a plain read.
+    fn blocking(&self) -> Result<Option<(u64, u64)>, ApiError> {
+        let (wait, after) = match (self.wait.as_deref(), self.after.as_deref()) {
+            (None, None) => return Ok(None),
+            (Some(wait), Some(after)) => (wait, after),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "a blocking read needs both wait= (e.g. 30s) and after= (a version)",
+                ))
+            }
+        };
+        let wait = kv_client::api::parse_duration(wait)
+            .ok()
+            .filter(|w| *w <= MAX_WAIT)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!(
+                        "wait={wait:?} is not a duration like 30s of at most {}s",
+                        MAX_WAIT.as_secs()
+                    ),
+                )
+            })?;
+        let after = parse_decimal(after.trim()).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("after={after:?} is not a version (an unsigned integer)"),
+            )
+        })?;
+        Ok(Some((
+            after,
+            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        )))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -350,9 +394,15 @@ pub async fn get_key(
     let access = caller.access(Role::Readonly)?;
     let key = validate_key(key)?;
     check_routed(&st, &headers, &key)?;
-    let op = KeyOp::Get {
-        key,
-        stale: stale(params.consistency.as_deref())?,
+    let stale = stale(params.consistency.as_deref())?;
+    let op = match params.blocking()? {
+        None => KeyOp::Get { key, stale },
+        Some((after, wait_ms)) => KeyOp::WaitGet {
+            key,
+            stale,
+            after,
+            wait_ms,
+        },
     };
     execute(&st, op, 0, &access).await
 }
@@ -372,7 +422,7 @@ pub async fn execute(
     access: &Access,
 ) -> Result<Response, ApiError> {
     let role = match &op {
-        KeyOp::Get { .. } => Role::Readonly,
+        KeyOp::Get { .. } | KeyOp::WaitGet { .. } => Role::Readonly,
         _ => Role::Readwrite,
     };
     let Some(key) = op.key() else {
@@ -408,6 +458,19 @@ pub async fn execute(
 /// (routing sends them there), so `now` is the leader's clock: the time the commands carry,
 /// from which deadlines are computed and by which conditions see a key as expired.
 async fn on_replica(group: Group, op: KeyOp) -> Result<Response, GroupError> {
+    // A blocking read waits here, on this replica, then answers as a read.
+    let op = match op {
+        KeyOp::WaitGet {
+            key,
+            stale,
+            after,
+            wait_ms,
+        } => {
+            wait_for_change(&group, &key, after, Duration::from_millis(wait_ms)).await?;
+            KeyOp::Get { key, stale }
+        }
+        op => op,
+    };
     let now = crate::ttl::now_ms();
     let name = |key: &[u8]| String::from_utf8_lossy(key).into_owned();
     // Until the partition holds a key with a deadline, a put or delete without one proposes
@@ -498,10 +561,40 @@ async fn on_replica(group: Group, op: KeyOp) -> Result<Response, GroupError> {
             };
             (key, session, cmd)
         }
-        KeyOp::ScanPage(_) => return Err(GroupError::BadRequest("not a key operation".into())),
+        KeyOp::ScanPage(_) | KeyOp::WaitGet { .. } => {
+            return Err(GroupError::BadRequest("not a key operation".into()))
+        }
     };
     let (outcome, _) = group.write(once(session, cmd)).await?;
     Ok(write_response(name(&key), outcome, now))
+}
+
+/// Wait, up to `wait`, until `key` has changed since version `after` on this replica (see
+/// [`crate::wire::changed_since`]), woken by each command on the key applied here.
+async fn wait_for_change(
+    group: &Group,
+    key: &[u8],
+    after: u64,
+    wait: Duration,
+) -> Result<(), GroupError> {
+    let until = tokio::time::Instant::now() + wait;
+    let waiter = group.wait_on(key);
+    loop {
+        let next = waiter.next_change();
+        let now = crate::ttl::now_ms();
+        let current = group
+            .get(key.to_vec(), true)
+            .await?
+            .filter(|r| r.live_at(now))
+            .map_or(0, |r| r.version);
+        if changed_since(current, after) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = next => {}
+            _ = tokio::time::sleep_until(until) => return Ok(()),
+        }
+    }
 }
 
 fn condition(cond: Precondition) -> Condition {

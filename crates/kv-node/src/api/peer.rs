@@ -138,7 +138,10 @@ pub async fn forwarded(
 /// One forwarded operation, decoded and validated here: what arrives from a peer is checked
 /// as a client request would be, and its client's rights with it.
 async fn serve_forwarded(st: &AppState, encoded: &[u8]) -> Result<Response, ApiError> {
-    let forwarded = Forwarded::decode(encoded)?;
+    serve_decoded(st, Forwarded::decode(encoded)?).await
+}
+
+async fn serve_decoded(st: &AppState, forwarded: Forwarded) -> Result<Response, ApiError> {
     forwarded.validate(&st.config, st.layout().partitions())?;
     // The forwarding peer is authenticated (peer routes); the client it names is checked here.
     let access = st.auth.access_of(forwarded.caller.as_deref())?;
@@ -189,11 +192,21 @@ pub async fn forwarded_batch(
             // A task of its own: the operation finishes even if the batch's connection drops,
             // as a single forwarded request's handler would.
             tokio::spawn(async move {
-                let resp = match st.admission.try_forwarded() {
-                    Ok(_permit) => serve_forwarded(&st, &op)
-                        .await
-                        .unwrap_or_else(IntoResponse::into_response),
+                let resp = match Forwarded::decode(&op) {
                     Err(e) => e.into_response(),
+                    Ok(forwarded) => {
+                        // A blocking read mostly waits: it takes room of its own kind.
+                        let permit = match forwarded.op {
+                            KeyOp::WaitGet { .. } => st.admission.try_wait(),
+                            _ => st.admission.try_forwarded(),
+                        };
+                        match permit {
+                            Ok(_permit) => serve_decoded(&st, forwarded)
+                                .await
+                                .unwrap_or_else(IntoResponse::into_response),
+                            Err(e) => e.into_response(),
+                        }
+                    }
                 };
                 answer_frame(index as u32, resp).await
             })

@@ -247,7 +247,7 @@ async fn forward_any<T: Answer>(
         epoch,
     })
     .map_err(|e| ForwardError::Failed(ApiError::Internal(format!("encoding: {e}"))))?;
-    let timeout = forward_timeout(st);
+    let timeout = forward_timeout(st) + op.waits();
     let mut last = ApiError::unavailable("no replica to forward to");
     for (id, addr) in targets {
         metrics::counter!("kv_forwarded_requests_total").increment(1);

@@ -130,6 +130,24 @@ pub enum KeyOp {
         session: Option<Session>,
         ttl_ms: u64,
     },
+    /// A read that waits, up to `wait_ms`, until the key has changed since version `after`
+    /// (see [`changed_since`]), then answers as [`KeyOp::Get`].
+    WaitGet {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        stale: bool,
+        after: u64,
+        wait_ms: u64,
+    },
+}
+
+/// The longest a blocking read waits (`?wait=`).
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whether a key now at version `current` (0: absent) has changed since version `after`: it
+/// holds a newer version, or it has gone since (`after` named a version it had).
+pub fn changed_since(current: u64, after: u64) -> bool {
+    current > after || (after > 0 && current == 0)
 }
 
 /// A page of one partition's keys with a prefix, after a cursor.
@@ -178,7 +196,19 @@ impl Row {
 impl KeyOp {
     /// Whether it only reads.
     pub fn is_read(&self) -> bool {
-        matches!(self, KeyOp::Get { .. } | KeyOp::ScanPage(_))
+        matches!(
+            self,
+            KeyOp::Get { .. } | KeyOp::ScanPage(_) | KeyOp::WaitGet { .. }
+        )
+    }
+
+    /// How long it may wait before it is answered (a blocking read), on top of the time any
+    /// operation takes.
+    pub fn waits(&self) -> std::time::Duration {
+        match self {
+            KeyOp::WaitGet { wait_ms, .. } => std::time::Duration::from_millis(*wait_ms),
+            _ => std::time::Duration::ZERO,
+        }
     }
 
     /// The partition it is for, by `layout`.
@@ -199,7 +229,8 @@ impl KeyOp {
             | KeyOp::Put { key, .. }
             | KeyOp::Delete { key, .. }
             | KeyOp::PutTtl { key, .. }
-            | KeyOp::Refresh { key, .. } => Some(key),
+            | KeyOp::Refresh { key, .. }
+            | KeyOp::WaitGet { key, .. } => Some(key),
             KeyOp::ScanPage(_) => None,
         }
     }
@@ -208,7 +239,7 @@ impl KeyOp {
     /// follower serves after asking the leader for a read index).
     pub fn needs_leader(&self) -> bool {
         match self {
-            KeyOp::Get { stale, .. } => !stale,
+            KeyOp::Get { stale, .. } | KeyOp::WaitGet { stale, .. } => !stale,
             KeyOp::ScanPage(page) => !page.stale,
             KeyOp::Put { .. }
             | KeyOp::Delete { .. }
@@ -260,6 +291,16 @@ impl Forwarded {
         };
         match &self.op {
             KeyOp::Get { key, .. } | KeyOp::Delete { key, .. } => check_key(key),
+            KeyOp::WaitGet { key, wait_ms, .. } => {
+                check_key(key)?;
+                if std::time::Duration::from_millis(*wait_ms) > MAX_WAIT {
+                    return Err(ApiError::bad_request(
+                        "invalid_forward",
+                        format!("a wait of {wait_ms} ms is over the limit"),
+                    ));
+                }
+                Ok(())
+            }
             KeyOp::Refresh { key, ttl_ms, .. } => {
                 check_key(key)?;
                 ttl(*ttl_ms)
