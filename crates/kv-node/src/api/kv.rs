@@ -319,7 +319,7 @@ pub async fn execute(
             let mut resp = on_replica(group, local_op).await?;
             let h = resp.headers_mut();
             h.insert(HEADER_PARTITION, HeaderValue::from(p.0));
-            h.insert(HEADER_NODE, HeaderValue::from(me));
+            h.insert(HEADER_NODE, HeaderValue::from(me.0));
             Ok(resp)
         }
     })
