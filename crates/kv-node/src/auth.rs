@@ -19,6 +19,7 @@ use axum::extract::Request;
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use kv_ring::NodeId;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -306,9 +307,9 @@ pub enum PeerProof {
     /// It did not.
     None,
     /// A node certificate of the peer CA, of a member.
-    Member(u64),
+    Member(NodeId),
     /// A node certificate of the peer CA, of a node that is not a member (a joining node).
-    Stranger(u64),
+    Stranger(NodeId),
     /// The cluster secret.
     Token,
     /// Peer routes are not guarded (no TLS, no peer token): anyone passes as a peer.
@@ -449,7 +450,7 @@ impl Auth {
         &self,
         presented: &Presented,
         headers: &HeaderMap,
-        member: impl Fn(u64) -> bool,
+        member: impl Fn(NodeId) -> bool,
     ) -> Result<Caller, ApiError> {
         let auth = self;
         let peer = if auth.peers_tls {

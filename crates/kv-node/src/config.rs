@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kv_raft::RaftTuning;
-use kv_ring::RingParams;
+use kv_ring::{NodeId, RingParams};
 use serde::Deserialize;
 
 /// Partition moves one node leads at once, unless `--max-moves` says otherwise.
@@ -160,7 +160,7 @@ pub struct Flags {
 /// Fully resolved node settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub id: u64,
+    pub id: NodeId,
     /// The client listener (also the peers' without a peer listener).
     pub listen: SocketAddr,
     /// Where clients reach this node.
@@ -172,7 +172,7 @@ pub struct Config {
     pub peer_advertise: String,
     pub data_dir: PathBuf,
     /// Initial members: id -> address (just this node when joining).
-    pub initial_cluster: BTreeMap<u64, String>,
+    pub initial_cluster: BTreeMap<NodeId, String>,
     /// A member of the running cluster to join through, instead of forming a new cluster.
     pub join: Option<String>,
     pub storage: StorageKind,
@@ -279,8 +279,8 @@ impl Config {
                 flags.$field.or(file.$field).unwrap_or_else(|| $default)
             };
         }
-        let id = pick!(id, 1);
-        if id == 0 {
+        let id = NodeId(pick!(id, 1));
+        if id.0 == 0 {
             anyhow::bail!("--id must be a positive integer");
         }
         let listen: SocketAddr = pick!(listen, SocketAddr::from(([127, 0, 0, 1], 7001)));
@@ -383,7 +383,7 @@ impl Config {
 }
 
 /// Parse `1=host:port,2=host:port`.
-pub fn parse_members(spec: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+pub fn parse_members(spec: &str) -> anyhow::Result<BTreeMap<NodeId, String>> {
     let mut members = BTreeMap::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part
@@ -400,7 +400,7 @@ pub fn parse_members(spec: &str) -> anyhow::Result<BTreeMap<u64, String>> {
         if !valid_addr(addr) {
             anyhow::bail!("member address {addr:?} is not HOST:PORT with a numeric port");
         }
-        if members.insert(id, addr.to_string()).is_some() {
+        if members.insert(NodeId(id), addr.to_string()).is_some() {
             anyhow::bail!("member id {id} appears twice");
         }
     }
@@ -432,7 +432,7 @@ mod tests {
     #[test]
     fn bare_node_is_a_single_node_redb_store_on_7001() {
         let c = resolve(&[]).unwrap();
-        assert_eq!(c.id, 1);
+        assert_eq!(c.id, NodeId(1));
         assert_eq!(c.listen.to_string(), "127.0.0.1:7001");
         assert_eq!(c.storage, StorageKind::Redb);
         assert_eq!(c.initial_cluster.len(), 1);
@@ -498,7 +498,7 @@ mod tests {
         )
         .unwrap();
         let c = resolve(&["--config", path.to_str().unwrap(), "--partitions", "4"]).unwrap();
-        assert_eq!(c.id, 3);
+        assert_eq!(c.id, NodeId(3));
         assert_eq!(c.ring.partitions, 4);
         std::fs::write(&path, "bogus = 1\n").unwrap();
         assert!(resolve(&["--config", path.to_str().unwrap()]).is_err());
@@ -522,12 +522,12 @@ mod tests {
         assert_eq!(c.advertise, "db1:2379");
         assert_eq!(c.peer_advertise, "db1:2380");
         assert_eq!(c.listen_peer.unwrap().port(), 2380);
-        assert_eq!(c.initial_cluster[&1], "db1:2380");
+        assert_eq!(c.initial_cluster[&NodeId(1)], "db1:2380");
         // Without --advertise-peer, peers use --listen-peer.
         let c = resolve(&["--listen-peer", "127.0.0.1:7101"]).unwrap();
         assert_eq!(c.peer_advertise, "127.0.0.1:7101");
         assert_eq!(c.advertise, "127.0.0.1:7001");
-        assert_eq!(c.initial_cluster[&1], "127.0.0.1:7101");
+        assert_eq!(c.initial_cluster[&NodeId(1)], "127.0.0.1:7101");
 
         let err = |args: &[&str]| resolve(args).unwrap_err().to_string();
         assert!(err(&["--advertise-peer", "db1:2380"]).contains("--listen-peer"));

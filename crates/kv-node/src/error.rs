@@ -44,7 +44,7 @@ pub enum ApiError {
     #[error("{message}")]
     Unavailable {
         message: String,
-        leader: Option<u64>,
+        leader: Option<kv_ring::NodeId>,
     },
     /// No credentials, or unknown ones.
     #[error("{0}")]
@@ -144,7 +144,7 @@ impl IntoResponse for ApiError {
                 _ => None,
             },
             leader: match &self {
-                ApiError::Unavailable { leader, .. } => *leader,
+                ApiError::Unavailable { leader, .. } => leader.map(u64::from),
                 _ => None,
             },
         };

@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterMap {
     /// Member id -> the address its peers reach it at.
-    pub members: BTreeMap<u64, String>,
+    pub members: BTreeMap<NodeId, String>,
     /// Where clients reach a member whose peer listener is apart (`--listen-peer`); members
     /// absent here serve clients at their member address. Each such member publishes its own
     /// (see `control::own_membership`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub clients: BTreeMap<u64, String>,
+    pub clients: BTreeMap<NodeId, String>,
     /// Ring parameters and partition -> replicas.
     pub placement: Placement,
     /// How many membership changes led to this map; 0 is the map the cluster was created with,
@@ -34,8 +34,8 @@ pub struct ClusterMap {
 impl ClusterMap {
     /// The map of a new cluster of `members`: placement computed over them, generation 0, no
     /// client addresses and no cluster id yet.
-    pub fn compute(members: BTreeMap<u64, String>, params: RingParams) -> anyhow::Result<Self> {
-        let ids: Vec<NodeId> = members.keys().map(|id| NodeId(*id)).collect();
+    pub fn compute(members: BTreeMap<NodeId, String>, params: RingParams) -> anyhow::Result<Self> {
+        let ids: Vec<NodeId> = members.keys().copied().collect();
         let placement = Placement::compute(&ids, params)
             .map_err(|e| anyhow::anyhow!("cannot place partitions: {e}"))?;
         Ok(ClusterMap {
@@ -72,15 +72,18 @@ impl Layout {
     }
 
     /// The layout of [`ClusterMap::compute`].
-    pub fn compute(members: BTreeMap<u64, String>, params: RingParams) -> anyhow::Result<Layout> {
+    pub fn compute(
+        members: BTreeMap<NodeId, String>,
+        params: RingParams,
+    ) -> anyhow::Result<Layout> {
         Ok(Layout::new(ClusterMap::compute(members, params)?))
     }
 
     /// The node that leads partition `p` once leadership is balanced (the balancer moves
     /// leadership there; moves hand it there): where a request for `p` goes first when this
     /// node does not know the actual leader.
-    pub fn target_leader(&self, p: PartitionId) -> Option<u64> {
-        self.leaders.get(&p).map(|n| n.0)
+    pub fn target_leader(&self, p: PartitionId) -> Option<NodeId> {
+        self.leaders.get(&p).copied()
     }
 
     pub fn partitions(&self) -> u32 {
@@ -94,20 +97,20 @@ impl Layout {
 
     /// Replica ids of a partition, in ring order (the first is not the target leader: see
     /// [`Layout::target_leader`]).
-    pub fn replicas(&self, p: PartitionId) -> Vec<u64> {
+    pub fn replicas(&self, p: PartitionId) -> Vec<NodeId> {
         self.placement
             .replicas(p)
-            .map(|r| r.iter().map(|n| n.0).collect())
+            .map(<[NodeId]>::to_vec)
             .unwrap_or_default()
     }
 
     /// Where peers reach member `node`.
-    pub fn addr(&self, node: u64) -> Option<&str> {
+    pub fn addr(&self, node: NodeId) -> Option<&str> {
         self.members.get(&node).map(String::as_str)
     }
 
     /// Where clients reach member `node`.
-    pub fn client_addr(&self, node: u64) -> Option<&str> {
+    pub fn client_addr(&self, node: NodeId) -> Option<&str> {
         self.clients
             .get(&node)
             .or_else(|| self.members.get(&node))
@@ -115,10 +118,10 @@ impl Layout {
     }
 
     /// Partitions that have `node` among their replicas.
-    pub fn partitions_of(&self, node: u64) -> Vec<PartitionId> {
+    pub fn partitions_of(&self, node: NodeId) -> Vec<PartitionId> {
         self.placement
             .iter()
-            .filter(|(_, replicas)| replicas.contains(&NodeId(node)))
+            .filter(|(_, replicas)| replicas.contains(&node))
             .map(|(p, _)| p)
             .collect()
     }

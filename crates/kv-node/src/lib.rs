@@ -192,9 +192,9 @@ impl Node {
         let reloader = tokio::spawn(reload_on_sighup(state.clone(), shutdown.subscribe()));
         match peer_addr {
             Some(peers) => {
-                tracing::info!(node = config.id, %addr, %peers, "listening for clients and, apart, for peers")
+                tracing::info!(node = %config.id, %addr, %peers, "listening for clients and, apart, for peers")
             }
-            None => tracing::info!(node = config.id, %addr, "listening"),
+            None => tracing::info!(node = %config.id, %addr, "listening"),
         }
 
         let control = Control::start(&state).await?;

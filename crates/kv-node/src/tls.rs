@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use kv_ring::NodeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -97,7 +98,7 @@ struct Loaded {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Presented {
     /// A node certificate of the peer CA: that node's id (member or not).
-    pub node: Option<u64>,
+    pub node: Option<NodeId>,
     /// A client certificate of the client CA: its common name.
     pub client: Option<String>,
 }
@@ -217,12 +218,13 @@ impl Tls {
 }
 
 /// The `node-N` a certificate names, in its common name or a DNS SAN.
-fn node_id(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<u64> {
+fn node_id(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<NodeId> {
     let parse = |name: &str| {
         name.strip_prefix("node-")
             .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|n| n.parse::<u64>().ok())
             .filter(|n| *n > 0)
+            .map(NodeId)
     };
     if let Some(id) = common_name(cert).as_deref().and_then(parse) {
         return Some(id);

@@ -160,7 +160,7 @@ async fn a_key_is_the_same_bytes_whichever_node_serves_it() {
 fn append_entries(term: u64) -> Vec<u8> {
     let req: openraft::raft::AppendEntriesRequest<kv_raft::TypeConfig> =
         openraft::raft::AppendEntriesRequest {
-            vote: openraft::Vote::new_committed(term, 1),
+            vote: openraft::Vote::new_committed(term, kv_raft::NodeId(1)),
             prev_log_id: None,
             entries: Vec::new(),
             leader_commit: None,
@@ -169,8 +169,8 @@ fn append_entries(term: u64) -> Vec<u8> {
 }
 
 fn vote(term: u64) -> Vec<u8> {
-    let req = openraft::raft::VoteRequest::<u64> {
-        vote: openraft::Vote::new(term, 2),
+    let req = openraft::raft::VoteRequest::<kv_raft::NodeId> {
+        vote: openraft::Vote::new(term, kv_raft::NodeId(2)),
         last_log_id: None,
     };
     postcard::to_stdvec(&req).unwrap()

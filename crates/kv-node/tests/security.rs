@@ -56,10 +56,13 @@ async fn terms(c: &TestCluster) -> BTreeMap<(u64, Option<u32>), u64> {
 fn append_entries(term: u64) -> Vec<u8> {
     let req: openraft::raft::AppendEntriesRequest<kv_raft::TypeConfig> =
         openraft::raft::AppendEntriesRequest {
-            vote: openraft::Vote::new_committed(term, 1),
+            vote: openraft::Vote::new_committed(term, kv_raft::NodeId(1)),
             prev_log_id: None,
             entries: vec![openraft::Entry {
-                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(term, 1), 0),
+                log_id: openraft::LogId::new(
+                    openraft::CommittedLeaderId::new(term, kv_raft::NodeId(1)),
+                    0,
+                ),
                 payload: openraft::EntryPayload::Blank,
             }],
             leader_commit: None,
@@ -68,8 +71,8 @@ fn append_entries(term: u64) -> Vec<u8> {
 }
 
 fn vote(term: u64) -> Vec<u8> {
-    postcard::to_stdvec(&openraft::raft::VoteRequest::<u64> {
-        vote: openraft::Vote::new(term, 9),
+    postcard::to_stdvec(&openraft::raft::VoteRequest::<kv_raft::NodeId> {
+        vote: openraft::Vote::new(term, kv_raft::NodeId(9)),
         last_log_id: None,
     })
     .unwrap()

@@ -35,6 +35,7 @@ use crate::batching::{BatchLimits, BatchQueue};
 use crate::encoding::{decode, encode};
 use crate::network::{RpcKind, Scheme};
 use crate::peer_health::PeerHealth;
+use crate::NodeId;
 use crate::{GroupError, RaftHost};
 
 /// Batches to one peer in flight at once.
@@ -174,7 +175,7 @@ struct Pending {
 /// The outgoing channel to one peer.
 struct Peer {
     addr: String,
-    id: u64,
+    id: NodeId,
     queue: BatchQueue<Pending>,
 }
 
@@ -208,7 +209,7 @@ impl Channels {
     /// `timeout` for its answer bytes.
     pub(crate) async fn call(
         &self,
-        target: u64,
+        target: NodeId,
         addr: &str,
         group: GroupId,
         kind: RpcKind,
@@ -251,7 +252,7 @@ impl Channels {
             Err(_) => {
                 // Silence counts against the peer as a refusal does (a cut-off peer drops
                 // packets: only timeouts show it).
-                if target != 0 {
+                if target != NodeId(0) {
                     self.health.note_failure(target);
                 }
                 Err(format!("no answer from {addr} within {timeout:?}"))
@@ -443,7 +444,7 @@ mod tests {
             tokio::spawn(async move {
                 channels
                     .call(
-                        2,
+                        NodeId(2),
                         &addr,
                         GroupId(group),
                         RpcKind::Append,
@@ -499,20 +500,23 @@ mod tests {
             let addr = addr.clone();
             async move {
                 channels
-                    .call(2, &addr, GroupId(g), RpcKind::Vote, vec![1], short)
+                    .call(NodeId(2), &addr, GroupId(g), RpcKind::Vote, vec![1], short)
                     .await
             }
         });
         for answer in futures::future::join_all(silent).await {
             assert!(answer.unwrap_err().contains("no answer"));
         }
-        assert!(!health.reachable(2), "silence counts against the peer");
+        assert!(
+            !health.reachable(NodeId(2)),
+            "silence counts against the peer"
+        );
 
         // The peer answers again: the held batches were given up, so a new call goes out.
         peer.gate.add_permits(1000);
         let answer = channels
             .call(
-                2,
+                NodeId(2),
                 &addr,
                 GroupId(4),
                 RpcKind::Vote,
@@ -521,7 +525,7 @@ mod tests {
             )
             .await;
         assert_eq!(answer.unwrap(), vec![7]);
-        assert!(health.reachable(2));
+        assert!(health.reachable(NodeId(2)));
     }
 
     #[tokio::test]
@@ -532,7 +536,7 @@ mod tests {
         let (channels, health) = channels();
         let refused = channels
             .call(
-                3,
+                NodeId(3),
                 &addr,
                 GroupId(1),
                 RpcKind::Append,
@@ -541,7 +545,7 @@ mod tests {
             )
             .await;
         assert!(refused.unwrap_err().contains("batch to"));
-        assert!(!health.reachable(3));
+        assert!(!health.reachable(NodeId(3)));
 
         // Something listens at that address again (the peer restarted).
         let peer = Peer {
@@ -555,7 +559,7 @@ mod tests {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let answer = channels
             .call(
-                3,
+                NodeId(3),
                 &addr,
                 GroupId(1),
                 RpcKind::Append,
@@ -564,6 +568,6 @@ mod tests {
             )
             .await;
         assert_eq!(answer.unwrap(), vec![9]);
-        assert!(health.reachable(3));
+        assert!(health.reachable(NodeId(3)));
     }
 }

@@ -37,6 +37,7 @@ use openraft::{BasicNode, RaftMetrics, ServerState};
 
 use crate::peer_health::PeerHealth;
 use crate::quiesce::Quiet;
+use crate::NodeId;
 
 /// How this replica judges its own leadership. Shared by a group's clones.
 #[derive(Debug)]
@@ -75,7 +76,7 @@ impl LeaderCheck {
     }
 
     /// Whether metrics `m` are those of a leader a quorum acknowledged within the lease.
-    pub(crate) fn leads(&self, m: &RaftMetrics<u64, BasicNode>) -> bool {
+    pub(crate) fn leads(&self, m: &RaftMetrics<NodeId, BasicNode>) -> bool {
         if m.state != ServerState::Leader || m.current_leader != Some(m.id) {
             return false;
         }
@@ -95,7 +96,7 @@ impl LeaderCheck {
 
     /// Whether a quorum of every voter set (both, during a joint change) answered a liveness
     /// ping sent within the lease, this replica counting for itself.
-    fn quorum_answers_pings(&self, m: &RaftMetrics<u64, BasicNode>) -> bool {
+    fn quorum_answers_pings(&self, m: &RaftMetrics<NodeId, BasicNode>) -> bool {
         m.membership_config
             .membership()
             .get_joint_config()
@@ -131,7 +132,7 @@ impl LeaderCheck {
     /// The floor a restored leader must have applied before serving reads, while it applies:
     /// `None` once reached, or once the replica's term moved on (a leader of a new term reads at
     /// its own first entry, above the floor).
-    pub(crate) fn pending_floor(&self, m: &RaftMetrics<u64, BasicNode>) -> Option<u64> {
+    pub(crate) fn pending_floor(&self, m: &RaftMetrics<NodeId, BasicNode>) -> Option<u64> {
         if self.recovered.load(Ordering::Acquire) {
             return None;
         }

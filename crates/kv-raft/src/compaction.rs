@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crate::NodeId;
 use crate::{Group, GroupError};
 
 impl Group {
@@ -20,9 +21,9 @@ impl Group {
         let Some(applied) = applied else {
             return Ok(None);
         };
-        let stopped = |e: openraft::error::Fatal<u64>| GroupError::Stopped(e.to_string());
+        let stopped = |e: openraft::error::Fatal<NodeId>| GroupError::Stopped(e.to_string());
         let snapshot_at =
-            |m: &openraft::RaftMetrics<u64, openraft::BasicNode>| m.snapshot.map(|l| l.index);
+            |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| m.snapshot.map(|l| l.index);
         if snapshot_at(&self.raft.metrics().borrow()) < Some(applied) {
             self.raft.trigger().snapshot().await.map_err(stopped)?;
         }

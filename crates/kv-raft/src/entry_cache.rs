@@ -104,7 +104,7 @@ mod tests {
     fn entry(index: u64) -> (Entry, usize) {
         (
             Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                log_id: LogId::new(CommittedLeaderId::new(1, crate::NodeId(1)), index),
                 payload: EntryPayload::Blank,
             },
             10,

@@ -1,9 +1,11 @@
+use crate::NodeId;
+
 /// Why a group operation did not complete; what the caller can act on.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GroupError {
     /// This node is not the group's leader; `leader` is the one it knows, with its address.
     #[error("not the leader{}", .leader.as_ref().map(|(id, a)| format!(" (leader is {id} at {a})")).unwrap_or_default())]
-    NotLeader { leader: Option<(u64, String)> },
+    NotLeader { leader: Option<(NodeId, String)> },
     /// No leader could confirm the operation in time (no quorum, election in progress).
     #[error("no quorum: {0}")]
     Unavailable(String),

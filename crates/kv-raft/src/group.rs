@@ -16,10 +16,10 @@ use crate::proposer::Proposer;
 use crate::quiesce::Quiet;
 use crate::read_index::ReadBatcher;
 use crate::types::{Request, Response, TypeConfig};
-use crate::GroupError;
+use crate::{GroupError, NodeId};
 
 /// A group's Raft metrics (openraft's, with this crate's node types).
-pub type Metrics = RaftMetrics<u64, BasicNode>;
+pub type Metrics = RaftMetrics<NodeId, BasicNode>;
 
 /// One group hosted on this node. Cheap to clone; clones share the Raft instance and the gate.
 #[derive(Clone)]
@@ -90,7 +90,7 @@ pub const MAX_LAG: u64 = 64;
 
 /// On a leader's metrics: the highest log index member `id` is known to hold. `None` on a
 /// follower, for a member with nothing known yet and for a non-member.
-pub(crate) fn matched(m: &RaftMetrics<u64, BasicNode>, id: u64) -> Option<u64> {
+pub(crate) fn matched(m: &RaftMetrics<NodeId, BasicNode>, id: NodeId) -> Option<u64> {
     m.replication
         .as_ref()
         .and_then(|r| r.get(&id).copied().flatten())
@@ -103,37 +103,37 @@ pub struct GroupStatus {
     pub group: GroupId,
     pub role: Role,
     pub term: u64,
-    pub leader: Option<u64>,
-    pub voters: Vec<u64>,
-    pub learners: Vec<u64>,
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
     /// Addresses of every member, voter or learner.
-    pub nodes: BTreeMap<u64, String>,
+    pub nodes: BTreeMap<NodeId, String>,
     pub last_log_index: Option<u64>,
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
     /// On the leader: the highest index each member is known to hold.
-    pub replication: Option<BTreeMap<u64, Option<u64>>>,
+    pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
 }
 
 impl GroupStatus {
     /// On the leader's status: the highest log index member `id` is known to hold (`None` on
     /// a follower's status, or while nothing is known of `id`).
-    pub fn matched(&self, id: u64) -> Option<u64> {
+    pub fn matched(&self, id: NodeId) -> Option<u64> {
         self.replication
             .as_ref()
             .and_then(|r| r.get(&id).copied().flatten())
     }
 
     /// On the leader's status: whether member `id` holds the log up to `index`.
-    pub fn holds(&self, id: u64, index: u64) -> bool {
+    pub fn holds(&self, id: NodeId, index: u64) -> bool {
         self.matched(id).is_some_and(|m| m >= index)
     }
 
     /// On the leader's status: whether member `id` holds the log to within [`MAX_LAG`]
     /// entries (a leadership transfer to it then waits for the rest, which takes a moment).
-    pub fn keeps_up(&self, id: u64) -> bool {
+    pub fn keeps_up(&self, id: NodeId) -> bool {
         let last = self.last_log_index.unwrap_or(0);
         self.matched(id)
             .is_some_and(|m| last.saturating_sub(m) <= MAX_LAG)
@@ -143,7 +143,7 @@ impl GroupStatus {
 /// Pause between attempts to confirm leadership for a read.
 const READ_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
-fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> GroupError {
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> GroupError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f),
         RaftError::APIError(e) => GroupError::Unavailable(e.to_string()),
@@ -152,7 +152,7 @@ fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> GroupErro
 }
 
 /// `NotLeader` from a non-leader's metrics, naming the leader it knows of.
-pub(crate) fn not_leading(m: &RaftMetrics<u64, BasicNode>) -> GroupError {
+pub(crate) fn not_leading(m: &RaftMetrics<NodeId, BasicNode>) -> GroupError {
     let membership = m.membership_config.membership();
     let leader = m
         .current_leader
@@ -170,7 +170,7 @@ fn no_quorum() -> GroupError {
     GroupError::NotLeader { leader: None }
 }
 
-fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> GroupError {
+fn not_leader(f: ForwardToLeader<NodeId, BasicNode>) -> GroupError {
     GroupError::NotLeader {
         leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
     }
@@ -266,7 +266,7 @@ impl Group {
     /// and does not within a grace period after asking (it sends heartbeats at once; a leader
     /// whose heartbeats were paused, by a transfer that then failed, regains its quorum here).
     async fn regain_quorum(&self) -> Result<(), GroupError> {
-        let cut_off = |m: &RaftMetrics<u64, BasicNode>| {
+        let cut_off = |m: &RaftMetrics<NodeId, BasicNode>| {
             m.state == ServerState::Leader && !self.check.leads(m)
         };
         if !cut_off(&self.raft.metrics().borrow()) {
@@ -333,7 +333,7 @@ impl Group {
 
     /// Voters and learners of the membership this node currently sees. Reads the metrics
     /// snapshot: no round trip to the Raft core, cheap enough for a reconcile loop.
-    pub fn members(&self) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    pub fn members(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
         let m = self.raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
@@ -346,7 +346,7 @@ impl Group {
     /// Add node `id` at `addr` as a learner; with `wait`, return only once it holds the log up
     /// to the membership entry that added it (or fail with [`GroupError::NotLeader`] if this
     /// node stops leading first).
-    pub async fn add_learner(&self, id: u64, addr: &str, wait: bool) -> Result<(), GroupError> {
+    pub async fn add_learner(&self, id: NodeId, addr: &str, wait: bool) -> Result<(), GroupError> {
         let limit = self.timeout * 2;
         let attempt = async {
             let _open = self.gate.read().await;
@@ -388,13 +388,13 @@ impl Group {
     }
 
     /// Make `voters` the voter set, through joint consensus.
-    pub async fn set_voters(&self, voters: BTreeSet<u64>) -> Result<(), GroupError> {
+    pub async fn set_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), GroupError> {
         self.change_members(ChangeMembers::ReplaceAllVoters(voters))
             .await
     }
 
     /// Remove non-voting members.
-    pub async fn remove_learners(&self, ids: BTreeSet<u64>) -> Result<(), GroupError> {
+    pub async fn remove_learners(&self, ids: BTreeSet<NodeId>) -> Result<(), GroupError> {
         self.change_members(ChangeMembers::RemoveNodes(ids)).await
     }
 
@@ -403,7 +403,7 @@ impl Group {
     /// A change that timed out may still commit later.
     async fn change_members(
         &self,
-        change: ChangeMembers<u64, BasicNode>,
+        change: ChangeMembers<NodeId, BasicNode>,
     ) -> Result<(), GroupError> {
         let limit = self.timeout * 2;
         let attempt = async {
@@ -474,7 +474,7 @@ impl Group {
     }
 
     /// [`Group::read_barrier`] on a follower whose leader is `leader` at `addr`.
-    async fn follower_barrier(&self, leader: u64, addr: String) -> Result<(), GroupError> {
+    async fn follower_barrier(&self, leader: NodeId, addr: String) -> Result<(), GroupError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let elsewhere = |addr: String| GroupError::NotLeader {
             leader: Some((leader, addr)),
@@ -486,7 +486,7 @@ impl Group {
         {
             Ok(index) => index,
             Err(e) => {
-                tracing::debug!(group = self.id.0, leader, error = %e, "follower read: no read index");
+                tracing::debug!(group = self.id.0, %leader, error = %e, "follower read: no read index");
                 return Err(elsewhere(addr));
             }
         };
@@ -659,11 +659,11 @@ impl Group {
 
     /// The leader this node knows of, with its address: another node openraft follows, or this
     /// node while a quorum acknowledges it (check-quorum).
-    pub fn leader(&self) -> Option<(u64, String)> {
+    pub fn leader(&self) -> Option<(NodeId, String)> {
         self.leader_in(&self.raft.metrics().borrow())
     }
 
-    fn leader_in(&self, m: &RaftMetrics<u64, BasicNode>) -> Option<(u64, String)> {
+    fn leader_in(&self, m: &RaftMetrics<NodeId, BasicNode>) -> Option<(NodeId, String)> {
         let id = m.current_leader?;
         if id == m.id && !self.check.leads(m) {
             return None;
@@ -673,7 +673,7 @@ impl Group {
     }
 
     /// The leader, waiting up to `timeout` for one to be known.
-    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(u64, String)> {
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<(NodeId, String)> {
         if let Some(known) = self.leader() {
             return Some(known);
         }
@@ -696,8 +696,8 @@ impl Group {
     pub async fn usable_leader(
         &self,
         timeout: Duration,
-        unreachable: &[u64],
-    ) -> Result<(u64, String), GroupError> {
+        unreachable: &[NodeId],
+    ) -> Result<(NodeId, String), GroupError> {
         let cut_off = || {
             GroupError::Unavailable(format!(
                 "this node cannot reach a quorum of the replicas of {}",
@@ -736,9 +736,9 @@ impl Group {
 
     fn usable_leader_in(
         &self,
-        m: &RaftMetrics<u64, BasicNode>,
-        unreachable: &[u64],
-    ) -> Option<(u64, String)> {
+        m: &RaftMetrics<NodeId, BasicNode>,
+        unreachable: &[NodeId],
+    ) -> Option<(NodeId, String)> {
         self.leader_in(m).filter(|(id, _)| {
             *id == m.id || (!unreachable.contains(id) && self.transport.peers().reachable(*id))
         })
@@ -752,12 +752,16 @@ impl Group {
 
     /// Whether this node could form a quorum of the group's voters with the peers it can
     /// reach, leaving out `also_unreachable`. False means it is cut off.
-    pub fn reaches_quorum(&self, also_unreachable: &[u64]) -> bool {
+    pub fn reaches_quorum(&self, also_unreachable: &[NodeId]) -> bool {
         self.reaches_quorum_in(&self.raft.metrics().borrow(), also_unreachable)
     }
 
-    fn reaches_quorum_in(&self, m: &RaftMetrics<u64, BasicNode>, also_unreachable: &[u64]) -> bool {
-        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    fn reaches_quorum_in(
+        &self,
+        m: &RaftMetrics<NodeId, BasicNode>,
+        also_unreachable: &[NodeId],
+    ) -> bool {
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         if voters.is_empty() {
             return true;
         }

@@ -20,6 +20,7 @@ use crate::read_index::{ReadBatcher, Rounds};
 use crate::supervise::GroupFailure;
 use crate::types::TypeConfig;
 use crate::validate;
+use crate::NodeId;
 use crate::{Group, GroupError, LogStore, StateMachine};
 
 /// Raft timing and log-compaction settings shared by every group of a node.
@@ -86,7 +87,7 @@ fn millis(d: Duration) -> u64 {
 /// everything.
 #[derive(Clone)]
 pub struct RaftHost {
-    node_id: u64,
+    node_id: NodeId,
     store: Store,
     transport: Transport,
     config: Arc<Config>,
@@ -115,7 +116,7 @@ impl RaftHost {
     /// A host for node `node_id` with no groups yet, talking to peers with `http` by `scheme`;
     /// snapshots go under `snapshot_root`.
     pub fn new(
-        node_id: u64,
+        node_id: NodeId,
         store: Store,
         http: reqwest::Client,
         scheme: Scheme,
@@ -144,7 +145,7 @@ impl RaftHost {
     }
 
     /// This node's Raft id.
-    pub fn node_id(&self) -> u64 {
+    pub fn node_id(&self) -> NodeId {
         self.node_id
     }
 
@@ -279,7 +280,7 @@ impl RaftHost {
             let restarted = group.clone();
             self.spawn(async move { restarted.recommit_after_restart().await });
         }
-        tracing::info!(node = self.node_id, group = %id, "group started");
+        tracing::info!(node = %self.node_id, group = %id, "group started");
         Ok(group)
     }
 
@@ -328,7 +329,7 @@ impl RaftHost {
         log: &mut LogStore,
     ) -> Result<Option<(u64, u64)>, GroupError> {
         use openraft::storage::RaftLogStorage;
-        let stopped = |e: openraft::StorageError<u64>| GroupError::Stopped(e.to_string());
+        let stopped = |e: openraft::StorageError<NodeId>| GroupError::Stopped(e.to_string());
         let Some(vote) = log.read_vote().await.map_err(stopped)? else {
             return Ok(None);
         };
@@ -345,7 +346,7 @@ impl RaftHost {
     pub async fn initialize(
         &self,
         id: GroupId,
-        members: BTreeMap<u64, BasicNode>,
+        members: BTreeMap<NodeId, BasicNode>,
     ) -> Result<bool, GroupError> {
         let group = self.group(id).ok_or(GroupError::UnknownGroup(id.0))?;
         match group.raft.initialize(members).await {
@@ -382,7 +383,7 @@ impl RaftHost {
                 enc(encode(&answer))
             }
             RpcKind::Vote => {
-                let req: VoteRequest<u64> = decode(body).map_err(bad)?;
+                let req: VoteRequest<NodeId> = decode(body).map_err(bad)?;
                 validate::vote(&req)?;
                 self.heard_from(&req.vote);
                 enc(encode(&g.raft.vote(req).await))
@@ -409,7 +410,7 @@ impl RaftHost {
                         "timeout-now for term {leader_term}, but this replica is at term {term}"
                     )));
                 }
-                tracing::info!(node = self.node_id, group = %g.id, term, "timeout-now: campaigning");
+                tracing::info!(node = %self.node_id, group = %g.id, term, "timeout-now: campaigning");
                 g.raft
                     .trigger()
                     .elect()
@@ -421,7 +422,7 @@ impl RaftHost {
     }
 
     /// A peer's RPC arrived: the node whose vote it carries can reach us.
-    fn heard_from(&self, vote: &Vote<u64>) {
+    fn heard_from(&self, vote: &Vote<NodeId>) {
         if let Some(sender) = vote.leader_id().voted_for() {
             self.transport.peers().note_ok(sender);
         }
@@ -454,7 +455,7 @@ impl RaftHost {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        tracing::info!(node = self.node_id, group = %id, "group closed and its data dropped");
+        tracing::info!(node = %self.node_id, group = %id, "group closed and its data dropped");
         Ok(())
     }
 

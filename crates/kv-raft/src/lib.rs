@@ -50,7 +50,8 @@ pub use types::{Request, Response, TypeConfig};
 /// server uses these through this crate, never the storage engine itself.
 pub use kv_storage::{Command, Condition, GroupId, Outcome, Record, Store};
 
-/// The Raft node id (a cluster member id).
-pub type NodeId = u64;
+/// The Raft node id (a cluster member id): the ring's, so that openraft, the ring and the node
+/// name a node by one type.
+pub use kv_ring::NodeId;
 /// Peer address as stored in Raft membership (`host:port`).
 pub type Node = openraft::BasicNode;

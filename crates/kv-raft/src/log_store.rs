@@ -17,6 +17,7 @@ use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, Vote};
 use crate::encoding::{decode, encode, sto_err};
 use crate::entry_cache::EntryCache;
 use crate::types::{Entry, LogId, StorageIoError, TypeConfig};
+use crate::NodeId;
 
 /// Appended entries not yet known durable: index -> (append sequence, encoded entry).
 /// The sequence lets a flush acknowledgement remove only the bytes it wrote, not a newer
@@ -60,7 +61,7 @@ impl LogStore {
     async fn read_meta<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         key: MetaKey,
-        subject: ErrorSubject<u64>,
+        subject: ErrorSubject<NodeId>,
     ) -> Result<Option<T>, StorageIoError> {
         let group = self.group;
         let bytes = self
@@ -77,7 +78,7 @@ impl LogStore {
     async fn write(
         &self,
         batch: WriteBatch,
-        subject: ErrorSubject<u64>,
+        subject: ErrorSubject<NodeId>,
     ) -> Result<(), StorageIoError> {
         self.store
             .write(batch)
@@ -218,7 +219,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageIoError> {
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageIoError> {
         let value = encode(vote).map_err(|e| sto_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         let batch = WriteBatch::new(self.group, true).op(Op::SetMeta {
             key: MetaKey::Vote,
@@ -227,7 +228,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write(batch, ErrorSubject::Vote).await
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageIoError> {
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageIoError> {
         self.read_meta(MetaKey::Vote, ErrorSubject::Vote).await
     }
 

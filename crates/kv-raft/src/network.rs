@@ -27,6 +27,7 @@ use crate::peer_health::PeerHealth;
 use crate::quiesce::{Ping, QuietGroup};
 use crate::types::TypeConfig;
 use crate::GroupError;
+use crate::NodeId;
 
 /// The peer RPCs, as named in the URL: openraft's three, plus `timeout-now` for leadership
 /// transfer.
@@ -140,7 +141,7 @@ impl Transport {
     /// Ask `leader` (at `addr`) for the read index of `group` (see [`RpcKind::ReadIndex`]).
     pub(crate) async fn read_index(
         &self,
-        leader: u64,
+        leader: NodeId,
         addr: &str,
         group: GroupId,
         timeout: Duration,
@@ -181,7 +182,7 @@ impl Transport {
     /// time.
     pub(crate) async fn ping(
         &self,
-        target: u64,
+        target: NodeId,
         addr: &str,
         ping: &Ping,
         timeout: Duration,
@@ -213,7 +214,7 @@ impl Transport {
         // The target's id is not known here; 0 names no peer in the reachability record.
         let bytes = self
             .channels
-            .call(0, addr, group, RpcKind::TimeoutNow, body, timeout)
+            .call(NodeId(0), addr, group, RpcKind::TimeoutNow, body, timeout)
             .await
             .map_err(unavailable)?;
         decode::<()>(&bytes).map_err(|e| unavailable(format!("bad answer: {e}")))
@@ -237,7 +238,7 @@ pub struct GroupNetwork {
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         PeerClient {
             group: self.group,
             target,
@@ -256,7 +257,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
 /// One group's connection to one peer.
 pub struct PeerClient {
     group: GroupId,
-    target: u64,
+    target: NodeId,
     addr: String,
     base: String,
     transport: Transport,
@@ -268,7 +269,7 @@ impl PeerClient {
         kind: RpcKind,
         req: &Req,
         timeout: Duration,
-    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -284,7 +285,7 @@ impl PeerClient {
                 .await
                 .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?
         };
-        let result: Result<Resp, RaftError<u64, E>> =
+        let result: Result<Resp, RaftError<NodeId, E>> =
             decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
@@ -297,7 +298,7 @@ impl PeerClient {
         kind: RpcKind,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Vec<u8>, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    ) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         E: std::error::Error,
     {
@@ -343,7 +344,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(RpcKind::Append, &rpc, option.hard_ttl()).await
     }
 
@@ -352,17 +353,17 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         self.call(RpcKind::Snapshot, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<u64>,
+        rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(RpcKind::Vote, &rpc, option.hard_ttl()).await
     }
 

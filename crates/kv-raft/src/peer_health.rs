@@ -10,13 +10,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::NodeId;
+
 /// Per-peer contact record, shared by every group of a node.
 #[derive(Debug)]
 pub struct PeerHealth {
     /// How long RPCs to a peer must keep failing, with nothing heard from it meanwhile, before
     /// the peer counts as unreachable. One timed-out heartbeat on a busy machine is not enough.
     down_after: Duration,
-    peers: Mutex<HashMap<u64, Contact>>,
+    peers: Mutex<HashMap<NodeId, Contact>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -38,27 +40,27 @@ impl PeerHealth {
         }
     }
 
-    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Contact>> {
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Contact>> {
         // Single-field updates cannot leave a record half-written: a poisoned lock is usable.
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The peer answered an RPC, or sent one.
-    pub fn note_ok(&self, peer: u64) {
+    pub fn note_ok(&self, peer: NodeId) {
         let mut peers = self.peers();
         let contact = peers.entry(peer).or_default();
         contact.failing_since = None;
     }
 
     /// An RPC to the peer failed at the transport level (refused, reset, timed out).
-    pub fn note_failure(&self, peer: u64) {
+    pub fn note_failure(&self, peer: NodeId) {
         let mut peers = self.peers();
         let contact = peers.entry(peer).or_default();
         contact.failing_since.get_or_insert_with(Instant::now);
     }
 
     /// The peer answered a liveness ping sent at `sent`.
-    pub(crate) fn note_ping_answered(&self, peer: u64, sent: Instant) {
+    pub(crate) fn note_ping_answered(&self, peer: NodeId, sent: Instant) {
         let mut peers = self.peers();
         let contact = peers.entry(peer).or_default();
         contact.failing_since = None;
@@ -68,7 +70,7 @@ impl PeerHealth {
     }
 
     /// A liveness ping from the peer arrived.
-    pub(crate) fn note_ping_received(&self, peer: u64) {
+    pub(crate) fn note_ping_received(&self, peer: NodeId) {
         let mut peers = self.peers();
         let contact = peers.entry(peer).or_default();
         contact.failing_since = None;
@@ -76,7 +78,7 @@ impl PeerHealth {
     }
 
     /// Whether the peer answered a ping sent within `within` from now.
-    pub(crate) fn answered_ping_within(&self, peer: u64, within: Duration) -> bool {
+    pub(crate) fn answered_ping_within(&self, peer: NodeId, within: Duration) -> bool {
         self.peers()
             .get(&peer)
             .and_then(|c| c.answered_ping_sent)
@@ -84,7 +86,7 @@ impl PeerHealth {
     }
 
     /// Whether a ping from the peer arrived within `within` from now.
-    pub(crate) fn pinged_within(&self, peer: u64, within: Duration) -> bool {
+    pub(crate) fn pinged_within(&self, peer: NodeId, within: Duration) -> bool {
         self.peers()
             .get(&peer)
             .and_then(|c| c.ping_received)
@@ -93,7 +95,7 @@ impl PeerHealth {
 
     /// Whether the peer may be reached: false once RPCs to it have failed for `down_after`
     /// with nothing heard from it since. Peers never contacted are reachable.
-    pub fn reachable(&self, peer: u64) -> bool {
+    pub fn reachable(&self, peer: NodeId) -> bool {
         self.peers()
             .get(&peer)
             .and_then(|c| c.failing_since)
@@ -108,15 +110,18 @@ mod tests {
     #[test]
     fn a_peer_is_down_only_after_failing_for_a_while_and_up_again_on_contact() {
         let patient = PeerHealth::new(Duration::from_secs(60));
-        assert!(patient.reachable(2), "never contacted");
-        patient.note_failure(2);
-        assert!(patient.reachable(2), "failing for less than the threshold");
+        assert!(patient.reachable(NodeId(2)), "never contacted");
+        patient.note_failure(NodeId(2));
+        assert!(
+            patient.reachable(NodeId(2)),
+            "failing for less than the threshold"
+        );
 
         let strict = PeerHealth::new(Duration::ZERO);
-        strict.note_failure(2);
-        assert!(!strict.reachable(2));
-        assert!(strict.reachable(3), "other peers are unaffected");
-        strict.note_ok(2);
-        assert!(strict.reachable(2), "heard from again");
+        strict.note_failure(NodeId(2));
+        assert!(!strict.reachable(NodeId(2)));
+        assert!(strict.reachable(NodeId(3)), "other peers are unaffected");
+        strict.note_ok(NodeId(2));
+        assert!(strict.reachable(NodeId(2)), "heard from again");
     }
 }

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoding::{decode, encode};
 use crate::types::TypeConfig;
+use crate::NodeId;
 use crate::{GroupError, RaftHost};
 
 /// Heartbeat intervals without a proposal before a leader asks its group to go quiet.
@@ -63,7 +64,7 @@ pub struct QuietGroup {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ping {
     /// The sending node.
-    pub from: u64,
+    pub from: NodeId,
     /// The groups it leads and wants quiet, or holds quiet.
     pub quiet: Vec<QuietGroup>,
 }
@@ -88,7 +89,7 @@ struct State {
 
 #[derive(Debug, Clone, Copy)]
 struct Following {
-    leader: u64,
+    leader: NodeId,
     term: u64,
     unlisted: bool,
 }
@@ -107,7 +108,7 @@ enum Leading {
     Asking {
         at: QuietGroup,
         activity: u64,
-        accepted: BTreeSet<u64>,
+        accepted: BTreeSet<NodeId>,
     },
     /// Heartbeats off.
     Quiesced { at: QuietGroup },
@@ -159,7 +160,7 @@ impl Quiet {
     pub(crate) fn tick_leader(
         &self,
         group: u64,
-        m: &RaftMetrics<u64, BasicNode>,
+        m: &RaftMetrics<NodeId, BasicNode>,
         tick: LeaderTick,
         raft: &Raft<TypeConfig>,
     ) -> Option<QuietGroup> {
@@ -256,7 +257,7 @@ impl Quiet {
     }
 
     /// Peer `from` accepted the quiet this leader asked for at `at`.
-    pub(crate) fn accepted(&self, from: u64, at: QuietGroup) {
+    pub(crate) fn accepted(&self, from: NodeId, at: QuietGroup) {
         if let Leading::Asking {
             at: asked,
             accepted,
@@ -273,9 +274,9 @@ impl Quiet {
     /// follows `from` in that term and holds exactly that log.
     pub(crate) fn follow(
         &self,
-        from: u64,
+        from: NodeId,
         at: QuietGroup,
-        m: &RaftMetrics<u64, BasicNode>,
+        m: &RaftMetrics<NodeId, BasicNode>,
         raft: &Raft<TypeConfig>,
     ) -> bool {
         let holds = matches!(m.state, ServerState::Follower | ServerState::Learner)
@@ -297,7 +298,7 @@ impl Quiet {
     }
 
     /// The leader this replica follows quietly, if any.
-    pub(crate) fn quiet_leader(&self) -> Option<u64> {
+    pub(crate) fn quiet_leader(&self) -> Option<NodeId> {
         self.state().following.map(|f| f.leader)
     }
 
@@ -322,8 +323,8 @@ impl Quiet {
     /// sees another leader or term, or when `silent` (no ping from its leader for its patience).
     pub(crate) fn tick_follower(
         &self,
-        m: &RaftMetrics<u64, BasicNode>,
-        silent: impl FnOnce(u64) -> bool,
+        m: &RaftMetrics<NodeId, BasicNode>,
+        silent: impl FnOnce(NodeId) -> bool,
         raft: &Raft<TypeConfig>,
     ) {
         let mut st = self.state();
@@ -336,7 +337,7 @@ impl Quiet {
         if moved || silent(f.leader) {
             st.following = None;
             set_timers(raft, Timers::Follower, true);
-            tracing::debug!(leader = f.leader, moved, "quiet ended by the follower");
+            tracing::debug!(leader = %f.leader, moved, "quiet ended by the follower");
         }
     }
 }
@@ -365,7 +366,7 @@ fn set_timers(raft: &Raft<TypeConfig>, timers: Timers, on: bool) {
 
 /// Every member holds the whole log and has applied it here, with no membership change under
 /// way: nothing for the leader to send.
-fn settled(m: &RaftMetrics<u64, BasicNode>) -> bool {
+fn settled(m: &RaftMetrics<NodeId, BasicNode>) -> bool {
     let last = m.last_log_index;
     let membership = m.membership_config.membership();
     let single = membership.get_joint_config().len() == 1;
@@ -381,11 +382,16 @@ fn settled(m: &RaftMetrics<u64, BasicNode>) -> bool {
 /// A follower's patience without pings before it may campaign: the lease, plus up to
 /// `election_min` spread over groups and nodes, so the followers of a dead leader's groups do
 /// not all campaign in the same instant (split votes).
-pub(crate) fn patience(lease: Duration, election_min: Duration, node: u64, group: u64) -> Duration {
+pub(crate) fn patience(
+    lease: Duration,
+    election_min: Duration,
+    node: NodeId,
+    group: u64,
+) -> Duration {
     let spread = u64::try_from(election_min.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
-    let mix = (node.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let mix = (node.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ group.wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
     .rotate_left(29);
     lease + Duration::from_millis(mix % spread)
@@ -398,7 +404,7 @@ pub(crate) async fn run(host: RaftHost) {
     let mut every = tokio::time::interval(heartbeat);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Peers with a ping in flight: a slow peer gets no second one meanwhile.
-    let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let in_flight: Arc<Mutex<HashSet<NodeId>>> = Arc::default();
     loop {
         every.tick().await;
         round(&host, &in_flight);
@@ -406,12 +412,12 @@ pub(crate) async fn run(host: RaftHost) {
 }
 
 /// One interval: every group's quiet decided, then one ping per peer.
-fn round(host: &RaftHost, in_flight: &Arc<Mutex<HashSet<u64>>>) {
+fn round(host: &RaftHost, in_flight: &Arc<Mutex<HashSet<NodeId>>>) {
     let (heartbeat, lease, election_min) = host.timing();
     let me = host.node_id();
     let health = host.transport().peers().clone();
     // Each peer, its address, and what its ping lists.
-    let mut peers: HashMap<u64, (String, Vec<QuietGroup>)> = HashMap::new();
+    let mut peers: HashMap<NodeId, (String, Vec<QuietGroup>)> = HashMap::new();
     host.for_each_group(|group| {
         let metrics = group.raft.metrics();
         let m = metrics.borrow();
@@ -477,7 +483,7 @@ fn round(host: &RaftHost, in_flight: &Arc<Mutex<HashSet<u64>>>) {
                         }
                     }
                 }
-                Err(e) => tracing::debug!(peer, error = %e, "liveness ping unanswered"),
+                Err(e) => tracing::debug!(%peer, error = %e, "liveness ping unanswered"),
             }
             in_flight
                 .lock()
@@ -531,9 +537,14 @@ mod tests {
     fn patience_is_at_least_a_lease_and_spreads_over_groups() {
         let lease = Duration::from_millis(1000);
         let min = Duration::from_millis(500);
-        let all: BTreeSet<Duration> = (0..64).map(|g| patience(lease, min, 2, g)).collect();
+        let all: BTreeSet<Duration> = (0..64)
+            .map(|g| patience(lease, min, NodeId(2), g))
+            .collect();
         assert!(all.iter().all(|p| *p >= lease && *p < lease + min));
         assert!(all.len() > 32, "spread: {all:?}");
-        assert_ne!(patience(lease, min, 2, 7), patience(lease, min, 3, 7));
+        assert_ne!(
+            patience(lease, min, NodeId(2), 7),
+            patience(lease, min, NodeId(3), 7)
+        );
     }
 }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::group::{matched, not_leading, shutting_down};
 use crate::types::TypeConfig;
+use crate::NodeId;
 use crate::{Group, GroupError};
 
 /// Longest a transfer waits for its target to catch up (the group's request timeout may be
@@ -20,7 +21,7 @@ use crate::{Group, GroupError};
 const MAX_CATCH_UP: Duration = Duration::from_secs(2);
 
 /// Whether the metrics are a leader's, with `to` holding the leader's whole log.
-fn caught_up(m: &RaftMetrics<u64, BasicNode>, to: u64) -> bool {
+fn caught_up(m: &RaftMetrics<NodeId, BasicNode>, to: NodeId) -> bool {
     let leads = m.state == ServerState::Leader && m.current_leader == Some(m.id);
     leads && m.last_log_index.is_some() && matched(m, to) == m.last_log_index
 }
@@ -45,7 +46,7 @@ impl Drop for HeartbeatsOff<'_> {
 impl Group {
     /// On the leader: whether voter `to` holds every entry of the leader's log, so it could take
     /// over at once. False on a follower and for a node that is not a member.
-    pub fn replication_caught_up(&self, to: u64) -> bool {
+    pub fn replication_caught_up(&self, to: NodeId) -> bool {
         caught_up(&self.raft.metrics().borrow(), to)
     }
 
@@ -70,7 +71,7 @@ impl Group {
     /// not be reached (heartbeats resume at once, before another follower campaigns), or if
     /// leadership did not move within two election timeouts (it may or may not move later).
     #[tracing::instrument(level = "info", skip(self), fields(group = %self.id))]
-    pub async fn transfer_leader(&self, to: u64) -> Result<(), GroupError> {
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
         self.transfer_target(to)?;
         let started = Instant::now();
         let _closed = tokio::time::timeout(self.timeout, self.gate.write())
@@ -147,7 +148,7 @@ impl Group {
         match moved {
             Ok(m) => {
                 tracing::info!(
-                    to,
+                    %to,
                     leader = ?m.current_leader,
                     term = m.current_term,
                     took_ms = started.elapsed().as_millis(),
@@ -167,16 +168,16 @@ impl Group {
     /// voters, and this leader's vote (cast when it was elected) is older than a lease, so
     /// openraft's lease check does not make it refuse. Then nobody needs to wait for the other
     /// followers' leases to lapse, and the transfer pauses writes for a round trip, not a lease.
-    fn old_leader_vote_elects(&self, to: u64, term: u64, lease: Duration) -> bool {
+    fn old_leader_vote_elects(&self, to: NodeId, term: u64, lease: Duration) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
-        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         let both = voters.contains(&to) && voters.contains(&m.id);
         both && 2 * 2 > voters.len() && self.check.led_for(term) > lease + lease / 4
     }
 
     /// Check that this node leads and `to` is another voter; return the term and `to`'s address.
-    fn transfer_target(&self, to: u64) -> Result<(u64, String), GroupError> {
+    fn transfer_target(&self, to: NodeId) -> Result<(u64, String), GroupError> {
         let m = self.raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();

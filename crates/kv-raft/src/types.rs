@@ -1,6 +1,8 @@
 //! The openraft type configuration shared by every group.
 
 use kv_storage::{Command, Outcome};
+
+use crate::NodeId;
 use serde::{Deserialize, Serialize};
 
 /// What a Raft log entry carries.
@@ -94,13 +96,13 @@ pub enum Response {
 }
 
 openraft::declare_raft_types!(
-    /// Type configuration of every group: u64 node ids, `host:port` nodes, snapshot data in
+    /// Type configuration of every group: [`NodeId`] node ids, `host:port` nodes, snapshot data in
     /// files so snapshots stream from and to disk instead of memory, tokio with the groups'
     /// tick timers coalesced (`runtime`).
     pub TypeConfig:
         D = Request,
         R = Response,
-        NodeId = u64,
+        NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
@@ -108,7 +110,7 @@ openraft::declare_raft_types!(
 );
 
 pub(crate) type Entry = openraft::Entry<TypeConfig>;
-pub(crate) type LogId = openraft::LogId<u64>;
-pub(crate) type Membership = openraft::StoredMembership<u64, openraft::BasicNode>;
-pub(crate) type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
-pub(crate) type StorageIoError = openraft::StorageError<u64>;
+pub(crate) type LogId = openraft::LogId<NodeId>;
+pub(crate) type Membership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub(crate) type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub(crate) type StorageIoError = openraft::StorageError<NodeId>;

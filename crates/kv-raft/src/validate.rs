@@ -12,6 +12,7 @@ use openraft::{LogId, Vote};
 
 use crate::types::TypeConfig;
 use crate::GroupError;
+use crate::NodeId;
 
 /// Highest term a peer may name. A cluster that elects a leader every millisecond takes
 /// ~8900 years to get here, and `u64` arithmetic on it cannot overflow.
@@ -25,20 +26,20 @@ fn bad(what: String) -> GroupError {
     GroupError::BadRequest(what)
 }
 
-fn check_vote(vote: &Vote<u64>) -> Result<(), GroupError> {
+fn check_vote(vote: &Vote<NodeId>) -> Result<(), GroupError> {
     let term = vote.leader_id().term;
     if term > MAX_TERM {
         return Err(bad(format!("term {term} is out of range")));
     }
     match vote.leader_id().voted_for() {
-        Some(0) | None => Err(bad("a vote must name a node".into())),
+        Some(NodeId(0)) | None => Err(bad("a vote must name a node".into())),
         Some(_) => Ok(()),
     }
 }
 
 /// A log id within bounds whose term is not above `term` (no leader can write an entry of a
 /// term after its own).
-fn check_log_id(log_id: &LogId<u64>, term: u64, what: &str) -> Result<(), GroupError> {
+fn check_log_id(log_id: &LogId<NodeId>, term: u64, what: &str) -> Result<(), GroupError> {
     if log_id.index > MAX_INDEX {
         return Err(bad(format!(
             "{what} index {} is out of range",
@@ -85,7 +86,7 @@ pub(crate) fn append(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), Group
     Ok(())
 }
 
-pub(crate) fn vote(req: &VoteRequest<u64>) -> Result<(), GroupError> {
+pub(crate) fn vote(req: &VoteRequest<NodeId>) -> Result<(), GroupError> {
     check_vote(&req.vote)?;
     if let Some(last) = &req.last_log_id {
         check_log_id(last, req.vote.leader_id().term, "last_log_id")?;
@@ -126,8 +127,8 @@ mod tests {
     use super::*;
     use openraft::{CommittedLeaderId, Entry, EntryPayload};
 
-    fn log_id(term: u64, index: u64) -> LogId<u64> {
-        LogId::new(CommittedLeaderId::new(term, 1), index)
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, NodeId(1)), index)
     }
 
     fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
@@ -143,7 +144,7 @@ mod tests {
         entries: Vec<Entry<TypeConfig>>,
     ) -> AppendEntriesRequest<TypeConfig> {
         AppendEntriesRequest {
-            vote: Vote::new_committed(term, 1),
+            vote: Vote::new_committed(term, NodeId(1)),
             prev_log_id: prev.map(|(t, i)| log_id(t, i)),
             entries,
             leader_commit: None,
@@ -180,24 +181,24 @@ mod tests {
             "index near overflow"
         );
         let mut anonymous = request(5, None, vec![]);
-        anonymous.vote = Vote::new_committed(5, 0);
+        anonymous.vote = Vote::new_committed(5, NodeId(0));
         assert!(append(&anonymous).is_err(), "node 0 does not exist");
     }
 
     #[test]
     fn votes_near_overflow_are_refused() {
         let ok = VoteRequest {
-            vote: Vote::new(7, 2),
+            vote: Vote::new(7, NodeId(2)),
             last_log_id: Some(log_id(6, 100)),
         };
         assert!(vote(&ok).is_ok());
         let huge = VoteRequest {
-            vote: Vote::new(u64::MAX - 1, 2),
+            vote: Vote::new(u64::MAX - 1, NodeId(2)),
             last_log_id: None,
         };
         assert!(vote(&huge).is_err());
         let ahead = VoteRequest {
-            vote: Vote::new(7, 2),
+            vote: Vote::new(7, NodeId(2)),
             last_log_id: Some(log_id(8, 1)),
         };
         assert!(vote(&ahead).is_err(), "log of a term after the candidate's");

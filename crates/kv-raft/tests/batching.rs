@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kv_raft::{Group, RaftHost, RaftTuning};
+use kv_raft::{Group, NodeId, RaftHost, RaftTuning};
 use kv_storage::{Command, Condition, GroupId, Outcome, Store};
 use openraft::{BasicNode, ServerState};
 
 async fn single_node_group(dir: &std::path::Path) -> (RaftHost, Group) {
     let store = Store::redb(&dir.join("node.redb")).unwrap();
     let host = RaftHost::new(
-        1,
+        NodeId(1),
         store,
         reqwest::Client::new(),
         kv_raft::Scheme::Http,
@@ -23,9 +23,12 @@ async fn single_node_group(dir: &std::path::Path) -> (RaftHost, Group) {
     .unwrap();
     let id = GroupId(1);
     let group = host.open_group(id).await.unwrap();
-    host.initialize(id, BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
-        .await
-        .unwrap();
+    host.initialize(
+        id,
+        BTreeMap::from([(NodeId(1), BasicNode::new("127.0.0.1:1"))]),
+    )
+    .await
+    .unwrap();
     group
         .raft()
         .wait(Some(Duration::from_secs(30)))

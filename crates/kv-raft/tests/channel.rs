@@ -10,7 +10,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use kv_raft::RaftTuning;
+use kv_raft::{NodeId, RaftTuning};
 use kv_storage::{Command, Condition, GroupId};
 use support::{fast_tuning, wait_until, TestCluster, SETTLE};
 
@@ -31,9 +31,9 @@ fn put(key: &str, value: Vec<u8>) -> Command {
 }
 
 /// (term, leader) of every other group as each node sees it.
-fn leaderships(cluster: &TestCluster) -> BTreeMap<(u64, u64), (u64, Option<u64>)> {
+fn leaderships(cluster: &TestCluster) -> BTreeMap<(NodeId, u64), (u64, Option<NodeId>)> {
     let mut seen = BTreeMap::new();
-    for node in 1..=3 {
+    for node in (1..=3).map(NodeId) {
         for g in OTHERS {
             let m = cluster
                 .group(node, GroupId(g))
@@ -54,11 +54,13 @@ async fn a_large_snapshot_does_not_starve_the_heartbeats_of_other_groups() {
         logs_kept_after_snapshot: 0,
         ..fast_tuning()
     };
-    let cluster = TestCluster::start_with(&[1, 2, 3], &tuning).await;
+    let cluster = TestCluster::start_with(&[NodeId(1), NodeId(2), NodeId(3)], &tuning).await;
     // BIG lives on nodes 1 and 2 first; node 3 will get it as a snapshot.
-    let leader = cluster.create_group(BIG, &[1, 2]).await;
+    let leader = cluster.create_group(BIG, &[NodeId(1), NodeId(2)]).await;
     for g in OTHERS {
-        cluster.create_group(GroupId(g), &[1, 2, 3]).await;
+        cluster
+            .create_group(GroupId(g), &[NodeId(1), NodeId(2), NodeId(3)])
+            .await;
     }
     let big = cluster.group(leader, BIG);
     // One at a time: each write its own entry, so the log passes the snapshot threshold.
@@ -80,8 +82,10 @@ async fn a_large_snapshot_does_not_starve_the_heartbeats_of_other_groups() {
     .await;
 
     let before = leaderships(&cluster);
-    big.add_learner(3, cluster.addr(3), true).await.unwrap();
-    let on_three = cluster.group(3, BIG);
+    big.add_learner(NodeId(3), cluster.addr(NodeId(3)), true)
+        .await
+        .unwrap();
+    let on_three = cluster.group(NodeId(3), BIG);
     assert!(
         on_three
             .raft()
@@ -119,14 +123,17 @@ async fn a_hung_call_does_not_hold_back_the_other_answers_of_its_batch() {
     use kv_raft::channel::{serve_batch, BatchRequest, BatchResponse, Call};
     use openraft::raft::{VoteRequest, VoteResponse};
 
-    let cluster = TestCluster::start(&[1, 2]).await;
+    let cluster = TestCluster::start(&[NodeId(1), NodeId(2)]).await;
     let healthy = GroupId(2);
     let hung = GroupId(3);
-    cluster.create_group(healthy, &[1, 2]).await;
-    cluster.create_group(hung, &[1, 2]).await;
+    cluster.create_group(healthy, &[NodeId(1), NodeId(2)]).await;
+    cluster.create_group(hung, &[NodeId(1), NodeId(2)]).await;
     // A vote from an old term: answered at once (refused), changing nothing.
-    let vote =
-        postcard::to_stdvec(&VoteRequest::<u64>::new(openraft::Vote::new(0, 2), None)).unwrap();
+    let vote = postcard::to_stdvec(&VoteRequest::<NodeId>::new(
+        openraft::Vote::new(0, NodeId(2)),
+        None,
+    ))
+    .unwrap();
     let call = |group: GroupId| Call {
         group: group.0,
         rpc: "vote".into(),
@@ -136,7 +143,7 @@ async fn a_hung_call_does_not_hold_back_the_other_answers_of_its_batch() {
         calls: vec![call(healthy), call(hung), call(healthy)],
     })
     .unwrap();
-    let host = cluster.host(1);
+    let host = cluster.host(NodeId(1));
     let prepare = |group: GroupId, _, _| async move {
         if group == hung {
             std::future::pending::<()>().await;
@@ -151,7 +158,7 @@ async fn a_hung_call_does_not_hold_back_the_other_answers_of_its_batch() {
     assert_eq!(answer.results.len(), 3);
     for i in [0, 2] {
         let bytes = answer.results[i].as_ref().unwrap();
-        let vote: Result<VoteResponse<u64>, openraft::error::RaftError<u64>> =
+        let vote: Result<VoteResponse<NodeId>, openraft::error::RaftError<NodeId>> =
             postcard::from_bytes(bytes).unwrap();
         assert!(!vote.unwrap().vote_granted, "an old term's vote is refused");
     }

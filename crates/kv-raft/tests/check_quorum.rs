@@ -6,12 +6,12 @@
 
 mod support;
 
-use kv_raft::GroupError;
+use kv_raft::{GroupError, NodeId};
 use kv_storage::{Command, Condition, GroupId};
 use support::{wait_until, TestCluster, SETTLE};
 
 const GROUP: GroupId = GroupId(1);
-const VOTERS: [u64; 3] = [1, 2, 3];
+const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 
 fn put(key: &str) -> Command {
     Command::Put {

@@ -10,11 +10,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kv_raft::{RaftHost, RaftTuning};
+use kv_raft::{NodeId, RaftHost, RaftTuning};
 use kv_storage::{Command, Condition, GroupId, Store};
 use openraft::{BasicNode, ServerState};
 
-const NODE: u64 = 1;
+const NODE: NodeId = NodeId(1);
 const WRITES_PER_GROUP: u64 = 50;
 
 #[tokio::test(flavor = "multi_thread")]

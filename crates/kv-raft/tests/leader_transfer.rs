@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_raft::{Group, GroupError, RaftTuning};
+use kv_raft::{Group, GroupError, NodeId, RaftTuning};
 use kv_storage::{Command, Condition, GroupId};
 use support::{wait_until, TestCluster, SETTLE};
 
 const GROUP: GroupId = GroupId(1);
-const VOTERS: [u64; 3] = [1, 2, 3];
+const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 /// A lease race can let another follower win a transfer; this many tries must reach the target.
 const TRANSFER_ATTEMPTS: usize = 3;
 
@@ -43,7 +43,10 @@ async fn write_keys(group: &Group, prefix: &str, count: usize, acked: &mut Acked
 
 /// Keep writing fresh keys to whichever node leads (following `NotLeader`) until `stop`;
 /// return the acknowledged writes and how many attempts failed.
-async fn write_until_stopped(groups: Vec<(u64, Group)>, stop: Arc<AtomicBool>) -> (Acked, usize) {
+async fn write_until_stopped(
+    groups: Vec<(NodeId, Group)>,
+    stop: Arc<AtomicBool>,
+) -> (Acked, usize) {
     let mut acked = Acked::new();
     let mut failed = 0;
     let mut target = groups[0].0;
@@ -78,7 +81,7 @@ async fn write_until_stopped(groups: Vec<(u64, Group)>, stop: Arc<AtomicBool>) -
 
 /// Every acknowledged write is readable, linearizably on `leader` and on every voter once it
 /// has applied the last of them.
-async fn assert_all_readable(cluster: &TestCluster, leader: u64, acked: &Acked) {
+async fn assert_all_readable(cluster: &TestCluster, leader: NodeId, acked: &Acked) {
     let last_index = acked.values().map(|(_, i)| *i).max().unwrap();
     for (key, (value, _)) in acked {
         let record = cluster
@@ -164,10 +167,13 @@ async fn transfer_hands_leadership_to_the_chosen_follower_and_loses_no_acknowled
 
 #[tokio::test(flavor = "multi_thread")]
 async fn transfer_is_refused_off_the_leader_and_to_anyone_but_another_voter() {
-    let cluster = TestCluster::start(&[1, 2, 3, 4]).await;
+    let cluster = TestCluster::start(&[NodeId(1), NodeId(2), NodeId(3), NodeId(4)]).await;
     let leader = cluster.create_group(GROUP, &VOTERS).await;
     let group = cluster.group(leader, GROUP);
-    group.add_learner(4, cluster.addr(4), true).await.unwrap();
+    group
+        .add_learner(NodeId(4), cluster.addr(NodeId(4)), true)
+        .await
+        .unwrap();
     let follower = VOTERS.into_iter().find(|id| *id != leader).unwrap();
     let other = VOTERS
         .into_iter()
@@ -181,7 +187,11 @@ async fn transfer_is_refused_off_the_leader_and_to_anyone_but_another_voter() {
         }) => assert_eq!(id, leader),
         other => panic!("transfer on a follower: {other:?}"),
     }
-    for (to, what) in [(4, "a learner"), (leader, "itself"), (99, "a stranger")] {
+    for (to, what) in [
+        (NodeId(4), "a learner"),
+        (leader, "itself"),
+        (NodeId(99), "a stranger"),
+    ] {
         let refused = group.transfer_leader(to).await;
         assert!(
             matches!(refused, Err(GroupError::BadRequest(_))),
@@ -194,7 +204,7 @@ async fn transfer_is_refused_off_the_leader_and_to_anyone_but_another_voter() {
     group.write(put("k", "v")).await.unwrap();
     assert_eq!(cluster.leader(GROUP, &VOTERS).await, leader);
     wait_until("the learner catches up", SETTLE, || {
-        std::future::ready(group.replication_caught_up(4))
+        std::future::ready(group.replication_caught_up(NodeId(4)))
     })
     .await;
     cluster.shutdown().await;

@@ -8,11 +8,12 @@ mod support;
 
 use std::time::Duration;
 
+use kv_raft::NodeId;
 use kv_storage::{Command, Condition, GroupId};
 use support::{fast_tuning, wait_until, TestCluster, SETTLE};
 
 const GROUP: GroupId = GroupId(1);
-const VOTERS: [u64; 3] = [1, 2, 3];
+const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 
 fn put(key: &str, value: &str) -> Command {
     Command::Put {
@@ -24,7 +25,7 @@ fn put(key: &str, value: &str) -> Command {
 
 /// How long ago replica `id` last heard from its leader (openraft renews a follower's lease
 /// on every append, heartbeats included).
-async fn since_leader_heard(cluster: &TestCluster, id: u64) -> Option<Duration> {
+async fn since_leader_heard(cluster: &TestCluster, id: NodeId) -> Option<Duration> {
     cluster
         .group(id, GROUP)
         .raft()
@@ -33,7 +34,7 @@ async fn since_leader_heard(cluster: &TestCluster, id: u64) -> Option<Duration> 
         .unwrap()
 }
 
-async fn wait_quiet(cluster: &TestCluster, leader: u64) {
+async fn wait_quiet(cluster: &TestCluster, leader: NodeId) {
     wait_until("the idle group goes quiet", SETTLE, || {
         std::future::ready(cluster.group(leader, GROUP).is_quiesced())
     })
@@ -52,7 +53,7 @@ async fn an_idle_group_stops_heartbeating_keeps_its_leader_and_wakes_for_a_write
     wait_quiet(&cluster, leader).await;
     // The followers hear nothing from the leader for longer than two leases (no heartbeat is
     // sent), and still the leader leads, every replica agrees on it, and nobody campaigned.
-    let followers: Vec<u64> = VOTERS.into_iter().filter(|id| *id != leader).collect();
+    let followers: Vec<NodeId> = VOTERS.into_iter().filter(|id| *id != leader).collect();
     for id in &followers {
         let cluster = &cluster;
         wait_until("no heartbeat for two leases", SETTLE, || async move {
@@ -104,15 +105,15 @@ async fn the_followers_of_a_quiet_group_elect_a_new_leader_when_it_dies() {
     wait_quiet(&cluster, leader).await;
 
     cluster.stop(leader).await;
-    let rest: Vec<u64> = VOTERS.into_iter().filter(|id| *id != leader).collect();
-    let mut next = 0;
+    let rest: Vec<NodeId> = VOTERS.into_iter().filter(|id| *id != leader).collect();
+    let mut next = NodeId(0);
     wait_until("a follower takes over", SETTLE, || {
         next = rest
             .iter()
             .copied()
             .find(|id| cluster.group(*id, GROUP).is_leader())
-            .unwrap_or(0);
-        std::future::ready(next != 0)
+            .unwrap_or(NodeId(0));
+        std::future::ready(next != NodeId(0))
     })
     .await;
     let g = cluster.group(next, GROUP);

@@ -7,7 +7,7 @@
 // Helpers here are test code too (clippy only exempts `#[test]` fns themselves).
 #![allow(clippy::unwrap_used)]
 
-use kv_raft::{LogStore, Request, StateMachine, TypeConfig};
+use kv_raft::{LogStore, NodeId, Request, StateMachine, TypeConfig};
 use kv_storage::{Command, Condition, GroupId, Store};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{log_id, StoreBuilder, Suite};
@@ -50,7 +50,7 @@ async fn fresh(engine: Engine) -> Result<(TempDir, Store, LogStore, StateMachine
 struct Builder(Engine);
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
-    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let (dir, _, log, sm) = fresh(self.0).await.map_err(|e| {
             let io = std::io::Error::other(e);
             StorageIOError::new(
@@ -80,7 +80,7 @@ async fn read_committed_returns_the_value_just_saved() {
     for engine in ENGINES {
         let (_dir, _store, mut log, _sm) = fresh(engine).await.unwrap();
         for i in 0..20 {
-            let committed = Some(log_id(1, 0, i));
+            let committed = Some(log_id(1, NodeId(0), i));
             log.save_committed(committed).await.unwrap();
             assert_eq!(log.read_committed().await.unwrap(), committed, "{engine:?}");
         }
@@ -89,7 +89,7 @@ async fn read_committed_returns_the_value_just_saved() {
 
 fn put(index: u64, key: &str, value: &str) -> Entry<TypeConfig> {
     Entry {
-        log_id: log_id(1, 0, index),
+        log_id: log_id(1, NodeId(0), index),
         payload: EntryPayload::Normal(Request::Kv(Command::Put {
             key: key.as_bytes().to_vec(),
             value: value.as_bytes().to_vec(),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_raft::{Group, RaftHost, RaftTuning};
+use kv_raft::{Group, NodeId, RaftHost, RaftTuning};
 use kv_storage::{
     Command, Condition, Engine, ExportSummary, GroupId, MemoryEngine, MetaKey, Outcome, Record,
     StorageError, Store, WriteBatch,
@@ -100,7 +100,7 @@ fn put(key: &str, value: &str) -> Command {
 
 async fn lead(host: &RaftHost, id: GroupId) -> Group {
     let group = host.open_group(id).await.unwrap();
-    let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
+    let members = BTreeMap::from([(NodeId(1), BasicNode::new("127.0.0.1:1"))]);
     host.initialize(id, members).await.unwrap();
     group
         .raft()
@@ -133,7 +133,7 @@ async fn a_group_whose_raft_core_fails_is_reported_and_restarted_with_its_data()
     let store = Store::new(engine.clone()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let host = RaftHost::new(
-        1,
+        NodeId(1),
         store,
         reqwest::Client::new(),
         kv_raft::Scheme::Http,

@@ -10,7 +10,7 @@ use kv_client::api::{
     ClusterStatus, GroupStatus, LearnerProgress, LeaveResult, MapSummary, Member, MoveStatus,
     PartitionRoute, Routes,
 };
-use kv_ring::PartitionId;
+use kv_ring::{NodeId, PartitionId};
 use serde_json::json;
 
 use crate::api::extract::{Params, PathParams};
@@ -98,11 +98,16 @@ async fn cluster_view(st: &AppState) -> NodeView {
     status
 }
 
+/// Node ids as the public documents (`kv_client::api`) spell them.
+fn numbers(ids: Vec<NodeId>) -> Vec<u64> {
+    ids.into_iter().map(u64::from).collect()
+}
+
 /// The public status document of `view`, with the map this node routes by.
 fn public_status(st: &AppState, view: NodeView) -> ClusterStatus {
     let map = map_summary(st);
     ClusterStatus {
-        node: view.node,
+        node: view.node.0,
         members: map.members,
         partitions: map.partitions,
         replication_factor: map.replication_factor,
@@ -113,16 +118,18 @@ fn public_status(st: &AppState, view: NodeView) -> ClusterStatus {
             .into_iter()
             .map(|g| GroupStatus {
                 partition: g.partition,
-                replicas: g.replicas,
-                voters: g.voters,
-                learners: g.learners,
-                leader: g.leader,
+                replicas: numbers(g.replicas),
+                voters: numbers(g.voters),
+                learners: numbers(g.learners),
+                leader: g.leader.map(u64::from),
                 term: g.term,
                 role: g.role.as_str().to_string(),
                 last_log_index: g.last_log_index,
                 commit_index: g.commit_index,
                 applied_index: g.applied_index,
-                replication: g.replication,
+                replication: g
+                    .replication
+                    .map(|r| r.into_iter().map(|(id, i)| (id.0, i)).collect()),
             })
             .collect(),
         moves: view
@@ -130,16 +137,16 @@ fn public_status(st: &AppState, view: NodeView) -> ClusterStatus {
             .into_iter()
             .map(|m| MoveStatus {
                 partition: m.partition,
-                node: m.node,
+                node: m.node.0,
                 epoch: m.epoch,
-                from: m.from,
-                to: m.to,
+                from: numbers(m.from),
+                to: numbers(m.to),
                 phase: m.phase.as_str().to_string(),
                 learners: m
                     .learners
                     .into_iter()
                     .map(|(node, matched, target)| LearnerProgress {
-                        node,
+                        node: node.0,
                         matched,
                         target,
                     })
@@ -168,14 +175,14 @@ pub fn route_table(st: &AppState) -> Routes {
                 .host
                 .group(group_of(p))
                 .and_then(|g| g.leader())
-                .map(|(id, _)| id),
-            replicas: layout.replicas(p),
+                .map(|(id, _)| id.0),
+            replicas: numbers(layout.replicas(p)),
         })
         .collect();
     let members = layout
         .members
         .iter()
-        .map(|(id, addr)| (*id, layout.client_addr(*id).unwrap_or(addr).to_string()))
+        .map(|(id, addr)| (id.0, layout.client_addr(*id).unwrap_or(addr).to_string()))
         .collect();
     Routes {
         epoch: st.epoch().unwrap_or(0),
@@ -210,7 +217,7 @@ fn map_summary(st: &AppState) -> MapSummary {
             .members
             .iter()
             .map(|(id, addr)| Member {
-                id: *id,
+                id: id.0,
                 addr: layout.client_addr(*id).unwrap_or(addr).to_string(),
             })
             .collect(),
@@ -224,7 +231,7 @@ fn map_summary(st: &AppState) -> MapSummary {
 pub async fn health(State(st): State<AppState>) -> Json<kv_client::api::Health> {
     Json(kv_client::api::Health {
         status: "ok".into(),
-        node: st.config.id,
+        node: st.config.id.0,
         cluster_id: st.cluster_id().map(|id| format!("{id:016x}")),
     })
 }
@@ -332,7 +339,8 @@ pub async fn join(
     body: Result<Json<kv_client::api::JoinRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|r| ApiError::bad_request("invalid_json", r.body_text()))?;
-    let access = join_access(&caller, req.id)?;
+    let id = NodeId(req.id);
+    let access = join_access(&caller, id)?;
     if let Some(addr) = meta_leader_elsewhere(&st)? {
         let body = serde_json::to_vec(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
         let mut headers = axum::http::HeaderMap::new();
@@ -351,13 +359,13 @@ pub async fn join(
         )
         .await;
     }
-    let epoch = control::add_member(&st, req.id, &req.addr, req.client_addr.as_deref()).await?;
+    let epoch = control::add_member(&st, id, &req.addr, req.client_addr.as_deref()).await?;
     Ok(Json(json!({"id": req.id, "addr": req.addr, "epoch": epoch})).into_response())
 }
 
 /// Who may add node `id`: an admin client; the node itself, proving it with its node
 /// certificate; or a member peer relaying the node's own request (when no client is named).
-fn join_access(caller: &Caller, id: u64) -> Result<Access, ApiError> {
+fn join_access(caller: &Caller, id: NodeId) -> Result<Access, ApiError> {
     let admin = caller.access(Role::Admin);
     if admin.is_ok() {
         return admin;
@@ -427,9 +435,14 @@ pub async fn leave(
     Params(params): Params<LeaveParams>,
 ) -> Result<Response, ApiError> {
     let access = caller.access(Role::Admin)?;
-    let id: u64 = id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
-        ApiError::bad_request("invalid_member", format!("{id:?} is not a node id"))
-    })?;
+    let id: NodeId = id
+        .parse()
+        .ok()
+        .filter(|id| *id > 0)
+        .map(NodeId)
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_member", format!("{id:?} is not a node id"))
+        })?;
     let wait = match params.wait.as_deref() {
         None => DEFAULT_LEAVE_WAIT,
         Some(text) => parse_wait(text)
@@ -500,7 +513,7 @@ pub async fn leave(
         let done = left.is_empty() && !metadata;
         if done || tokio::time::Instant::now() >= deadline {
             let body = LeaveResult {
-                id,
+                id: id.0,
                 epoch,
                 status: if done { "removed" } else { "draining" }.into(),
                 remaining: left,
@@ -540,7 +553,7 @@ struct Presence {
     seen: bool,
 }
 
-async fn presence(st: &AppState, id: u64) -> Presence {
+async fn presence(st: &AppState, id: NodeId) -> Presence {
     let mut views = crate::control::peers::member_views(st).await;
     views.push(own_view(st).await);
     let layout = st.layout();

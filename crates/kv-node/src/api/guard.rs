@@ -28,7 +28,7 @@ pub(super) async fn authenticate(
     // them): until then every node certificate of the peer CA may reach it.
     let joining = st.config.join.is_some() && st.epoch().is_none();
     let layout = st.layout();
-    let member = |n: u64| joining || layout.members.contains_key(&n);
+    let member = |n: kv_ring::NodeId| joining || layout.members.contains_key(&n);
     match st.auth.caller(&presented, req.headers(), member) {
         Ok(caller) => {
             req.extensions_mut().insert(caller);

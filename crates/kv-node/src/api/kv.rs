@@ -447,7 +447,7 @@ pub async fn execute(
             }
             let h = resp.headers_mut();
             h.insert(HEADER_PARTITION, HeaderValue::from(p.0));
-            h.insert(HEADER_NODE, HeaderValue::from(me));
+            h.insert(HEADER_NODE, HeaderValue::from(me.0));
             Ok(resp)
         }
     })

@@ -33,16 +33,17 @@ pub async fn raft_rpc(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let group: u64 = group
+    let group: GroupId = group
         .parse()
+        .map(GroupId)
         .map_err(|_| ApiError::bad_request("invalid_group", format!("bad group id {group:?}")))?;
     let kind = RpcKind::parse(&rpc).ok_or_else(|| ApiError::NotFound {
         code: "no_route",
         message: format!("unknown raft rpc {rpc:?}"),
     })?;
     // The group first, the body after: nothing is read for a group this node does not host.
-    open_if_assigned(&st, GroupId(group)).await?;
-    if st.host.group(GroupId(group)).is_none() {
+    open_if_assigned(&st, group).await?;
+    if st.host.group(group).is_none() {
         return Err(unknown_group(&st, group));
     }
     let body = read_limited(
@@ -54,9 +55,9 @@ pub async fn raft_rpc(
     )
     .await?;
     count_received(group, kind, body.len());
-    match st.host.handle_rpc(group, kind, &body).await {
+    match st.host.handle_rpc(group.0, kind, &body).await {
         Ok(bytes) => Ok((StatusCode::OK, bytes).into_response()),
-        Err(GroupError::UnknownGroup(g)) => Err(unknown_group(&st, g)),
+        Err(GroupError::UnknownGroup(g)) => Err(unknown_group(&st, GroupId(g))),
         Err(e) => Err(e.into()),
     }
 }
@@ -85,7 +86,7 @@ pub async fn raft_batch(
             open_if_assigned(&st, group)
                 .await
                 .map_err(|e| GroupError::Unavailable(e.to_string()))?;
-            count_received(group.0, kind, len);
+            count_received(group, kind, len);
             Ok(())
         }
     };
@@ -95,8 +96,8 @@ pub async fn raft_batch(
 
 /// What replication moves onto this node: log entries (append) and snapshots, per kind of
 /// group. A join's data movement shows up here on the new node.
-fn count_received(group: u64, kind: RpcKind, len: usize) {
-    let groups = if group == crate::layout::META_GROUP.0 {
+fn count_received(group: GroupId, kind: RpcKind, len: usize) {
+    let groups = if group == crate::layout::META_GROUP {
         "metadata"
     } else {
         "partition"
@@ -105,10 +106,10 @@ fn count_received(group: u64, kind: RpcKind, len: usize) {
         .increment(len as u64);
 }
 
-fn unknown_group(st: &AppState, group: u64) -> ApiError {
+fn unknown_group(st: &AppState, group: GroupId) -> ApiError {
     ApiError::NotFound {
         code: "unknown_group",
-        message: format!("group {group} is not hosted on node {}", st.config.id),
+        message: format!("group {} is not hosted on node {}", group.0, st.config.id),
     }
 }
 

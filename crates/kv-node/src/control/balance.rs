@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use kv_ring::PartitionId;
+use kv_ring::{NodeId, PartitionId};
 
 use crate::layout::partition_of_group;
 use crate::state::AppState;
@@ -27,7 +27,7 @@ pub(super) async fn run(st: AppState, mut stop: tokio::sync::watch::Receiver<boo
     let mut tick = super::safety_net(BALANCE_EVERY);
     let mut epochs = st.epoch_changes();
     let mut endings = st.moves.endings();
-    let mut failed: BTreeMap<u32, Instant> = BTreeMap::new();
+    let mut failed: BTreeMap<PartitionId, Instant> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -40,7 +40,7 @@ pub(super) async fn run(st: AppState, mut stop: tokio::sync::watch::Receiver<boo
 }
 
 /// Hand over at most one leadership.
-async fn balance_once(st: &AppState, failed: &mut BTreeMap<u32, Instant>) {
+async fn balance_once(st: &AppState, failed: &mut BTreeMap<PartitionId, Instant>) {
     // Moves change voters and may hand leadership over themselves; balance once they are done.
     if st.epoch().is_none() || !st.moves.is_idle() {
         return;
@@ -52,13 +52,13 @@ async fn balance_once(st: &AppState, failed: &mut BTreeMap<u32, Instant>) {
         let Some(p) = partition_of_group(group.id()) else {
             continue;
         };
-        if !group.is_leader() || failed.contains_key(&p.0) {
+        if !group.is_leader() || failed.contains_key(&p) {
             continue;
         }
         let Some(target) = layout.target_leader(p) else {
             continue;
         };
-        let desired: BTreeSet<u64> = layout.replicas(p).into_iter().collect();
+        let desired: BTreeSet<NodeId> = layout.replicas(p).into_iter().collect();
         let (voters, learners) = group.members();
         if target == me || voters != desired || !learners.is_empty() {
             continue;
@@ -80,21 +80,21 @@ async fn transfer(
     st: &AppState,
     p: PartitionId,
     group: &kv_raft::Group,
-    target: u64,
-    failed: &mut BTreeMap<u32, Instant>,
+    target: NodeId,
+    failed: &mut BTreeMap<PartitionId, Instant>,
 ) {
     tracing::info!(
-        node = st.config.id,
+        node = %st.config.id,
         partition = p.0,
-        to = target,
+        to = %target,
         "handing leadership to the partition's target leader"
     );
     match group.transfer_leader(target).await {
         Ok(()) => metrics::counter!("kv_leader_transfers_total", "result" => "ok").increment(1),
         Err(e) => {
             metrics::counter!("kv_leader_transfers_total", "result" => "failed").increment(1);
-            tracing::warn!(partition = p.0, to = target, error = %e, "leadership transfer failed");
-            failed.insert(p.0, Instant::now());
+            tracing::warn!(partition = p.0, to = %target, error = %e, "leadership transfer failed");
+            failed.insert(p, Instant::now());
         }
     }
 }

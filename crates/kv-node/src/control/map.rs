@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use kv_raft::Node as BasicNode;
-use kv_raft::{Command, Condition};
+use kv_raft::{Command, Condition, NodeId};
 
 use crate::layout::{ClusterMap, META_GROUP};
 use crate::state::AppState;
@@ -18,7 +18,7 @@ pub(crate) const MAX_META_VOTERS: usize = 5;
 const MAP_KEY: &[u8] = b"cluster/map";
 
 /// The voters of the metadata group for a member set: the lowest ids.
-pub(crate) fn meta_voters(members: &BTreeMap<u64, String>) -> BTreeMap<u64, BasicNode> {
+pub(crate) fn meta_voters(members: &BTreeMap<NodeId, String>) -> BTreeMap<NodeId, BasicNode> {
     members
         .iter()
         .take(MAX_META_VOTERS)

@@ -7,7 +7,7 @@ use crate::config::valid_addr;
 use crate::error::ApiError;
 use crate::layout::{ClusterMap, META_GROUP};
 use crate::state::AppState;
-use kv_raft::Outcome;
+use kv_raft::{NodeId, Outcome};
 
 /// On the metadata leader: add member `id` at `addr` (and, with a peer listener apart, serving
 /// clients at `client_addr`) by writing a new map (epoch + 1) with a placement recomputed over
@@ -15,11 +15,11 @@ use kv_raft::Outcome;
 /// new `client_addr` is recorded (that is how a member publishes it).
 pub(crate) async fn add_member(
     st: &AppState,
-    id: u64,
+    id: NodeId,
     addr: &str,
     client_addr: Option<&str>,
 ) -> Result<u64, ApiError> {
-    if id == 0 || !valid_addr(addr) || !client_addr.is_none_or(valid_addr) {
+    if id.0 == 0 || !valid_addr(addr) || !client_addr.is_none_or(valid_addr) {
         return Err(ApiError::bad_request(
             "invalid_member",
             format!("a member needs a positive id and host:port addresses, got {id} at {addr:?}"),
@@ -67,7 +67,7 @@ pub(crate) async fn add_member(
         Ok(Some(next))
     })
     .await?;
-    tracing::info!(id, addr, client_addr, epoch, "member added or updated");
+    tracing::info!(%id, addr, client_addr, epoch, "member added or updated");
     Ok(epoch)
 }
 
@@ -76,7 +76,7 @@ pub(crate) async fn add_member(
 /// typo must not become a member that partitions move to and never reach.)
 async fn check_identity(
     st: &AppState,
-    id: u64,
+    id: NodeId,
     addr: &str,
     cluster: Option<u64>,
 ) -> Result<(), ApiError> {
@@ -107,7 +107,7 @@ async fn check_identity(
 /// are re-replicated onto the others before it leaves their groups. Without `force` the node
 /// must be up (it drains); `force` removes a dead node, re-replicating from the survivors.
 /// Refuses to leave fewer members than the replication factor.
-pub(crate) async fn remove_member(st: &AppState, id: u64, force: bool) -> Result<u64, ApiError> {
+pub(crate) async fn remove_member(st: &AppState, id: NodeId, force: bool) -> Result<u64, ApiError> {
     if !force {
         let addr = local_map(st)
             .await
@@ -126,7 +126,7 @@ pub(crate) async fn remove_member(st: &AppState, id: u64, force: bool) -> Result
         }
     }
     // Partitions move onto the remaining members: they must all be up, or those moves stall.
-    let others: Vec<(u64, String)> = local_map(st)
+    let others: Vec<(NodeId, String)> = local_map(st)
         .await
         .ok()
         .flatten()
@@ -167,7 +167,7 @@ pub(crate) async fn remove_member(st: &AppState, id: u64, force: bool) -> Result
     })
     .await?;
     tracing::info!(
-        id,
+        %id,
         force,
         epoch,
         "member removed from the map; its partitions will move"

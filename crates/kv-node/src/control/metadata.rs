@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kv_raft::Node as BasicNode;
 use kv_raft::Outcome;
-use kv_ring::RingParams;
+use kv_ring::{NodeId, RingParams};
 
 use super::map::{local_map, meta_voters, write_command};
 use crate::layout::{group_of, ClusterMap, Layout, META_GROUP};
@@ -46,7 +46,7 @@ pub(crate) async fn run(st: AppState, mut stop: tokio::sync::watch::Receiver<boo
             _ = stop.wait_for(|s| *s) => return,
         }
         if let Err(e) = reconcile_once(&st).await {
-            tracing::debug!(node = st.config.id, error = %format!("{e:#}"), "metadata reconcile");
+            tracing::debug!(node = %st.config.id, error = %format!("{e:#}"), "metadata reconcile");
         }
     }
 }
@@ -62,7 +62,7 @@ struct MetaWatch {
 /// What of the metadata group's state the metadata job acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MetaState {
-    leader: Option<u64>,
+    leader: Option<NodeId>,
     term: u64,
     applied: Option<u64>,
     membership: Option<u64>,
@@ -143,7 +143,7 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
     for (id, addr) in &map.members {
         if !voters.contains(id) && !learners.contains(id) {
             if let Err(e) = group.add_learner(*id, addr, false).await {
-                tracing::debug!(id, error = %e, "adding metadata learner");
+                tracing::debug!(%id, error = %e, "adding metadata learner");
             }
         }
     }
@@ -169,7 +169,7 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
     if former_pending {
         return Ok(());
     }
-    let desired: BTreeSet<u64> = meta_voters(&map.members).into_keys().collect();
+    let desired: BTreeSet<NodeId> = meta_voters(&map.members).into_keys().collect();
     if !desired.contains(&st.config.id) {
         // This node is leaving the voters: hand leadership to one that stays, so the group
         // does not wait out an election after the change.
@@ -180,7 +180,7 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
         if let Some(to) = staying {
             match group.transfer_leader(*to).await {
                 Ok(()) => return Ok(()),
-                Err(e) => tracing::warn!(to, error = %e, "metadata leadership handover failed"),
+                Err(e) => tracing::warn!(%to, error = %e, "metadata leadership handover failed"),
             }
         }
     }
@@ -193,7 +193,7 @@ async fn lead(st: &AppState, group: &kv_raft::Group) -> anyhow::Result<()> {
         group.set_voters(desired).await?;
     }
     let (_, learners) = group.members();
-    let former: BTreeSet<u64> = learners
+    let former: BTreeSet<NodeId> = learners
         .into_iter()
         .filter(|id| !map.members.contains_key(id))
         .collect();
@@ -221,7 +221,7 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
         if layout.generation > 0 {
             continue;
         }
-        let members: BTreeMap<u64, BasicNode> = layout
+        let members: BTreeMap<NodeId, BasicNode> = layout
             .replicas(p)
             .into_iter()
             .filter_map(|id| layout.addr(id).map(|a| (id, BasicNode::new(a))))
@@ -252,14 +252,14 @@ async fn adopt(st: &AppState, epoch: u64, map: ClusterMap) -> anyhow::Result<()>
     }
     if layout.members.contains_key(&me) {
         tracing::info!(
-            node = me,
+            node = %me,
             epoch,
             partitions = layout.partitions_of(me).len(),
             "adopted cluster map"
         );
     } else {
         tracing::warn!(
-            node = me,
+            node = %me,
             epoch,
             "this node was removed from the cluster; once its partitions are dropped it may be stopped"
         );

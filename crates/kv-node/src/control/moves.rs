@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use kv_ring::PartitionId;
+use kv_ring::{NodeId, PartitionId};
 
 use crate::layout::{partition_of_group, META_GROUP};
 use crate::state::{AppState, Phase, Progress};
@@ -44,7 +44,7 @@ async fn reconcile(st: &AppState) {
         let Some(p) = partition_of_group(group.id()) else {
             continue;
         };
-        let desired: BTreeSet<u64> = layout.replicas(p).into_iter().collect();
+        let desired: BTreeSet<NodeId> = layout.replicas(p).into_iter().collect();
         if group.is_leader() {
             let (voters, learners) = group.members();
             if voters != desired || !learners.is_empty() {
@@ -69,7 +69,7 @@ enum Finish {
     /// finishes the move.
     HandedOver,
     /// A new replica made no progress for [`STALL_AFTER`]: the move steps aside for a while.
-    Stalled(u64),
+    Stalled(NodeId),
 }
 
 /// A catch-up that makes no progress for this long is abandoned for [`STALL_BACKOFF`], so a
@@ -80,14 +80,20 @@ const STALL_BACKOFF: Duration = Duration::from_secs(30);
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Run the move of `p` to `desired` in the background unless one is already running or queued.
-fn start(st: &AppState, p: PartitionId, group: kv_raft::Group, desired: BTreeSet<u64>, epoch: u64) {
+fn start(
+    st: &AppState,
+    p: PartitionId,
+    group: kv_raft::Group,
+    desired: BTreeSet<NodeId>,
+    epoch: u64,
+) {
     {
         let mut running = st.moves.running();
-        if running.contains_key(&p.0) {
+        if running.contains_key(&p) {
             return;
         }
         running.insert(
-            p.0,
+            p,
             Progress {
                 epoch,
                 from: group.members().0,
@@ -116,7 +122,7 @@ fn start(st: &AppState, p: PartitionId, group: kv_raft::Group, desired: BTreeSet
                 metrics::counter!("kv_moves_stalled_total").increment(1);
                 tracing::warn!(
                     partition = p.0,
-                    node,
+                    %node,
                     "partition move stalled: the new replica makes no progress; retrying later"
                 );
                 // Keep the entry (shown as stalled) so the reconcile does not restart the move
@@ -145,7 +151,7 @@ async fn run(
     st: &AppState,
     p: PartitionId,
     group: &kv_raft::Group,
-    desired: &BTreeSet<u64>,
+    desired: &BTreeSet<NodeId>,
     epoch: u64,
 ) -> anyhow::Result<Finish> {
     let still_current = || -> anyhow::Result<()> {
@@ -163,14 +169,14 @@ async fn run(
     confirm_epoch(st, epoch).await?;
     let layout = st.layout();
     let (voters, learners) = group.members();
-    let new: Vec<u64> = desired
+    let new: Vec<NodeId> = desired
         .iter()
         .copied()
         .filter(|id| !voters.contains(id))
         .collect();
     if !new.is_empty() {
         st.moves.update(p, |m| m.phase = Phase::CatchingUp);
-        let fresh: Vec<u64> = new
+        let fresh: Vec<NodeId> = new
             .iter()
             .copied()
             .filter(|id| !learners.contains(id))
@@ -183,7 +189,7 @@ async fn run(
             let addr = layout
                 .addr(*id)
                 .ok_or_else(|| anyhow::anyhow!("node {id} has no address in the map"))?;
-            tracing::info!(partition = p.0, node = id, "adding replica as learner");
+            tracing::info!(partition = p.0, node = %id, "adding replica as learner");
             group.add_learner(*id, addr, false).await?;
         }
         // Everything up to (at least) the membership entry that added them.
@@ -197,7 +203,7 @@ async fn run(
             still_current()?;
             let status = group.status().await;
             let caught_up = new.iter().all(|id| status.holds(*id, target));
-            let progress: BTreeMap<u64, (Option<u64>, u64)> = new
+            let progress: BTreeMap<NodeId, (Option<u64>, u64)> = new
                 .iter()
                 .map(|id| (*id, (status.matched(*id), target)))
                 .collect();
@@ -246,13 +252,13 @@ async fn run(
             still_current()?;
             tracing::info!(
                 partition = p.0,
-                to,
+                %to,
                 "handing leadership over before leaving"
             );
             match group.transfer_leader(to).await {
                 Ok(()) => return Ok(Finish::HandedOver),
                 // Change the voters from here then; the group elects a leader afterwards.
-                Err(e) => tracing::warn!(partition = p.0, to, error = %e, "handover failed"),
+                Err(e) => tracing::warn!(partition = p.0, %to, error = %e, "handover failed"),
             }
         }
     }
@@ -266,7 +272,7 @@ async fn run(
         group.set_voters(desired.clone()).await?;
     }
     let (_, learners) = group.members();
-    let stray: BTreeSet<u64> = learners
+    let stray: BTreeSet<NodeId> = learners
         .into_iter()
         .filter(|id| !desired.contains(id))
         .collect();

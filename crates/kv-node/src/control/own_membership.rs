@@ -22,7 +22,7 @@ pub(super) async fn watch_removal(st: AppState, mut stop: tokio::sync::watch::Re
             _ = stop.wait_for(|s| *s) => return,
         }
         if let Err(e) = notice_removal(&st).await {
-            tracing::debug!(node = st.config.id, error = %format!("{e:#}"), "removal check");
+            tracing::debug!(node = %st.config.id, error = %format!("{e:#}"), "removal check");
         }
     }
 }
@@ -40,7 +40,7 @@ pub(super) async fn publish_client_addr(
     let mut tick = super::safety_net(super::RECHECK_EVERY);
     while super::next_wake(&mut epochs, &mut tick, &mut stop).await {
         if let Err(e) = publish_once(&st).await {
-            tracing::debug!(node = st.config.id, error = %format!("{e:#}"), "publishing the client address");
+            tracing::debug!(node = %st.config.id, error = %format!("{e:#}"), "publishing the client address");
         }
     }
 }
@@ -93,7 +93,7 @@ async fn notice_removal(st: &AppState) -> anyhow::Result<()> {
         }
         let layout = Layout::compute(theirs.members, theirs.ring)?;
         tracing::warn!(
-            node = me,
+            node = %me,
             epoch,
             "the cluster removed this node while it was away; dropping its partitions"
         );
@@ -107,7 +107,7 @@ async fn notice_removal(st: &AppState) -> anyhow::Result<()> {
 fn join_request(st: &AppState) -> kv_client::api::JoinRequest {
     let config = &st.config;
     kv_client::api::JoinRequest {
-        id: config.id,
+        id: config.id.0,
         addr: config.peer_advertise.clone(),
         client_addr: config
             .listen_peer
@@ -134,14 +134,9 @@ async fn publish_once(st: &AppState) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no metadata group"))?;
     let request = join_request(st);
     if group.is_leader() {
-        add_member(
-            st,
-            request.id,
-            &request.addr,
-            request.client_addr.as_deref(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        add_member(st, config.id, &request.addr, request.client_addr.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         return Ok(());
     }
     let Some((_, leader)) = group.leader() else {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kv_ring::PartitionId;
+use kv_ring::{NodeId, PartitionId};
 
 use crate::layout::{group_of, META_GROUP};
 use crate::state::AppState;
@@ -21,7 +21,7 @@ pub(crate) async fn answers_health(st: &AppState, addr: &str) -> bool {
 /// Who a node says it is, in its `/health` answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Identity {
-    pub(crate) node: u64,
+    pub(crate) node: NodeId,
     pub(crate) cluster_id: Option<u64>,
 }
 
@@ -40,7 +40,7 @@ pub(crate) async fn identity(st: &AppState, addr: &str) -> Option<Identity> {
         Some(hex) => Some(u64::from_str_radix(hex, 16).ok()?),
     };
     Some(Identity {
-        node: health.node,
+        node: NodeId(health.node),
         cluster_id,
     })
 }
@@ -119,7 +119,7 @@ pub(crate) async fn own_view(st: &AppState) -> NodeView {
     }
 }
 
-fn group_view(partition: Option<u32>, replicas: Vec<u64>, s: kv_raft::GroupStatus) -> GroupView {
+fn group_view(partition: Option<u32>, replicas: Vec<NodeId>, s: kv_raft::GroupStatus) -> GroupView {
     GroupView {
         partition,
         replicas,

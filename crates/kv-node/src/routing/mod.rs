@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use kv_raft::{Group, GroupError};
-use kv_ring::PartitionId;
+use kv_ring::{NodeId, PartitionId};
 use tokio::time::Instant;
 
 use self::channel::{relayed_headers, root_cause, Lost};
@@ -30,7 +30,7 @@ pub enum Route {
     /// Serve it here with this group.
     Local(Group),
     /// Relay it to the first of these nodes `(id, address)` that can be reached.
-    Forward(Vec<(u64, String)>),
+    Forward(Vec<(NodeId, String)>),
 }
 
 /// Where a request for partition `p` should go, leaving out the nodes in `unreachable` (this
@@ -43,7 +43,7 @@ pub async fn route(
     p: PartitionId,
     op: &KeyOp,
     deadline: Instant,
-    unreachable: &[u64],
+    unreachable: &[NodeId],
 ) -> Result<Route, ApiError> {
     if let Some(group) = local_group(st, p).await? {
         if !op.needs_leader() || group.is_leader() {
@@ -62,7 +62,7 @@ pub async fn route(
     // replica forwards on to the leader.
     let layout = st.layout();
     let peers = st.host.transport().peers();
-    let mut candidates: Vec<(u64, String)> = layout
+    let mut candidates: Vec<(NodeId, String)> = layout
         .replicas(p)
         .into_iter()
         .filter(|id| *id != st.config.id && !unreachable.contains(id))
@@ -126,7 +126,7 @@ where
     Fut: Future<Output = Result<T, GroupError>>,
 {
     let deadline = Instant::now() + st.config.raft.request_timeout;
-    let mut unreachable: Vec<u64> = Vec::new();
+    let mut unreachable: Vec<NodeId> = Vec::new();
     let mut misdirected = 0;
     loop {
         // Read before routing: the map routed by is at least this new.
@@ -229,7 +229,7 @@ fn misdirected_by(answer: &PeerAnswer) -> Option<u64> {
 /// marked unreachable (see `kv_raft::PeerHealth`).
 async fn forward_any<T: Answer>(
     st: &AppState,
-    targets: &[(u64, String)],
+    targets: &[(NodeId, String)],
     op: &KeyOp,
     hops: u32,
     epoch: Option<u64>,

@@ -5,24 +5,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kv_ring::PartitionId;
+use kv_ring::{NodeId, PartitionId};
 
 pub(crate) use crate::wire::MovePhase as Phase;
 use crate::wire::MoveView;
 
 pub(crate) struct Progress {
     pub(crate) epoch: u64,
-    pub(crate) from: BTreeSet<u64>,
-    pub(crate) to: BTreeSet<u64>,
+    pub(crate) from: BTreeSet<NodeId>,
+    pub(crate) to: BTreeSet<NodeId>,
     pub(crate) phase: Phase,
     /// Learner -> (matched index, target index).
-    pub(crate) learners: BTreeMap<u64, (Option<u64>, u64)>,
+    pub(crate) learners: BTreeMap<NodeId, (Option<u64>, u64)>,
     pub(crate) started: Instant,
 }
 
 /// The moves this node is running, and the slots bounding how many run at once.
 pub(crate) struct Moves {
-    running: Mutex<BTreeMap<u32, Progress>>,
+    running: Mutex<BTreeMap<PartitionId, Progress>>,
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
     /// The move tasks, so shutdown can stop them.
     tasks: Mutex<tokio::task::JoinSet<()>>,
@@ -42,7 +42,7 @@ impl Moves {
 
     /// Record that the move of `p` ended (done, stalled or failed).
     pub(crate) fn end(&self, p: PartitionId) {
-        self.running().remove(&p.0);
+        self.running().remove(&p);
         self.ended.send_modify(|n| *n += 1);
     }
 
@@ -51,16 +51,16 @@ impl Moves {
         self.ended.subscribe()
     }
 
-    pub(crate) fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Progress>> {
+    pub(crate) fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<PartitionId, Progress>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The moves this node (`me`) is running or has queued.
-    pub(crate) fn status(&self, me: u64) -> Vec<MoveView> {
+    pub(crate) fn status(&self, me: NodeId) -> Vec<MoveView> {
         self.running()
             .iter()
             .map(|(p, m)| MoveView {
-                partition: *p,
+                partition: p.0,
                 node: me,
                 epoch: m.epoch,
                 from: m.from.iter().copied().collect(),
@@ -97,7 +97,7 @@ impl Moves {
     }
 
     pub(crate) fn update(&self, p: PartitionId, f: impl FnOnce(&mut Progress)) {
-        if let Some(m) = self.running().get_mut(&p.0) {
+        if let Some(m) = self.running().get_mut(&p) {
             f(m);
         }
     }

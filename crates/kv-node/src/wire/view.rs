@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use kv_ring::NodeId;
 use serde::{Deserialize, Serialize};
 
 /// The peer route of a node's view.
@@ -18,7 +19,7 @@ pub const MAP_PATH: &str = "/internal/v1/map";
 /// What one node sees of every partition (and the metadata group) and of the moves it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
-    pub node: u64,
+    pub node: NodeId,
     /// The epoch of the map it routes by (`None`: none adopted yet).
     pub epoch: Option<u64>,
     /// The metadata group first (`partition: None`), then every partition of its map.
@@ -32,17 +33,17 @@ pub struct GroupView {
     /// `None` for the metadata group.
     pub partition: Option<u32>,
     /// The replicas the viewer's map assigns, in ring order.
-    pub replicas: Vec<u64>,
-    pub voters: Vec<u64>,
-    pub learners: Vec<u64>,
-    pub leader: Option<u64>,
+    pub replicas: Vec<NodeId>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub leader: Option<NodeId>,
     pub term: u64,
     pub role: ReplicaRole,
     pub last_log_index: Option<u64>,
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     /// On the leader: the highest index each member is known to hold.
-    pub replication: Option<BTreeMap<u64, Option<u64>>>,
+    pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
 }
 
 /// The viewer's role in a group; `None` where it does not host the group.
@@ -88,14 +89,14 @@ impl From<kv_raft::Role> for ReplicaRole {
 pub struct MoveView {
     pub partition: u32,
     /// The node running it (the partition's leader).
-    pub node: u64,
+    pub node: NodeId,
     /// The epoch of the map it moves to.
     pub epoch: u64,
-    pub from: Vec<u64>,
-    pub to: Vec<u64>,
+    pub from: Vec<NodeId>,
+    pub to: Vec<NodeId>,
     pub phase: MovePhase,
     /// New replicas catching up: (node, index it holds, index it must reach).
-    pub learners: Vec<(u64, Option<u64>, u64)>,
+    pub learners: Vec<(NodeId, Option<u64>, u64)>,
     pub elapsed_ms: u64,
 }
 
@@ -134,6 +135,6 @@ pub struct PeerMap {
     /// `None`: the node has adopted no map yet.
     pub epoch: Option<u64>,
     /// Member id -> peer address.
-    pub members: BTreeMap<u64, String>,
+    pub members: BTreeMap<NodeId, String>,
     pub ring: kv_ring::RingParams,
 }

@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use kv_raft::{Group, RaftHost, RaftTuning, RpcKind};
+use kv_raft::{Group, NodeId, RaftHost, RaftTuning, RpcKind};
 use kv_storage::{GroupId, Store};
 use openraft::BasicNode;
 use tempfile::TempDir;
@@ -51,7 +51,7 @@ struct TestNode {
 /// Nodes that can host Raft groups and reach each other over HTTP. The servers stop when the
 /// cluster is dropped.
 pub struct TestCluster {
-    nodes: BTreeMap<u64, TestNode>,
+    nodes: BTreeMap<NodeId, TestNode>,
     servers: JoinSet<()>,
 }
 
@@ -80,12 +80,12 @@ async fn raft_batch(State(host): State<Arc<RaftHost>>, body: Bytes) -> Response 
 
 impl TestCluster {
     /// Start one node per id, each with its own store and server on a free loopback port.
-    pub async fn start(ids: &[u64]) -> TestCluster {
+    pub async fn start(ids: &[NodeId]) -> TestCluster {
         Self::start_with(ids, &fast_tuning()).await
     }
 
     /// [`TestCluster::start`] with other Raft timings.
-    pub async fn start_with(ids: &[u64], tuning: &RaftTuning) -> TestCluster {
+    pub async fn start_with(ids: &[NodeId], tuning: &RaftTuning) -> TestCluster {
         let mut nodes = BTreeMap::new();
         let mut servers = JoinSet::new();
         for &id in ids {
@@ -126,11 +126,11 @@ impl TestCluster {
 
     /// Open `group` on every node and make `voters` its first membership; return the leader
     /// once every voter agrees on it.
-    pub async fn create_group(&self, group: GroupId, voters: &[u64]) -> u64 {
+    pub async fn create_group(&self, group: GroupId, voters: &[NodeId]) -> NodeId {
         for node in self.nodes.values() {
             node.host.open_group(group).await.unwrap();
         }
-        let members: BTreeMap<u64, BasicNode> = voters
+        let members: BTreeMap<NodeId, BasicNode> = voters
             .iter()
             .map(|id| (*id, BasicNode::new(self.addr(*id))))
             .collect();
@@ -144,25 +144,25 @@ impl TestCluster {
     }
 
     /// The address node `id` serves peer RPCs on.
-    pub fn addr(&self, id: u64) -> &str {
+    pub fn addr(&self, id: NodeId) -> &str {
         &self.nodes[&id].addr
     }
 
     /// Node `id`'s host.
-    pub fn host(&self, id: u64) -> &RaftHost {
+    pub fn host(&self, id: NodeId) -> &RaftHost {
         &self.nodes[&id].host
     }
 
     /// Node `id`'s handle on `group`.
-    pub fn group(&self, id: u64, group: GroupId) -> Group {
+    pub fn group(&self, id: NodeId, group: GroupId) -> Group {
         self.host(id).group(group).unwrap()
     }
 
     /// Wait until one of `voters` leads `group` and every voter knows it; return it.
-    pub async fn leader(&self, group: GroupId, voters: &[u64]) -> u64 {
+    pub async fn leader(&self, group: GroupId, voters: &[NodeId]) -> NodeId {
         let mut agreed = None;
         wait_until("the voters agree on a leader", SETTLE, || {
-            let seen: Vec<Option<u64>> = voters
+            let seen: Vec<Option<NodeId>> = voters
                 .iter()
                 .map(|id| self.group(*id, group).leader().map(|(l, _)| l))
                 .collect();
@@ -176,7 +176,7 @@ impl TestCluster {
     }
 
     /// Take node `id` off the network and stop its groups, as if it crashed.
-    pub async fn stop(&self, id: u64) {
+    pub async fn stop(&self, id: NodeId) {
         let node = &self.nodes[&id];
         node.server.abort();
         node.host.shutdown().await;
