@@ -1,6 +1,10 @@
 //! Node configuration: command-line flags, each also read from a `KV_*` environment variable,
 //! over an optional TOML file (`--config`), over built-in defaults. A bare `kv-node` is a
 //! single-node store on redb under `./data`, listening on 127.0.0.1:7001.
+//!
+//! A listen address may have port 0: the node takes the port it is given, advertises it where
+//! no advertised address is set, and reports it (`--listen-addr-file`). Until the node listens,
+//! such an advertised address keeps port 0 as a placeholder (`Config::bound_to` fills it).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,7 +32,12 @@ pub enum StorageKind {
 /// Command-line flags. Every flag is optional here so that the config file can fill what the
 /// command line and environment leave out.
 #[derive(Debug, Default, Parser, Deserialize)]
-#[command(name = "kv-node", version, about = "A node of the kv store")]
+#[command(
+    name = "kv-node",
+    version,
+    about = "A node of the kv store",
+    after_help = SOCKET_ACTIVATION_HELP
+)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Flags {
     /// TOML file with any of these settings (keys as the long flag names).
@@ -38,21 +47,27 @@ pub struct Flags {
     /// This node's id (a positive integer, unique in the cluster).
     #[arg(long, env = "KV_ID")]
     pub id: Option<u64>,
-    /// Address to listen on for clients (and for peers, without --listen-peer).
+    /// Address to listen on for clients (and for peers, without --listen-peer). Port 0 takes
+    /// any free port (see --listen-addr-file).
     #[arg(long, env = "KV_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Address clients (and peers, without --listen-peer) use to reach this node (default:
-    /// --listen).
+    /// the address --listen bound).
     #[arg(long, env = "KV_ADVERTISE")]
     pub advertise: Option<String>,
     /// Listen for peers (Raft, forwarding, membership) on this address of their own, like
     /// etcd's 2380; the --listen address then serves clients only.
     #[arg(long, env = "KV_LISTEN_PEER")]
     pub listen_peer: Option<SocketAddr>,
-    /// Address peers use to reach this node's peer listener (default: --listen-peer). This is
-    /// the address --initial-cluster and --join name.
+    /// Address peers use to reach this node's peer listener (default: the address
+    /// --listen-peer bound). This is the address --initial-cluster and --join name.
     #[arg(long, env = "KV_ADVERTISE_PEER", requires = "listen_peer")]
     pub advertise_peer: Option<String>,
+    /// Once listening, write the bound addresses to this file as JSON
+    /// (`{"listen":"127.0.0.1:43123","listen_peer":null}`), whole or not at all; a file left
+    /// from an earlier run is removed at start. For whoever starts the node on port 0.
+    #[arg(long, env = "KV_LISTEN_ADDR_FILE")]
+    pub listen_addr_file: Option<PathBuf>,
     /// Directory for the node's data (redb file, snapshots).
     #[arg(long, env = "KV_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -170,6 +185,8 @@ pub struct Config {
     /// Where peers reach this node: its address in the cluster map (= `advertise` without a
     /// peer listener).
     pub peer_advertise: String,
+    /// Where to report the bound addresses (`--listen-addr-file`).
+    pub listen_addr_file: Option<PathBuf>,
     pub data_dir: PathBuf,
     /// Initial members: id -> address (just this node when joining).
     pub initial_cluster: BTreeMap<NodeId, String>,
@@ -284,28 +301,39 @@ impl Config {
             anyhow::bail!("--id must be a positive integer");
         }
         let listen: SocketAddr = pick!(listen, SocketAddr::from(([127, 0, 0, 1], 7001)));
-        let advertise = pick!(advertise, listen.to_string());
+        let advertise = flags.advertise.or(file.advertise);
+        if let Some(addr) = advertise.as_deref().filter(|a| port_zero(a)) {
+            anyhow::bail!("--advertise {addr} has port 0: advertise the port clients reach");
+        }
+        let advertise = advertise.unwrap_or_else(|| listen.to_string());
         let listen_peer = flags.listen_peer.or(file.listen_peer);
         let peer_advertise = match (flags.advertise_peer.or(file.advertise_peer), listen_peer) {
             (Some(_), None) => anyhow::bail!("--advertise-peer needs --listen-peer"),
+            (Some(addr), Some(_)) if port_zero(&addr) => {
+                anyhow::bail!("--advertise-peer {addr} has port 0: advertise the port peers reach")
+            }
             (Some(addr), Some(_)) => addr,
             (None, Some(peer)) => peer.to_string(),
             (None, None) => advertise.clone(),
         };
-        if listen_peer.is_some_and(|p| p == listen) {
+        if listen_peer.is_some_and(|p| p == listen && p.port() != 0) {
             anyhow::bail!("--listen-peer must differ from --listen (or leave it out to share one)");
         }
+        let (listen_flag, advertise_flag) = match listen_peer {
+            Some(_) => ("--listen-peer", "--advertise-peer"),
+            None => ("--listen", "--advertise"),
+        };
         let join = flags.join.or(file.join);
         let initial_cluster = match flags.initial_cluster.or(file.initial_cluster) {
             Some(_) if join.is_some() => {
                 anyhow::bail!("use either --join or --initial-cluster, not both")
             }
+            // The other members would have to know a port that is picked only at start.
+            Some(_) if port_zero(&peer_advertise) => anyhow::bail!(
+                "{listen_flag} has port 0, picked when the node starts, so --initial-cluster cannot give node {id}'s address: give {listen_flag} a fixed port or set {advertise_flag}; port 0 suits a node alone (no --initial-cluster) or one that joins (--join)"
+            ),
             Some(spec) => parse_members(&spec)?,
             None => BTreeMap::from([(id, peer_advertise.clone())]),
-        };
-        let advertise_flag = match listen_peer {
-            Some(_) => "--advertise-peer",
-            None => "--advertise",
         };
         match initial_cluster.get(&id) {
             Some(addr) if *addr == peer_advertise => {}
@@ -357,6 +385,7 @@ impl Config {
             advertise,
             listen_peer,
             peer_advertise,
+            listen_addr_file: flags.listen_addr_file.or(file.listen_addr_file),
             data_dir: pick!(data_dir, PathBuf::from("./data")),
             initial_cluster,
             join,
@@ -381,6 +410,47 @@ impl Config {
         })
     }
 }
+
+impl Config {
+    /// Take the addresses the listeners were bound to: they replace the listen addresses, and
+    /// port 0 wherever it stands as a placeholder (an advertised address taken from a listen
+    /// address with port 0, and this node's entry in its own one-node cluster).
+    pub(crate) fn bound_to(&mut self, listen: SocketAddr, listen_peer: Option<SocketAddr>) {
+        // from_flags refuses port 0 in an address given explicitly, so port 0 here is always
+        // one taken from a listen address.
+        if port_zero(&self.advertise) {
+            self.advertise = listen.to_string();
+        }
+        if port_zero(&self.peer_advertise) {
+            self.peer_advertise = match listen_peer {
+                Some(peer) => peer.to_string(),
+                None => self.advertise.clone(),
+            };
+            if let Some(own) = self.initial_cluster.get_mut(&self.id) {
+                if port_zero(own) {
+                    own.clone_from(&self.peer_advertise);
+                }
+            }
+        }
+        self.listen = listen;
+        self.listen_peer = listen_peer;
+    }
+}
+
+/// Whether `addr` (`host:port`) has port 0.
+fn port_zero(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>() == Ok(0))
+}
+
+/// `--help`'s word on socket activation.
+const SOCKET_ACTIVATION_HELP: &str = "\
+Socket activation: the node also serves on listening sockets it inherits (systemd's LISTEN_FDS,
+LISTEN_PID; a .socket unit with ListenStream=). Named `clients` and `peers` by LISTEN_FDNAMES
+(FileDescriptorName=), or else the first serves clients and the second peers. Each stands in for
+the node's own bind of --listen or --listen-peer, so it must be bound to the address that flag
+names (any port when the flag says port 0). The startup line `listening` says which were
+inherited.";
 
 /// Parse `1=host:port,2=host:port`.
 pub fn parse_members(spec: &str) -> anyhow::Result<BTreeMap<NodeId, String>> {
@@ -540,5 +610,55 @@ mod tests {
             "1=127.0.0.1:7001",
         ]);
         assert!(wrong.contains("--advertise-peer"), "{wrong}");
+    }
+
+    #[test]
+    fn port_zero_is_filled_in_once_bound_and_kept_out_of_a_static_cluster() {
+        let mut alone = resolve(&["--listen", "127.0.0.1:0"]).unwrap();
+        let bound = SocketAddr::from(([127, 0, 0, 1], 43123));
+        alone.bound_to(bound, None);
+        assert_eq!(alone.listen, bound);
+        assert_eq!(alone.advertise, "127.0.0.1:43123");
+        assert_eq!(alone.peer_advertise, "127.0.0.1:43123");
+        assert_eq!(alone.initial_cluster[&NodeId(1)], "127.0.0.1:43123");
+
+        let mut apart =
+            resolve(&["--listen", "127.0.0.1:0", "--listen-peer", "127.0.0.1:0"]).unwrap();
+        let peers = SocketAddr::from(([127, 0, 0, 1], 43124));
+        apart.bound_to(bound, Some(peers));
+        assert_eq!(apart.advertise, "127.0.0.1:43123");
+        assert_eq!(apart.peer_advertise, "127.0.0.1:43124");
+        assert_eq!(apart.initial_cluster[&NodeId(1)], "127.0.0.1:43124");
+
+        // An explicit address stays what it says.
+        let mut fixed = resolve(&["--listen", "0.0.0.0:0", "--advertise", "db1:7001"]).unwrap();
+        fixed.bound_to(SocketAddr::from(([0, 0, 0, 0], 43123)), None);
+        assert_eq!(fixed.advertise, "db1:7001");
+        assert_eq!(fixed.initial_cluster[&NodeId(1)], "db1:7001");
+
+        let err = |args: &[&str]| resolve(args).unwrap_err().to_string();
+        let static_cluster = err(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--initial-cluster",
+            "1=127.0.0.1:0,2=127.0.0.1:7002",
+        ]);
+        assert!(
+            static_cluster.contains("port 0") && static_cluster.contains("--join"),
+            "{static_cluster}"
+        );
+        assert!(err(&["--advertise", "db1:0"]).contains("port 0"));
+        // The peer address is what the other members must know; the client port may float.
+        let ok = resolve(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-peer",
+            "127.0.0.1:7101",
+            "--initial-cluster",
+            "1=127.0.0.1:7101,2=127.0.0.1:7102",
+        ])
+        .unwrap();
+        assert_eq!(ok.initial_cluster[&NodeId(1)], "127.0.0.1:7101");
+        assert!(resolve(&["--listen", "127.0.0.1:0", "--join", "127.0.0.1:7001"]).is_ok());
     }
 }

@@ -4,7 +4,7 @@
 //! with `--listen-peer`, on one of their own.
 //!
 //! Start from [`Config`] (flags, `KV_*` environment, TOML file) and [`Node::start`], which returns
-//! a running node; [`run`] is what the binary calls. The crate in layers, each using only those
+//! a running node; [`run`] is what the binary calls, with the sockets it may have [`Inherited`]. The crate in layers, each using only those
 //! below it:
 //!
 //! - `api`: the HTTP routes. A client request (`api::kv`: get, put, delete, scan; `api::cluster`:
@@ -19,8 +19,8 @@
 //!   operation channel to each peer (`routing::channel`).
 //! - `state`: [`AppState`], what every handler and job shares.
 //! - below: `layout` (the map as routing sees it, and group numbering), [`wire`] (internal
-//!   messages between nodes), `auth`, `admission`, `tls`, `server` (the listener), `config`,
-//!   `error`.
+//!   messages between nodes), `auth`, `admission`, `tls`, `listeners` (bound or inherited
+//!   sockets), `server` (what serves a listener), `config`, `error`.
 //!
 //! `testing` (feature `test-util`) starts whole clusters of real processes for tests.
 
@@ -31,6 +31,7 @@ mod config;
 mod control;
 mod error;
 mod layout;
+mod listeners;
 pub mod logging;
 mod routing;
 mod server;
@@ -53,6 +54,7 @@ use tokio::task::JoinHandle;
 
 pub use api::{app, router, Surface};
 pub use config::{Config, Flags, StorageKind};
+pub use listeners::Inherited;
 pub use state::AppState;
 
 use crate::control::Control;
@@ -88,6 +90,23 @@ pub struct Node {
 impl Node {
     /// Open storage, start serving, and start (or recover) this node's partition groups.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        Node::start_with(config, Inherited::none()).await
+    }
+
+    /// [`Node::start`] on the listening sockets the parent process handed over, where it did.
+    pub async fn start_with(mut config: Config, inherited: Inherited) -> anyhow::Result<Node> {
+        if let Some(path) = &config.listen_addr_file {
+            listeners::ListenAddrs::clear(path).await?;
+        }
+        // First, so that port 0 is a real port in every address the node hands out.
+        let listeners = listeners::Listeners::open(&config, inherited).await?;
+        let addr = listeners.clients.local_addr()?;
+        let peer_addr = listeners
+            .peers
+            .as_ref()
+            .map(tokio::net::TcpListener::local_addr)
+            .transpose()?;
+        config.bound_to(addr, peer_addr);
         let config = Arc::new(config);
         tokio::fs::create_dir_all(&config.data_dir)
             .await
@@ -138,22 +157,11 @@ impl Node {
             tls.clone(),
         );
 
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let peer_listener = match config.listen_peer {
-            Some(at) => Some(
-                tokio::net::TcpListener::bind(at)
-                    .await
-                    .with_context(|| format!("cannot listen for peers on {at}"))?,
-            ),
-            None => None,
-        };
-        let peer_addr = peer_listener
-            .as_ref()
-            .map(tokio::net::TcpListener::local_addr)
-            .transpose()?;
+        let listeners::Listeners {
+            clients: listener,
+            peers: peer_listener,
+            inherited,
+        } = listeners;
         let (shutdown, stop) = tokio::sync::watch::channel(false);
         let limits = server::ServerLimits {
             max_connections: config.limits.max_connections,
@@ -190,11 +198,19 @@ impl Node {
             ))
         });
         let reloader = tokio::spawn(reload_on_sighup(state.clone(), shutdown.subscribe()));
+        // A stable line: tools and tests read the addresses and `inherited` from it.
         match peer_addr {
             Some(peers) => {
-                tracing::info!(node = %config.id, %addr, %peers, "listening for clients and, apart, for peers")
+                tracing::info!(node = %config.id, %addr, %peers, %inherited, "listening for clients and, apart, for peers")
             }
-            None => tracing::info!(node = %config.id, %addr, "listening"),
+            None => tracing::info!(node = %config.id, %addr, %inherited, "listening"),
+        }
+        if let Some(path) = &config.listen_addr_file {
+            let report = listeners::ListenAddrs {
+                listen: addr,
+                listen_peer: peer_addr,
+            };
+            report.write(path).await?;
         }
 
         let control = Control::start(&state).await?;
@@ -328,8 +344,8 @@ async fn reload_on_sighup(st: AppState, mut stop: tokio::sync::watch::Receiver<b
 }
 
 /// Run a node until SIGINT or SIGTERM, then shut it down gracefully.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let node = Node::start(config).await?;
+pub async fn run(config: Config, inherited: Inherited) -> anyhow::Result<()> {
+    let node = Node::start_with(config, inherited).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     node.shutdown().await

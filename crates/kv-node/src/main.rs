@@ -4,6 +4,14 @@ use clap::Parser;
 use kv_node::{Config, Flags};
 
 fn main() -> std::process::ExitCode {
+    // Before the runtime's threads exist: taking the sockets clears their environment variables.
+    let inherited = match kv_node::Inherited::from_env() {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            eprintln!("error: cannot take the inherited sockets: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -14,14 +22,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(node_main());
+    let code = runtime.block_on(node_main(inherited));
     // Blocking tasks still running (a DNS lookup of an unreachable peer, say) must not hold up
     // the exit once the node has shut down.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
 }
 
-async fn node_main() -> std::process::ExitCode {
+async fn node_main(inherited: kv_node::Inherited) -> std::process::ExitCode {
     let flags = Flags::parse();
     let config = match Config::from_flags(flags) {
         Ok(c) => c,
@@ -31,7 +39,7 @@ async fn node_main() -> std::process::ExitCode {
         }
     };
     kv_node::logging::init(&config.log);
-    match kv_node::run(config).await {
+    match kv_node::run(config, inherited).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -243,7 +243,7 @@ async fn a_join_must_be_the_node_it_claims_to_be() {
         "{body}"
     );
     // Nobody there.
-    let (status, body) = join(9, format!("127.0.0.1:{}", kv_node::testing::free_port())).await;
+    let (status, body) = join(9, format!("127.0.0.1:{}", kv_node::testing::closed_port())).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("invalid_member")),

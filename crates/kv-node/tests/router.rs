@@ -12,21 +12,18 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use clap::Parser;
 use http_body_util::BodyExt;
-use kv_node::testing::{free_port, wait_until};
+use kv_node::testing::wait_until;
 use kv_node::{Config, Flags, Node};
 use tower::ServiceExt;
 
-/// A one-node cluster of 4 partitions in `dir`, started in this process.
+/// A one-node cluster of 4 partitions in `dir`, started in this process on a port it picks.
 async fn start(dir: &std::path::Path) -> anyhow::Result<Node> {
-    let addr = format!("127.0.0.1:{}", free_port());
     let flags = Flags::try_parse_from([
         "kv-node",
         "--id",
         "1",
         "--listen",
-        &addr,
-        "--initial-cluster",
-        &format!("1={addr}"),
+        "127.0.0.1:0",
         "--data-dir",
         &dir.display().to_string(),
         "--partitions",

@@ -1,6 +1,11 @@
 //! The cluster harness for integration tests (feature `test-util`): real `kv-node` processes on
 //! free loopback ports, each with its own data directory, so tests can kill -9, restart and
 //! wipe nodes. Waiting is always on a condition ([`wait_until`]), never a fixed sleep.
+//!
+//! The harness binds each node's listeners itself and hands them to the node's first start by
+//! socket activation, so no other test can take a port between picking and serving; it keeps
+//! no copy (a killed node's port refuses connections), and a restarted node binds its port
+//! again itself.
 #![allow(clippy::unwrap_used)]
 
 mod certs;
@@ -11,11 +16,14 @@ pub use netlab::NetLab;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use command_fds::{CommandFdExt, FdMapping};
 use kv_client::api::ClusterStatus;
 
 /// How a test cluster is configured.
@@ -85,6 +93,60 @@ pub struct TestNode {
     child: Option<Child>,
     /// For nodes added after the start: the member they join through.
     join: Option<String>,
+    /// The listeners bound for it, until its first start takes them.
+    sockets: Option<Sockets>,
+}
+
+/// Listening sockets the harness bound for a node, at its `addr` and `peer_addr`.
+struct Sockets {
+    clients: TcpListener,
+    peers: Option<TcpListener>,
+}
+
+impl Sockets {
+    /// Bind a client listener, and one for peers with `peer_listener`.
+    fn bind(peer_listener: bool) -> Sockets {
+        Sockets {
+            clients: free_listener(),
+            peers: peer_listener.then(free_listener),
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.clients.local_addr().unwrap().to_string()
+    }
+
+    fn peer_addr(&self) -> Option<String> {
+        let peers = self.peers.as_ref()?;
+        Some(peers.local_addr().unwrap().to_string())
+    }
+
+    /// Hand the sockets to `command` as the systemd protocol passes them: fds 3 and 4, named.
+    /// The command owns them now; dropping it after the spawn closes this process's copies.
+    fn pass_to(self, command: &mut Command) -> Result<()> {
+        let mut names = vec!["clients"];
+        let mut fds: Vec<OwnedFd> = vec![self.clients.into()];
+        if let Some(peers) = self.peers {
+            names.push("peers");
+            fds.push(peers.into());
+        }
+        let mappings = fds
+            .into_iter()
+            .zip(3..)
+            .map(|(parent_fd, child_fd)| FdMapping {
+                parent_fd,
+                child_fd,
+            })
+            .collect();
+        command.fd_mappings(mappings)?;
+        // No LISTEN_PID: the child's pid is not known before it runs, and kv-node (listenfd)
+        // takes the sockets without one.
+        command
+            .env("LISTEN_FDS", names.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
+            .env_remove("LISTEN_PID");
+        Ok(())
+    }
 }
 
 impl TestNode {
@@ -156,30 +218,29 @@ pub fn kv_node_bin() -> PathBuf {
     profile_dir.join(format!("kv-node{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// A loopback port nothing listens on right now, for a node to listen on.
+/// A loopback listener on a free port, held: no other test can take the port while it is open.
 ///
 /// Taken below Linux's ephemeral range (32768-60999): a port the kernel hands out for `bind(0)`
-/// is also what it gives the local end of outgoing connections, so between this probe and the
-/// node's own bind, one of the suite's many client connections could take it and the node
-/// would fail to start. Ports here are only ever taken by listeners that ask for them.
-pub fn free_port() -> u16 {
+/// is also what it gives the local end of outgoing connections, so once the listener is closed
+/// and its node restarted, one of the suite's many client connections could hold the port and
+/// the node would fail to bind it again. Ports here are only ever taken by listeners that ask
+/// for them.
+pub fn free_listener() -> TcpListener {
     use rand::Rng;
     const RANGE: std::ops::Range<u16> = 20_000..32_000;
     let mut rng = rand::rng();
     for _ in 0..1000 {
-        let port = rng.random_range(RANGE);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", rng.random_range(RANGE))) {
+            return listener;
         }
     }
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0").unwrap()
 }
 
 /// A loopback port nothing listens on (bound, then released): for tests of a peer or endpoint
 /// that refuses connections.
 pub fn closed_port() -> u16 {
-    free_port()
+    free_listener().local_addr().unwrap().port()
 }
 
 /// Poll `check` until it returns `Ok(Some(v))`, failing after `timeout` with the last error.
@@ -218,15 +279,17 @@ impl TestCluster {
             false => None,
         };
         for i in 1..=opts.nodes as u64 {
-            let addr = match &lab {
-                // Each namespace has its own address, so every node can use the same port.
-                Some(lab) => format!("{}:7001", lab.ip(i)),
-                None => format!("127.0.0.1:{}", free_port()),
-            };
-            let peer_addr = match (&lab, opts.peer_listener) {
-                (_, false) => None,
-                (Some(lab), true) => Some(format!("{}:7002", lab.ip(i))),
-                (None, true) => Some(format!("127.0.0.1:{}", free_port())),
+            let (addr, peer_addr, sockets) = match &lab {
+                // Each namespace has its own address, so every node there binds the same ports.
+                Some(lab) => (
+                    format!("{}:7001", lab.ip(i)),
+                    opts.peer_listener.then(|| format!("{}:7002", lab.ip(i))),
+                    None,
+                ),
+                None => {
+                    let sockets = Sockets::bind(opts.peer_listener);
+                    (sockets.addr(), sockets.peer_addr(), Some(sockets))
+                }
             };
             nodes.insert(
                 i,
@@ -238,6 +301,7 @@ impl TestCluster {
                     log: dir.path().join(format!("n{i}.log")),
                     child: None,
                     join: None,
+                    sockets,
                 },
             );
         }
@@ -335,6 +399,16 @@ impl TestCluster {
             Some(lab) => lab.command(id, &self.bin),
             None => Command::new(&self.bin),
         };
+        match node.sockets.take() {
+            Some(sockets) => sockets.pass_to(&mut command)?,
+            // A restart binds `--listen` again itself.
+            None => {
+                command
+                    .env_remove("LISTEN_FDS")
+                    .env_remove("LISTEN_FDNAMES")
+                    .env_remove("LISTEN_PID");
+            }
+        }
         let child = command
             .arg("--id")
             .arg(id.to_string())
@@ -373,6 +447,9 @@ impl TestCluster {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        // The node has the listeners now: this process's copies would accept connections for a
+        // killed node, so they close here.
+        drop(command);
         node.child = Some(child);
         Ok(())
     }
@@ -395,20 +472,18 @@ impl TestCluster {
             ca.node(id, &["127.0.0.1", "localhost"], &format!("node-{id}"))?;
         }
         let via_addr = self.nodes[&via].member_addr().to_string();
-        let peer_addr = self
-            .opts
-            .peer_listener
-            .then(|| format!("127.0.0.1:{}", free_port()));
+        let sockets = Sockets::bind(self.opts.peer_listener);
         self.nodes.insert(
             id,
             TestNode {
                 id,
-                addr: format!("127.0.0.1:{}", free_port()),
-                peer_addr,
+                addr: sockets.addr(),
+                peer_addr: sockets.peer_addr(),
                 data_dir: self.dir.path().join(format!("n{id}")),
                 log: self.dir.path().join(format!("n{id}.log")),
                 child: None,
                 join: Some(via_addr),
+                sockets: Some(sockets),
             },
         );
         self.spawn(id)?;
