@@ -105,15 +105,94 @@ impl ScanItem {
     /// The value's bytes, from `value` or by decoding `value_b64`; `None` if neither is present
     /// or the base64 is malformed.
     pub fn value_bytes(&self) -> Option<Vec<u8>> {
-        use base64::Engine as _;
-        if let Some(text) = &self.value {
-            return Some(text.as_bytes().to_vec());
-        }
-        base64::engine::general_purpose::STANDARD
-            .decode(self.value_b64.as_deref()?)
-            .ok()
+        value_bytes(self.value.as_deref(), self.value_b64.as_deref())
     }
 }
+
+/// A value sent as text (`value`) or as standard base64 (`value_b64`), as bytes.
+fn value_bytes(text: Option<&str>, b64: Option<&str>) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    if let Some(text) = text {
+        return Some(text.as_bytes().to_vec());
+    }
+    base64::engine::general_purpose::STANDARD.decode(b64?).ok()
+}
+
+/// What happened to a key, in a watch stream (`GET /v1/watch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchEventKind {
+    /// The key was written (created, overwritten, compare-and-set).
+    Put,
+    /// The key was deleted.
+    Delete,
+    /// The key's time to live ran out.
+    Expire,
+}
+
+impl WatchEventKind {
+    /// The name on the wire and in `kv watch`'s output: `put`, `delete`, `expire`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchEventKind::Put => "put",
+            WatchEventKind::Delete => "delete",
+            WatchEventKind::Expire => "expire",
+        }
+    }
+}
+
+impl std::fmt::Display for WatchEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One change in a watch stream: the `data` of a Server-Sent Events message whose `id` is the
+/// stream's cursor after this change, e.g.
+/// `{"type":"put","key":"app/x","version":12,"value":"text"}`.
+///
+/// A `put` carries the value written, in `value` when it is UTF-8, otherwise in `value_b64`
+/// (standard base64), as [`ScanItem`] does. A `delete` or `expire` carries no value, and its
+/// `version` is the version the key had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    #[serde(rename = "type")]
+    pub kind: WatchEventKind,
+    pub key: String,
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_b64: Option<String>,
+}
+
+impl WatchEvent {
+    /// The value's bytes, from `value` or by decoding `value_b64`; `None` for a delete or
+    /// expiry, or when the base64 is malformed.
+    pub fn value_bytes(&self) -> Option<Vec<u8>> {
+        value_bytes(self.value.as_deref(), self.value_b64.as_deref())
+    }
+}
+
+/// Why a watch cannot go on: the body of a `410 Gone` answer to `GET /v1/watch` (the `since`
+/// cursor is older than the history the node holds), and the `data` of the error message a
+/// watch stream ends with (there it also carries `"type":"error"`).
+///
+/// `error` is `compacted` (resume from `current` after re-reading the state), `slow_consumer`
+/// (the reader fell too far behind: resume from the last cursor), `unavailable`, or another
+/// code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchError {
+    pub error: String,
+    #[serde(default)]
+    pub message: String,
+    /// With `compacted`: the oldest cursor the node can resume from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+}
+
+/// The `error` code of a [`WatchError`] for history that was compacted away.
+pub const WATCH_COMPACTED: &str = "compacted";
 
 /// Answer to `GET /v1/kv?prefix=p&limit=n`: keys in ascending order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

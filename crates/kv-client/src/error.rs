@@ -14,6 +14,8 @@ use std::fmt;
 /// - [`Unauthorized`](Error::Unauthorized) and [`Tls`](Error::Tls) say the credentials are
 ///   missing, wrong or not trusted; they are not retried either: fix the token, certificates
 ///   or CA and call again.
+/// - [`Compacted`](Error::Compacted) ends a watch whose cursor is older than the history the
+///   node keeps: read the state again (a scan) and watch from `current`.
 /// - [`Server`](Error::Server) is an answer the client does not understand or a server bug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -51,6 +53,11 @@ pub enum Error {
     /// The deadline passed while waiting for an answer.
     #[error("timed out waiting for an answer")]
     Timeout,
+    /// A watch asked for changes older than the history the node keeps (`410`, or the
+    /// `compacted` error message that ends a stream): changes were missed. Read the state again
+    /// and watch from `current`, the oldest cursor the node can resume from.
+    #[error("watch history compacted: re-read the state and resume from cursor {current}")]
+    Compacted { current: String },
     /// A `5xx` the client does not retry (a server bug or storage failure), or an answer it
     /// cannot read.
     #[error("server error ({status}): {message}")]
@@ -60,7 +67,7 @@ pub enum Error {
 impl Error {
     /// A short, stable name for the kind of failure (`not_found`, `precondition_failed`,
     /// `unavailable`, `invalid_input`, `transport`, `unauthorized`, `tls`, `timeout`,
-    /// `server`), for logs, metrics and scripts.
+    /// `compacted`, `server`), for logs, metrics and scripts.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::NotFound(_) => "not_found",
@@ -71,6 +78,7 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::Tls(_) => "tls",
             Error::Timeout => "timeout",
+            Error::Compacted { .. } => "compacted",
             Error::Server { .. } => "server",
         }
     }
@@ -136,5 +144,11 @@ mod tests {
         assert!(!Error::InvalidInput("x".into()).is_unavailable());
         assert!(!Error::Tls("x".into()).is_unavailable());
         assert_eq!(Error::Unauthorized("x".into()).kind(), "unauthorized");
+        let compacted = Error::Compacted {
+            current: "p0:7".into(),
+        };
+        assert_eq!(compacted.kind(), "compacted");
+        assert!(compacted.to_string().contains("p0:7"), "{compacted}");
+        assert!(!compacted.is_unavailable());
     }
 }
