@@ -328,14 +328,14 @@ fn normalize_endpoint(input: &str) -> Result<String> {
 /// retried write is applied at most once on a server that deduplicates.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    http: reqwest::Client,
-    router: Router,
+pub(crate) struct Inner {
+    pub(crate) http: reqwest::Client,
+    pub(crate) router: Router,
     session: Session,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl fmt::Debug for Client {
@@ -756,7 +756,7 @@ fn etag(version: u64) -> HeaderValue {
 /// `key` as one URL path segment: every byte but the unreserved ones percent-encoded, `/`
 /// included, so no key is split, merged or normalized on the way (`a/../b` stays one key).
 /// Only `.` and `..` cannot be sent: URLs remove such segments even when percent-encoded.
-fn key_path(key: &str) -> Result<String> {
+pub(crate) fn key_path(key: &str) -> Result<String> {
     if key == "." || key == ".." {
         return Err(Error::InvalidInput(format!(
             "the key {key:?} cannot be addressed in a URL"
@@ -766,7 +766,7 @@ fn key_path(key: &str) -> Result<String> {
 }
 
 /// Percent-encodes every byte except `A-Z a-z 0-9 - . _ ~`.
-fn encode_component(text: &str) -> String {
+pub(crate) fn encode_component(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

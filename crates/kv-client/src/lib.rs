@@ -36,6 +36,10 @@
 //! # }
 //! ```
 //!
+//! [`Client::watch`] and [`Client::watch_key`] follow changes as they happen: a [`Watch`]
+//! stream of [`Watched`] items (the cursor, and the change) read from the server's
+//! Server-Sent Events, which reconnects by itself from the last cursor.
+//!
 //! Exactly-once writes need the server's per-client deduplication (headers
 //! [`api::HEADER_CLIENT_ID`], [`api::HEADER_REQUEST_SEQ`], [`api::HEADER_ACK_BELOW`]); without
 //! it, a write whose answer was lost and that is retried may be applied twice.
@@ -47,9 +51,12 @@ mod error;
 mod retry;
 mod routing;
 mod session;
+mod sse;
 mod transport;
+mod watch;
 
 pub use client::{
     Client, ClientBuilder, Consistency, PutOptions, ScanOptions, TlsConfig, Value, DEFAULT_TIMEOUT,
 };
 pub use error::{one_line, Error, Result};
+pub use watch::{Watch, Watched, WATCH_IDLE_TIMEOUT};

@@ -64,7 +64,7 @@ pub(crate) async fn send(
     })
 }
 
-fn failure(base: &str, err: reqwest::Error) -> Failure {
+pub(crate) fn failure(base: &str, err: reqwest::Error) -> Failure {
     if err.is_timeout() {
         return Failure::TimedOut;
     }
