@@ -22,6 +22,8 @@ Exit codes:
      or a `cluster leave` whose drain has not finished within --timeout
   5  any other error (invalid input such as a value too large, a token or certificate that
      is refused or not trusted, server error, local I/O, a file `kv cert` will not replace)
+  6  watch history compacted: `kv watch --since` named a cursor older than the history the
+     nodes keep (the error names the cursor to resume from, after re-reading the keys)
 
 Errors are one line on stderr starting with `error: `; with --json, also one JSON object
 {\"error\": kind, \"message\": text} on stdout.";
@@ -129,6 +131,9 @@ pub enum Command {
     Refresh(RefreshArgs),
     /// List the keys starting with a prefix, in key order, with versions and values.
     Scan(ScanArgs),
+    /// Print the changes of the keys starting with a prefix (or of one key) as they happen,
+    /// one line each, until interrupted; resumes by itself when a node fails.
+    Watch(WatchArgs),
     /// Inspect and change cluster membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -340,6 +345,32 @@ pub struct ScanArgs {
     /// Keys and versions only, without values.
     #[arg(long)]
     pub keys_only: bool,
+}
+
+/// Flags of `kv watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Key prefix; empty watches every key. With --exact: the one key to watch.
+    #[arg(default_value = "")]
+    pub prefix: String,
+    /// Start after this cursor (printed by `--json`), instead of from now: no change after it
+    /// is missed.
+    #[arg(long, value_name = "CURSOR", value_parser = parse_cursor)]
+    pub since: Option<String>,
+    /// Watch exactly the key PREFIX, not the keys starting with it. (Not `--key`: that is the
+    /// global flag of the client certificate's private key.)
+    #[arg(long)]
+    pub exact: bool,
+}
+
+/// A cursor is opaque printable ASCII without spaces.
+fn parse_cursor(input: &str) -> Result<String, String> {
+    if input.is_empty() || !input.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "a cursor is printable ASCII without spaces (as `kv watch --json` prints it)".into(),
+        );
+    }
+    Ok(input.to_owned())
 }
 
 /// `kv cluster` subcommands.
@@ -605,6 +636,48 @@ mod tests {
             &["auth", "hash-token", "a b"],
             &["auth"],
             &["cert"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn watch_parses_prefix_cursor_and_exact() {
+        let cli = parse(&["watch", "app/", "--since", "p0:4,p1:9", "--json"]).unwrap();
+        assert!(cli.json);
+        let Command::Watch(args) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!(args.prefix, "app/");
+        assert_eq!(args.since.as_deref(), Some("p0:4,p1:9"));
+        assert!(!args.exact);
+
+        let cli = parse(&["watch"]).unwrap();
+        let Command::Watch(args) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!(
+            (args.prefix.as_str(), args.since, args.exact),
+            ("", None, false)
+        );
+
+        // `--exact` beside the global `--cert`/`--key` client certificate flags.
+        let cli = parse(&[
+            "watch", "app/x", "--exact", "--cert", "c.crt", "--key", "c.key",
+        ])
+        .unwrap();
+        assert_eq!(cli.client_key, Some(PathBuf::from("c.key")));
+        let Command::Watch(args) = cli.command else {
+            panic!("not watch")
+        };
+        assert!(args.exact);
+
+        for bad in [
+            &["watch", "a", "--since", ""][..],
+            &["watch", "a", "--since", "two words"],
+            &["watch", "a", "b"],
+            &["watch", "a", "--key"],
         ] {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");

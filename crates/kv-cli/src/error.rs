@@ -12,6 +12,8 @@ pub const EXIT_PRECONDITION: u8 = 3;
 pub const EXIT_UNAVAILABLE: u8 = 4;
 /// Exit code: anything else.
 pub const EXIT_OTHER: u8 = 5;
+/// Exit code: a watch's cursor is older than the history the nodes keep.
+pub const EXIT_COMPACTED: u8 = 6;
 
 /// A failed command. Usage errors never get here: clap reports them itself (exit code 2).
 #[derive(Debug)]
@@ -30,6 +32,7 @@ impl CliError {
         match self {
             CliError::Client(kv_client::Error::NotFound(_)) => EXIT_NOT_FOUND,
             CliError::Client(kv_client::Error::PreconditionFailed { .. }) => EXIT_PRECONDITION,
+            CliError::Client(kv_client::Error::Compacted { .. }) => EXIT_COMPACTED,
             CliError::Client(err) if err.is_unavailable() => EXIT_UNAVAILABLE,
             CliError::Client(_) => EXIT_OTHER,
             CliError::Unreachable(_) => EXIT_UNAVAILABLE,
@@ -38,7 +41,8 @@ impl CliError {
     }
 
     /// The failure as one JSON object, for `--json`: a stable `error` kind, the `message`,
-    /// and `current_version` for a failed precondition.
+    /// `current_version` for a failed precondition and `current` (the cursor to resume from)
+    /// for a compacted watch.
     pub fn json(&self) -> serde_json::Value {
         let kind = match self {
             CliError::Client(err) => err.kind(),
@@ -48,6 +52,9 @@ impl CliError {
         let mut object = json!({ "error": kind, "message": self.to_string() });
         if let CliError::Client(kv_client::Error::PreconditionFailed { current }) = self {
             object["current_version"] = json!(current);
+        }
+        if let CliError::Client(kv_client::Error::Compacted { current }) = self {
+            object["current"] = json!(current);
         }
         object
     }
@@ -129,6 +136,12 @@ mod tests {
         );
         assert_eq!(CliError::Unreachable("x".into()).exit_code(), 4);
         assert_eq!(CliError::from(anyhow::anyhow!("x")).exit_code(), 5);
+        assert_eq!(
+            code(Error::Compacted {
+                current: "c".into()
+            }),
+            6
+        );
     }
 
     #[test]
@@ -142,5 +155,11 @@ mod tests {
             CliError::Unreachable("down".into()).json()["error"],
             "unavailable"
         );
+        let err = CliError::from(kv_client::Error::Compacted {
+            current: "p0:9".into(),
+        });
+        assert_eq!(err.json()["error"], "compacted");
+        assert_eq!(err.json()["current"], "p0:9");
+        assert!(err.to_string().contains("p0:9"), "{err}");
     }
 }

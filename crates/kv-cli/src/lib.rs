@@ -15,8 +15,11 @@
 //!
 //! Exit codes (also in `kv --help`, see [`cli::EXIT_CODES`]): 0 success, 1 not found, 2 bad
 //! usage (clap), 3 precondition failed, 4 the cluster is unavailable or unreachable, 5 any other
-//! failure (refused tokens and certificates included: retrying cannot fix them). Failures are
-//! one `error: ...` line on stderr.
+//! failure (refused tokens and certificates included: retrying cannot fix them), 6 a watch whose
+//! history was compacted. Failures are one `error: ...` line on stderr.
+//!
+//! `watch` ([`mod@watch`]) is the one command that runs until interrupted, printing a line per
+//! change as it comes.
 
 pub mod auth;
 pub mod bench;
@@ -31,6 +34,7 @@ pub mod keys;
 pub mod output;
 pub mod progress;
 pub mod report;
+pub mod watch;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
@@ -79,6 +83,7 @@ async fn dispatch(cli: &Cli) -> Result<(), CliError> {
         Command::Delete(args) => keys::delete(&client(cli)?, args).await?,
         Command::Refresh(args) => keys::refresh(&client(cli)?, args).await?,
         Command::Scan(args) => keys::scan(&client(cli)?, args).await?,
+        Command::Watch(args) => return watch::run(&client(cli)?, args, cli.json).await,
         Command::Cluster(command) => cluster::run(&client(cli)?, command).await?,
         Command::Cert(command) => cert_files::run(command)?,
         Command::Auth(command) => auth::run(command)?,

@@ -4,7 +4,10 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use kv_client::api::{ClusterStatus, DeleteResult, ScanItem, ScanResult, WriteResult};
+use kv_client::api::{
+    ClusterStatus, DeleteResult, ScanItem, ScanResult, WatchEventKind, WriteResult,
+};
+use kv_client::Watched;
 use serde_json::json;
 
 /// The result of a successful command.
@@ -128,6 +131,45 @@ fn cell(item: &ScanItem) -> String {
         (None, Some(bytes)) => format!("0x{}", hex(&bytes)),
         (None, None) => String::new(),
     }
+}
+
+/// One line of `kv watch` for people: `put KEY VERSION VALUE` (the value as a scan shows it),
+/// `delete KEY VERSION`, `expire KEY VERSION`; `None` for a message that only moved the cursor.
+/// A key with control characters is quoted with escapes, as values are.
+pub fn watch_line(item: &Watched) -> Option<String> {
+    let event = item.event.as_ref()?;
+    let key = if event.key.chars().any(|c| c.is_control() || c == ' ') || event.key.is_empty() {
+        format!("{:?}", event.key)
+    } else {
+        event.key.clone()
+    };
+    let mut line = format!("{} {key} {}", event.kind, event.version);
+    if event.kind == WatchEventKind::Put {
+        let value = cell(&ScanItem {
+            key: String::new(),
+            version: event.version,
+            value: event.value.clone(),
+            value_b64: event.value_b64.clone(),
+        });
+        line.push(' ');
+        line.push_str(&value);
+    }
+    Some(line)
+}
+
+/// One line of `kv watch --json`: the change as the server sent it (`type`, `key`, `version`,
+/// and `value`, or `value_b64` when it is not UTF-8) with the `cursor` after it; a message that
+/// only moved the cursor is `{"cursor":..}`, so the last line always holds the cursor to pass
+/// to `--since`.
+pub fn watch_json(item: &Watched) -> serde_json::Value {
+    let mut object = match &item.event {
+        Some(event) => serde_json::to_value(event).expect("API types always encode as JSON"),
+        None => json!({}),
+    };
+    if let Some(fields) = object.as_object_mut() {
+        fields.insert("cursor".into(), item.cursor.clone().into());
+    }
+    object
 }
 
 /// Rows aligned in columns, two spaces apart; the last column is not padded.
@@ -392,6 +434,46 @@ c    4        0xff00
             text.json(),
             json!({"key": "k", "version": 2, "value": "hi", "ttl_remaining": 30})
         );
+    }
+
+    #[test]
+    fn watch_prints_one_line_per_change_and_json_with_the_cursor() {
+        use kv_client::api::WatchEvent;
+        let watched = |kind, key: &str, value: Option<&str>, value_b64: Option<&str>| Watched {
+            cursor: "p0:3".into(),
+            event: Some(WatchEvent {
+                kind,
+                key: key.into(),
+                version: 12,
+                value: value.map(str::to_owned),
+                value_b64: value_b64.map(str::to_owned),
+            }),
+        };
+        let put = watched(WatchEventKind::Put, "app/x", Some("text"), None);
+        assert_eq!(watch_line(&put).unwrap(), "put app/x 12 text");
+        assert_eq!(
+            watch_json(&put),
+            json!({"cursor": "p0:3", "type": "put", "key": "app/x", "version": 12, "value": "text"})
+        );
+        let binary = watched(WatchEventKind::Put, "b", None, Some("/wCh"));
+        assert_eq!(watch_line(&binary).unwrap(), "put b 12 0xff00a1");
+        assert_eq!(watch_json(&binary)["value_b64"], "/wCh");
+        let multiline = watched(WatchEventKind::Put, "a b", Some("x\ny"), None);
+        assert_eq!(watch_line(&multiline).unwrap(), "put \"a b\" 12 \"x\\ny\"");
+        let deleted = watched(WatchEventKind::Delete, "app/x", None, None);
+        assert_eq!(watch_line(&deleted).unwrap(), "delete app/x 12");
+        assert_eq!(
+            watch_json(&deleted),
+            json!({"cursor": "p0:3", "type": "delete", "key": "app/x", "version": 12})
+        );
+        let expired = watched(WatchEventKind::Expire, "app/x", None, None);
+        assert_eq!(watch_line(&expired).unwrap(), "expire app/x 12");
+        let moved = Watched {
+            cursor: "p0:4".into(),
+            event: None,
+        };
+        assert_eq!(watch_line(&moved), None);
+        assert_eq!(watch_json(&moved), json!({"cursor": "p0:4"}));
     }
 
     #[test]

@@ -246,10 +246,12 @@ fn help_lists_the_commands_and_exit_codes() {
         "cas",
         "delete",
         "scan",
+        "watch",
         "cluster",
         "bench",
         "Exit codes:",
         "3  precondition failed",
+        "6  watch history compacted",
     ] {
         assert!(help.contains(expected), "missing {expected:?} in:\n{help}");
     }
