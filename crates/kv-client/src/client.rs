@@ -134,6 +134,7 @@ pub struct ScanOptions {
 pub struct ClientBuilder {
     endpoints: Vec<String>,
     timeout: Duration,
+    watch_idle_timeout: Duration,
     discovery: bool,
     credentials: Credentials,
 }
@@ -184,6 +185,7 @@ impl Default for ClientBuilder {
         ClientBuilder {
             endpoints: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            watch_idle_timeout: crate::watch::DEFAULT_WATCH_IDLE_TIMEOUT,
             discovery: true,
             credentials: Credentials::default(),
         }
@@ -205,6 +207,15 @@ impl ClientBuilder {
     /// Total time one call may take, all retries included ([`DEFAULT_TIMEOUT`] by default).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long a watch stream may stay silent (the server sends a keep-alive every few
+    /// seconds when there is no change) before the watch takes the connection for dead and
+    /// opens another ([`DEFAULT_WATCH_IDLE_TIMEOUT`](crate::DEFAULT_WATCH_IDLE_TIMEOUT) by
+    /// default).
+    pub fn watch_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.watch_idle_timeout = timeout;
         self
     }
 
@@ -264,14 +275,15 @@ impl ClientBuilder {
     }
 
     /// Builds the client. Fails with [`Error::InvalidInput`] on no endpoint, a malformed one, a
-    /// zero timeout or a token that cannot be sent, and with [`Error::Tls`] on a CA
-    /// certificate, client certificate or key that is not valid PEM or a key that does not
-    /// belong to its certificate. Does no I/O: the map is learned on the first request.
+    /// zero timeout or watch idle timeout, or a token that cannot be sent, and with
+    /// [`Error::Tls`] on a CA certificate, client certificate or key that is not valid PEM or a
+    /// key that does not belong to its certificate. Does no I/O: the map is learned on the
+    /// first request.
     pub fn build(self) -> Result<Client> {
         if self.endpoints.is_empty() {
             return Err(Error::InvalidInput("no endpoints given".into()));
         }
-        if self.timeout.is_zero() {
+        if self.timeout.is_zero() || self.watch_idle_timeout.is_zero() {
             return Err(Error::InvalidInput("the timeout must be positive".into()));
         }
         let endpoints = self
@@ -293,6 +305,7 @@ impl ClientBuilder {
                 router: Router::new(endpoints, self.discovery),
                 session: Session::new(),
                 timeout: self.timeout,
+                watch_idle_timeout: self.watch_idle_timeout,
             }),
         })
     }
@@ -336,6 +349,7 @@ pub(crate) struct Inner {
     pub(crate) router: Router,
     session: Session,
     pub(crate) timeout: Duration,
+    pub(crate) watch_idle_timeout: Duration,
 }
 
 impl fmt::Debug for Client {
@@ -807,6 +821,13 @@ mod tests {
             Client::builder()
                 .endpoints(["127.0.0.1:1"])
                 .timeout(Duration::ZERO)
+                .build(),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            Client::builder()
+                .endpoints(["127.0.0.1:1"])
+                .watch_idle_timeout(Duration::ZERO)
                 .build(),
             Err(Error::InvalidInput(_))
         ));

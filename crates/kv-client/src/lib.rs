@@ -59,4 +59,4 @@ pub use client::{
     Client, ClientBuilder, Consistency, PutOptions, ScanOptions, TlsConfig, Value, DEFAULT_TIMEOUT,
 };
 pub use error::{one_line, Error, Result};
-pub use watch::{Watch, Watched, WATCH_IDLE_TIMEOUT};
+pub use watch::{Watch, Watched, DEFAULT_WATCH_IDLE_TIMEOUT};

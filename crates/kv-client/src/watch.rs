@@ -30,8 +30,10 @@ use crate::sse;
 use crate::transport::{self, Failure, Reply};
 
 /// A stream that sends nothing for this long (not even a keep-alive comment, which the server
-/// sends every few seconds when idle) is taken for dead and replaced by a new connection.
-pub const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// sends every few seconds when idle) is taken for dead and replaced by a new connection,
+/// unless [`ClientBuilder::watch_idle_timeout`](crate::ClientBuilder::watch_idle_timeout)
+/// says otherwise.
+pub const DEFAULT_WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest message accepted in a watch stream; a longer one ends the watch with
 /// [`Error::Server`].
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -82,8 +84,8 @@ impl Client {
     /// Follows the changes of every key starting with `prefix` (`""`: all keys), from the
     /// cursor `since` (exclusive) or, without one, from now: `GET /v1/watch?prefix=..`.
     ///
-    /// Does no I/O until polled. When a connection drops, stays silent for
-    /// [`WATCH_IDLE_TIMEOUT`], or the server ends it with `slow_consumer` or `unavailable`,
+    /// Does no I/O until polled. When a connection drops, stays silent for the watch idle
+    /// timeout ([`DEFAULT_WATCH_IDLE_TIMEOUT`]), or the server ends it with `slow_consumer` or `unavailable`,
     /// the watch connects again (to the configured endpoints in turn, the ones that just failed
     /// last, with the client's backoff) and resumes from the last cursor it saw, so each change
     /// is yielded once. A watch started without `since` that loses its connection before the
@@ -221,7 +223,8 @@ impl State {
                 }
                 continue;
             };
-            match tokio::time::timeout(WATCH_IDLE_TIMEOUT, body.stream.next()).await {
+            let idle_timeout = self.client.inner.watch_idle_timeout;
+            match tokio::time::timeout(idle_timeout, body.stream.next()).await {
                 Ok(Some(Ok(chunk))) => {
                     let mut messages = Vec::new();
                     let parsed = self.parser.feed(&chunk, &mut messages);
@@ -253,9 +256,8 @@ impl State {
                 }
                 Err(_) => {
                     self.last = Error::Unavailable(format!(
-                        "the watch stream from {} sent nothing for {}s",
+                        "the watch stream from {} sent nothing for {idle_timeout:?}",
                         body.target.base,
-                        WATCH_IDLE_TIMEOUT.as_secs()
                     ));
                     self.disconnect();
                 }

@@ -324,6 +324,45 @@ async fn a_node_that_refuses_connections_is_skipped() {
 }
 
 #[tokio::test]
+async fn a_silent_stream_is_replaced() {
+    // The first stream sends one change, then nothing, not even keep-alives.
+    let server = ScriptedServer::start(vec![
+        Conn::Stream(pieces(&put_message("c1", "a", 1, "x"), 64), End::Hang),
+        Conn::Stream(pieces(&put_message("c2", "a", 2, "y"), 64), End::Hang),
+    ])
+    .await;
+    let client = Client::builder()
+        .endpoints([server.url.as_str()])
+        .watch_idle_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut watch = client.watch("a", None);
+    assert_eq!(next_ok(&mut watch).await.cursor, "c1");
+    assert_eq!(next_ok(&mut watch).await.cursor, "c2");
+    let targets: Vec<String> = server.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(
+        targets,
+        ["/v1/watch?prefix=a", "/v1/watch?prefix=a&since=c1"]
+    );
+}
+
+#[tokio::test]
+async fn no_reachable_node_ends_the_watch_after_the_timeout() {
+    let down = format!("127.0.0.1:{}", kv_node::testing::closed_port());
+    let client = Client::builder()
+        .endpoints([down.as_str()])
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut watch = client.watch("a", Some("c7"));
+    match next(&mut watch).await {
+        Some(Err(Error::Transport(message))) => assert!(message.contains(&down), "{message}"),
+        other => panic!("not a transport error: {other:?}"),
+    }
+    assert_eq!(next(&mut watch).await, None);
+}
+
+#[tokio::test]
 async fn passing_errors_reconnect_from_the_last_cursor() {
     let slow = format!(
         "{}data: {{\"type\":\"error\",\"error\":\"slow_consumer\",\"message\":\"behind\"}}\n\n",
