@@ -133,7 +133,7 @@ impl Client {
             body: None,
             parser: sse::Parser::new(MAX_MESSAGE_BYTES),
             pending: VecDeque::new(),
-            episode: None,
+            episode: Episode::new(),
             last: Error::Timeout,
             done: false,
         };
@@ -152,12 +152,26 @@ struct Body {
     target: Target,
 }
 
-/// Reconnect attempts since the watch last made progress (a message that is not an error).
+/// Reconnect attempts since the watch last made progress.
 struct Episode {
-    deadline: Deadline,
+    /// Until when attempts go on; a new one starts whenever a stream sends anything (even a
+    /// keep-alive): the server is alive.
+    deadline: Option<Deadline>,
+    /// Pauses between attempts; they grow until a message that is not an error arrives, so a
+    /// node that accepts and at once ends the stream is not asked again and again.
     backoff: Backoff,
-    /// The first attempt of an episode goes at once; later ones after a pause.
+    /// Attempts since that message: the first one goes at once, later ones after a pause.
     attempts: u32,
+}
+
+impl Episode {
+    fn new() -> Self {
+        Episode {
+            deadline: None,
+            backoff: Backoff::new(),
+            attempts: 0,
+        }
+    }
 }
 
 /// What to do with one message.
@@ -190,7 +204,7 @@ struct State {
     parser: sse::Parser,
     /// Messages parsed but not yet handled.
     pending: VecDeque<sse::Message>,
-    episode: Option<Episode>,
+    episode: Episode,
     /// Why the last connection ended or attempt failed, for when reconnecting gives up.
     last: Error,
     done: bool,
@@ -226,6 +240,7 @@ impl State {
             let idle_timeout = self.client.inner.watch_idle_timeout;
             match tokio::time::timeout(idle_timeout, body.stream.next()).await {
                 Ok(Some(Ok(chunk))) => {
+                    self.episode.deadline = None;
                     let mut messages = Vec::new();
                     let parsed = self.parser.feed(&chunk, &mut messages);
                     self.pending.extend(messages);
@@ -285,7 +300,7 @@ impl State {
         }
         let cursor = self.cursor.clone().unwrap_or_default();
         let Some(data) = message.data else {
-            self.episode = None;
+            self.episode = Episode::new();
             return Step::Yield(Watched {
                 cursor,
                 event: None,
@@ -309,7 +324,7 @@ impl State {
         match kind.as_str() {
             "put" | "delete" | "expire" => match serde_json::from_str::<WatchEvent>(&data) {
                 Ok(event) => {
-                    self.episode = None;
+                    self.episode = Episode::new();
                     Step::Yield(Watched {
                         cursor,
                         event: Some(event),
@@ -323,7 +338,7 @@ impl State {
             },
             // A kind of message this client does not know: only its cursor counts.
             _ if had_id => {
-                self.episode = None;
+                self.episode = Episode::new();
                 Step::Yield(Watched {
                     cursor,
                     event: None,
@@ -353,28 +368,23 @@ impl State {
     /// succeed, or none did before the episode's deadline.
     async fn connect(&mut self) -> Result<Body> {
         let timeout = self.client.inner.timeout;
-        let mut episode = self.episode.take().unwrap_or_else(|| Episode {
-            deadline: Deadline::after(timeout),
-            backoff: Backoff::new(),
-            attempts: 0,
-        });
-        let result = loop {
-            if episode.attempts > 0
-                && (episode.deadline.passed() || !episode.backoff.wait(episode.deadline).await)
+        let deadline = *self
+            .episode
+            .deadline
+            .get_or_insert_with(|| Deadline::after(timeout));
+        loop {
+            if self.episode.attempts > 0
+                && (deadline.passed() || !self.episode.backoff.wait(deadline).await)
             {
-                break Err(self.last.clone());
+                return Err(self.last.clone());
             }
-            episode.attempts += 1;
-            match attempt(&self.client, self.url_path(), episode.deadline).await {
-                Ok(body) => break Ok(body),
-                Err(Refusal::Final(err)) => break Err(err),
+            self.episode.attempts += 1;
+            match attempt(&self.client, self.url_path(), deadline).await {
+                Ok(body) => return Ok(body),
+                Err(Refusal::Final(err)) => return Err(err),
                 Err(Refusal::Retry(err)) => self.last = err,
             }
-        };
-        // Kept until a message arrives: a node that accepts and at once drops the stream is
-        // retried with growing pauses, within one deadline.
-        self.episode = Some(episode);
-        result
+        }
     }
 
     /// Path and query of the next request: the watch's, from the last cursor.

@@ -347,6 +347,25 @@ async fn a_silent_stream_is_replaced() {
 }
 
 #[tokio::test]
+async fn a_stream_kept_alive_past_the_timeout_still_reconnects() {
+    // Keep-alives only, for longer than the client's timeout, then a drop.
+    let keep_alives = vec![b": keep-alive\n\n".to_vec(); 200];
+    let server = ScriptedServer::start(vec![
+        Conn::Stream(keep_alives, End::Abort),
+        Conn::Stream(pieces(&put_message("c1", "a", 1, "x"), 64), End::Hang),
+    ])
+    .await;
+    let client = Client::builder()
+        .endpoints([server.url.as_str()])
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let mut watch = client.watch("a", Some("c0"));
+    assert_eq!(next_ok(&mut watch).await.cursor, "c1");
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
 async fn no_reachable_node_ends_the_watch_after_the_timeout() {
     let down = format!("127.0.0.1:{}", kv_node::testing::closed_port());
     let client = Client::builder()
