@@ -329,6 +329,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         let group = self.group;
+        // Snapshots carry no change history: it is complete from the entry after this one.
+        let history_start = meta.last_log_id.map_or(0, |l| l.index) + 1;
         let keys = self
             .store
             .read(move |engine| {
@@ -337,7 +339,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 file.sync_all()?;
                 file.rewind()?;
                 let mut input = BufReader::new(&file);
-                let keys = engine.import_group(group, &mut input, &applied)?;
+                let keys = engine.import_group(group, &mut input, &applied, history_start)?;
                 // Keep the received stream as our current snapshot: it is exactly the state
                 // just installed. Rename the file we handed out only if it is the stream we
                 // were given: openraft may install a snapshot from any file (its own suite
