@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_storage::{Command, GroupId, Outcome, Record, Store};
+use kv_storage::{ChangePage, ChangePos, Command, GroupId, Outcome, Record, Store};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState};
 use tokio::sync::RwLock;
@@ -51,6 +51,8 @@ pub struct Group {
     pub(crate) deadlines: Arc<std::sync::atomic::AtomicBool>,
     /// Requests waiting for a key to change, woken by the state machine.
     pub(crate) waiters: Arc<crate::key_waiters::KeyWaiters>,
+    /// The log index this replica's stored state includes, from the state machine.
+    pub(crate) applied_index: tokio::sync::watch::Receiver<u64>,
 }
 
 /// A proposal handed to openraft, waiting for its commit.
@@ -624,6 +626,32 @@ impl Group {
             .store
             .read(move |e| e.scan(group, &prefix, after.as_deref(), limit, max_bytes, live_at))
             .await?)
+    }
+
+    /// This replica's change history after `after`, ascending, with the history start read
+    /// alongside (see [`kv_storage::Engine::changes`]): at most `limit` rows and about
+    /// `max_bytes` of keys and values, at least one row if there is any. Whatever this replica
+    /// has applied; replicas hold the same rows at the same positions. A cursor before
+    /// `ChangePos::end_of(start - 1)` can no longer be served from here.
+    pub async fn changes(
+        &self,
+        after: ChangePos,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ChangePage, GroupError> {
+        let group = self.id;
+        Ok(self
+            .store
+            .read(move |e| e.changes(group, after, limit, max_bytes))
+            .await?)
+    }
+
+    /// The log index this replica's stored state includes (0 before any), updated after every
+    /// apply and snapshot install: wait on it, then read [`Group::changes`]. The channel
+    /// belongs to this Raft instance: a group restarted after a failure is a new [`Group`]
+    /// with a new channel.
+    pub fn applied_index(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_index.clone()
     }
 
     /// Wait for changes of `key` on this replica: while the guard lives,

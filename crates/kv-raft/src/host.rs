@@ -240,6 +240,7 @@ impl RaftHost {
         let sm = StateMachine::open(id, self.store.clone(), &self.snapshot_root).await?;
         let deadlines = sm.deadlines();
         let waiters = sm.waiters();
+        let applied_index = sm.applied_index();
         let raft = Raft::new(
             self.node_id,
             self.config.clone(),
@@ -270,6 +271,7 @@ impl RaftHost {
             proposer: Arc::default(),
             deadlines,
             waiters,
+            applied_index,
         };
         self.groups
             .write()

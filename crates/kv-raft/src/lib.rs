@@ -48,7 +48,9 @@ pub use types::{Request, Response, TypeConfig};
 
 /// What a group's state machine stores and how it is written, from kv-storage: a node's
 /// server uses these through this crate, never the storage engine itself.
-pub use kv_storage::{Command, Condition, GroupId, Outcome, Record, Store};
+pub use kv_storage::{
+    Change, ChangeKind, ChangePage, ChangePos, Command, Condition, GroupId, Outcome, Record, Store,
+};
 
 /// The Raft node id (a cluster member id): the ring's, so that openraft, the ring and the node
 /// name a node by one type.

@@ -30,6 +30,9 @@ pub struct StateMachine {
     deadlines: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Requests waiting for a key to change (see [`crate::Group::wait_on`]).
     waiters: std::sync::Arc<crate::key_waiters::KeyWaiters>,
+    /// The log index the stored state includes, sent after every apply and snapshot install
+    /// (see [`crate::Group::applied_index`]).
+    applied_index: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachine {
@@ -57,20 +60,42 @@ impl StateMachine {
             incoming: Default::default(),
             deadlines: std::sync::Arc::new(has_deadlines.into()),
             waiters: Default::default(),
+            applied_index: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         // An unreadable marker must stop the group: defaulting would later persist an empty
         // membership over the real one.
-        sm.membership = sm
+        let applied = sm
             .applied()
             .await
-            .map_err(|e| kv_storage::StorageError::Backend(e.to_string()))?
-            .membership;
+            .map_err(|e| kv_storage::StorageError::Backend(e.to_string()))?;
+        sm.membership = applied.membership;
+        if let Some(last) = applied.last_applied {
+            // Applied by a version from before the change history: those entries left no
+            // rows, so the history starts after them. Committed before Raft applies anything.
+            if sm
+                .store
+                .read(move |e| e.history_start(group))
+                .await?
+                .is_none()
+            {
+                let index = last.index + 1;
+                tracing::info!(%group, index, "change history starts after data applied before it");
+                let batch = WriteBatch::new(group, true).op(Op::HistoryStart { index });
+                sm.store.write(batch).await?;
+            }
+            sm.applied_index.send_replace(last.index);
+        }
         Ok(sm)
     }
 
     /// The waiters [`crate::Group::wait_on`] registers with.
     pub(crate) fn waiters(&self) -> std::sync::Arc<crate::key_waiters::KeyWaiters> {
         self.waiters.clone()
+    }
+
+    /// What [`crate::Group::applied_index`] hands out.
+    pub(crate) fn applied_index(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_index.subscribe()
     }
 
     /// The flag [`crate::Group::has_deadlines`] reads.
@@ -278,6 +303,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map(Some)
             .collect::<Vec<_>>();
         self.waiters.applied(changed.iter().map(Vec::as_slice));
+        if let Some(last) = last {
+            self.applied_index.send_replace(last.index);
+        }
         let mut take = |n: usize| outcomes.get_mut(n).and_then(Option::take);
         Ok(slots
             .into_iter()
@@ -329,6 +357,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         let group = self.group;
+        // Snapshots carry no change history: it is complete from the entry after this one.
+        let history_start = meta.last_log_id.map_or(0, |l| l.index) + 1;
         let keys = self
             .store
             .read(move |engine| {
@@ -337,7 +367,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 file.sync_all()?;
                 file.rewind()?;
                 let mut input = BufReader::new(&file);
-                let keys = engine.import_group(group, &mut input, &applied)?;
+                let keys = engine.import_group(group, &mut input, &applied, history_start)?;
                 // Keep the received stream as our current snapshot: it is exactly the state
                 // just installed. Rename the file we handed out only if it is the stream we
                 // were given: openraft may install a snapshot from any file (its own suite
@@ -371,6 +401,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .store(true, std::sync::atomic::Ordering::Release);
         }
         self.waiters.all_changed();
+        self.applied_index
+            .send_replace(meta.last_log_id.map_or(0, |l| l.index));
         tracing::info!(%group, id = %meta.snapshot_id, keys, "installed snapshot");
         Ok(())
     }
@@ -404,5 +436,89 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 e,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::NodeId;
+
+    /// A group whose entries through 7 were applied by a version without change history.
+    async fn applied_before_history(store: &Store, group: GroupId) {
+        let applied = encode(&Applied {
+            last_applied: Some(LogId::new(CommittedLeaderId::new(2, NodeId(1)), 7)),
+            membership: Membership::default(),
+        })
+        .unwrap();
+        let batch = WriteBatch::new(group, true).op(Op::SetMeta {
+            key: MetaKey::Applied,
+            value: applied,
+        });
+        store.write(batch).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn opening_data_from_before_the_history_starts_it_after_that_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::memory().unwrap();
+        let (old, fresh) = (GroupId(1), GroupId(2));
+        applied_before_history(&store, old).await;
+
+        let sm = StateMachine::open(old, store.clone(), dir.path())
+            .await
+            .unwrap();
+        let start = store.read(move |e| e.history_start(old)).await.unwrap();
+        assert_eq!(start, Some(8));
+        assert_eq!(*sm.applied_index().borrow(), 7);
+
+        let sm = StateMachine::open(fresh, store.clone(), dir.path())
+            .await
+            .unwrap();
+        let start = store.read(move |e| e.history_start(fresh)).await.unwrap();
+        assert_eq!(start, None, "a new group keeps the default start");
+        assert_eq!(*sm.applied_index().borrow(), 0);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_the_rows_applied_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::memory().unwrap();
+        let g = GroupId(1);
+        applied_before_history(&store, g).await;
+        StateMachine::open(g, store.clone(), dir.path())
+            .await
+            .unwrap();
+        let applied = encode(&Applied {
+            last_applied: Some(LogId::new(CommittedLeaderId::new(2, NodeId(1)), 8)),
+            membership: Membership::default(),
+        })
+        .unwrap();
+        let put = Command::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            cond: kv_storage::Condition::Always,
+        };
+        store
+            .write(WriteBatch::new(g, false).op(Op::Apply {
+                commands: vec![(8, put)],
+                applied,
+            }))
+            .await
+            .unwrap();
+        let sm = StateMachine::open(g, store.clone(), dir.path())
+            .await
+            .unwrap();
+        assert_eq!(*sm.applied_index().borrow(), 8);
+        let page = store
+            .read(move |e| e.changes(g, kv_storage::ChangePos::end_of(0), 10, usize::MAX))
+            .await
+            .unwrap();
+        assert_eq!(page.start, 8);
+        assert_eq!(page.rows.len(), 1, "{page:?}");
     }
 }

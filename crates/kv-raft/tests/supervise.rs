@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use kv_raft::{Group, NodeId, RaftHost, RaftTuning};
 use kv_storage::{
-    Command, Condition, Engine, ExportSummary, GroupId, MemoryEngine, MetaKey, Outcome, Record,
-    StorageError, Store, WriteBatch,
+    ChangePage, ChangePos, Command, Condition, Engine, ExportSummary, GroupId, MemoryEngine,
+    MetaKey, Outcome, Record, StorageError, Store, WriteBatch,
 };
 use openraft::{BasicNode, ServerState};
 
@@ -82,8 +82,22 @@ impl Engine for FlakyEngine {
         group: GroupId,
         input: &mut dyn Read,
         applied: &[u8],
+        history_start: u64,
     ) -> kv_storage::Result<u64> {
-        self.inner.import_group(group, input, applied)
+        self.inner
+            .import_group(group, input, applied, history_start)
+    }
+    fn changes(
+        &self,
+        group: GroupId,
+        after: ChangePos,
+        limit: usize,
+        max_bytes: usize,
+    ) -> kv_storage::Result<ChangePage> {
+        self.inner.changes(group, after, limit, max_bytes)
+    }
+    fn history_start(&self, group: GroupId) -> kv_storage::Result<Option<u64>> {
+        self.inner.history_start(group)
     }
     fn groups(&self) -> kv_storage::Result<Vec<GroupId>> {
         self.inner.groups()

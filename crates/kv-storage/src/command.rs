@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::change::{self, Change, ChangePos};
 use crate::record::{Head, Record, MAX_VERSION};
 use crate::Result;
 
@@ -249,6 +250,28 @@ pub(crate) trait KvAccess {
     fn record_session(&mut self, client: u64, seq: u64, outcome: &Outcome) -> Result<()>;
     /// Forget `client`'s outcomes with a sequence number below `below`.
     fn forget_sessions(&mut self, client: u64, below: u64) -> Result<()>;
+    /// Store the change history row at `pos`.
+    fn record_change(&mut self, pos: ChangePos, change: &Change) -> Result<()>;
+}
+
+/// Apply `commands` (committed at their log indexes, ascending) to `table` in order, with one
+/// change history row per command that changed a key. Returns one outcome per command.
+pub(crate) fn apply_all(
+    table: &mut impl KvAccess,
+    commands: &[(u64, Command)],
+) -> Result<Vec<Outcome>> {
+    let mut outcomes = Vec::with_capacity(commands.len());
+    let mut pos = None;
+    for (index, cmd) in commands {
+        let here = change::next_pos(pos, *index)?;
+        pos = Some(here);
+        let (outcome, change) = apply(table, *index, cmd)?;
+        if let Some(change) = change {
+            table.record_change(here, &change)?;
+        }
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
 }
 
 /// The key's record as a command evaluated at `now` sees it: with a clock, a record expired
@@ -258,14 +281,14 @@ fn visible(table: &mut impl KvAccess, key: &[u8], now: Option<u64>) -> Result<Op
     Ok(head.filter(|h| now.is_none_or(|now| h.live_at(now))))
 }
 
-/// Apply `cmd`, committed at log `index`, to `table`.
-pub(crate) fn apply(table: &mut impl KvAccess, index: u64, cmd: &Command) -> Result<Outcome> {
-    if index > MAX_VERSION {
-        return Err(crate::StorageError::Corrupt(format!(
-            "log index {index} is beyond the version range"
-        )));
-    }
-    match cmd {
+/// Apply `cmd`, committed at log `index`, to `table`: its outcome and the change it made, if
+/// any. A duplicate of a session write is answered from the session and changes nothing.
+fn apply(
+    table: &mut impl KvAccess,
+    index: u64,
+    cmd: &Command,
+) -> Result<(Outcome, Option<Change>)> {
+    let outcome = match cmd {
         Command::Once {
             client,
             seq,
@@ -273,21 +296,37 @@ pub(crate) fn apply(table: &mut impl KvAccess, index: u64, cmd: &Command) -> Res
             command,
         } => {
             if let Some(first) = table.session(*client, *seq)? {
-                return Ok(first);
+                return Ok((first, None));
             }
             let inner = match command.as_ref() {
                 // Nesting adds nothing: apply the innermost write once, under the outer id.
                 Command::Once { command, .. } => command.as_ref(),
                 other => other,
             };
-            let outcome = apply(table, index, inner)?;
+            let (outcome, change) = apply(table, index, inner)?;
             let below = (*ack_below)
                 .max(seq.saturating_sub(SESSION_WINDOW))
                 .min(*seq);
             table.forget_sessions(*client, below)?;
             table.record_session(*client, *seq, &outcome)?;
-            Ok(outcome)
+            return Ok((outcome, change));
         }
+        other => apply_write(table, index, other)?,
+    };
+    let change = Change::of(cmd, &outcome);
+    Ok((outcome, change))
+}
+
+/// What `cmd` does to `table`, without the change history (see [`apply`]).
+fn apply_write(table: &mut impl KvAccess, index: u64, cmd: &Command) -> Result<Outcome> {
+    if index > MAX_VERSION {
+        return Err(crate::StorageError::Corrupt(format!(
+            "log index {index} is beyond the version range"
+        )));
+    }
+    match cmd {
+        // `apply` handles sessions before calling this; the arm keeps the match exhaustive.
+        Command::Once { .. } => apply(table, index, cmd).map(|(outcome, _)| outcome),
         Command::Put { key, value, cond } => put(table, index, key, value, None, *cond, None),
         Command::TimedPut {
             key,

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use crate::{Command, Outcome, Record, Result};
+use crate::{ChangePage, ChangePos, Command, Outcome, Record, Result};
 
 /// Identifies one Raft group on a node. Group 0 is the cluster metadata group; data partition
 /// `p` is group `p + 1`. The storage layer only uses it to keep groups' data apart.
@@ -60,21 +60,30 @@ pub enum Op {
     AppendLog { entries: Vec<(u64, Vec<u8>)> },
     /// Delete log entries with index >= `from`.
     TruncateLog { from: u64 },
-    /// Delete log entries with index <= `through`.
+    /// Delete log entries with index <= `through`, and the change history with them: its rows
+    /// at those indexes go and its start rises to at least `through + 1`.
     PurgeLog { through: u64 },
     /// Set a metadata value.
     SetMeta { key: MetaKey, value: Vec<u8> },
     /// Apply committed commands `(log index, command)` and record `applied` under
     /// [`MetaKey::Applied`], atomically. Produces one [`Outcome`] per command, in order.
+    ///
+    /// Writes one change history row per command that changed a key (see
+    /// [`Engine::changes`]), at `(index, ordinal among the commands at that index)`, and stores
+    /// the default history start (1) if the group has none stored yet.
     Apply {
         commands: Vec<(u64, Command)>,
         applied: Vec<u8>,
     },
-    /// Remove everything stored for the group: log, metadata, key/value data, sessions and
-    /// the expiry index.
+    /// Remove everything stored for the group: log, metadata, key/value data, sessions, the
+    /// expiry index and the change history with its start.
     /// Through the writer queue it is ordered after every write queued before it, so a late
     /// write of a closing group (a queued `save_committed`, say) cannot bring it back.
     DropGroup,
+    // Appended after the ones above.
+    /// Delete change history rows with a log index below `index` and raise the history start
+    /// to at least `index`: for data applied before the history existed (it has no rows).
+    HistoryStart { index: u64 },
 }
 
 /// Writes to one group that must commit together. Batches are committed in submission order;
@@ -169,10 +178,38 @@ pub trait Engine: Send + Sync + 'static {
     /// Replace the group's key/value data with the snapshot read from `input` and set
     /// [`MetaKey::Applied`] to `applied`, atomically: a stream that fails to decode or fails its
     /// checksum changes nothing. The expiry index of the group is rebuilt from the imported
-    /// records. Returns the number of keys imported.
-    fn import_group(&self, group: GroupId, input: &mut dyn Read, applied: &[u8]) -> Result<u64>;
+    /// records. Snapshots carry no change history: the group's rows are deleted and its
+    /// history start set to `history_start` (the snapshot's last log index + 1). Returns the
+    /// number of keys imported.
+    fn import_group(
+        &self,
+        group: GroupId,
+        input: &mut dyn Read,
+        applied: &[u8],
+        history_start: u64,
+    ) -> Result<u64>;
 
-    /// Remove everything stored for the group: log, metadata and key/value data (an
+    /// The group's change history after `after`, ascending, read in one transaction with the
+    /// history start: at most `limit` rows, stopping once their keys and values add up to
+    /// `max_bytes` or more (the row that gets there is included, so a page always makes
+    /// progress), as [`Engine::scan`] does.
+    ///
+    /// The history holds a row per applied command that changed a key, for every entry from
+    /// [`ChangePage::start`] to the applied index; the caller tells a cursor that is too old
+    /// by comparing it with the start (`after < ChangePos::end_of(start - 1)`).
+    fn changes(
+        &self,
+        group: GroupId,
+        after: ChangePos,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ChangePage>;
+
+    /// The group's stored history start; `None` if none is stored: a group that has applied
+    /// nothing since the change history existed (its start is then 1).
+    fn history_start(&self, group: GroupId) -> Result<Option<u64>>;
+
+    /// Remove everything stored for the group: log, metadata, key/value data and history (an
     /// [`Op::DropGroup`] committed on its own).
     fn drop_group(&self, group: GroupId) -> Result<()> {
         self.write(&[WriteBatch::new(group, true).op(Op::DropGroup)])

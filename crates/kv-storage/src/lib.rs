@@ -17,7 +17,11 @@
 //! partition leader proposes for the keys [`Engine::expired`] lists. Storage never reads a
 //! clock; every time it compares against comes from a command or from the caller (the rules
 //! are on [`Command`]).
+//!
+//! Each group also keeps a change history, one row per applied command that changed a key, at
+//! its log position ([`ChangePos`]), which [`Engine::changes`] pages through for watchers.
 
+mod change;
 mod command;
 mod engine;
 mod error;
@@ -28,6 +32,7 @@ mod snapshot;
 pub mod testing;
 mod writer;
 
+pub use change::{Change, ChangeKind, ChangePage, ChangePos};
 pub use command::{Command, Condition, Outcome, SESSION_WINDOW};
 pub use engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
 pub use error::StorageError;

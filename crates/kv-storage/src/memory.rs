@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::sync::RwLock;
 
+use crate::change::{Change, ChangePage, ChangePos, DEFAULT_START};
 use crate::command::{self, KvAccess};
 use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
 use crate::record::Head;
@@ -18,6 +19,30 @@ struct State {
     kv: Kv,
     /// (group, client, seq) -> outcome of that client write.
     sessions: BTreeMap<(GroupId, u64, u64), Outcome>,
+    /// (group, index, sub) -> the change history row there.
+    changes: BTreeMap<(GroupId, u64, u32), Change>,
+    /// Each group's stored history start.
+    history_start: HashMap<GroupId, u64>,
+}
+
+impl State {
+    /// Delete the group's history rows with `index < below`.
+    fn forget_changes(&mut self, group: GroupId, below: u64) {
+        let doomed: Vec<_> = self
+            .changes
+            .range((group, 0, 0)..(group, below, 0))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in doomed {
+            self.changes.remove(&k);
+        }
+    }
+
+    /// Raise the group's history start to at least `start`.
+    fn raise_start(&mut self, group: GroupId, start: u64) {
+        let stored = self.history_start.entry(group).or_insert(DEFAULT_START);
+        *stored = (*stored).max(start);
+    }
 }
 
 /// The key/value records of all groups with their expiry index.
@@ -88,6 +113,7 @@ impl MemoryEngine {
 struct GroupKv<'a> {
     kv: &'a mut Kv,
     sessions: &'a mut BTreeMap<(GroupId, u64, u64), Outcome>,
+    changes: &'a mut BTreeMap<(GroupId, u64, u32), Change>,
     group: GroupId,
 }
 
@@ -132,6 +158,11 @@ impl KvAccess for GroupKv<'_> {
         }
         Ok(())
     }
+    fn record_change(&mut self, pos: ChangePos, change: &Change) -> Result<()> {
+        self.changes
+            .insert((self.group, pos.index, pos.sub), change.clone());
+        Ok(())
+    }
 }
 
 impl Engine for MemoryEngine {
@@ -170,6 +201,13 @@ impl Engine for MemoryEngine {
                         for k in doomed {
                             state.log.remove(&k);
                         }
+                        let start = through.saturating_add(1);
+                        state.forget_changes(g, start);
+                        state.raise_start(g, start);
+                    }
+                    Op::HistoryStart { index } => {
+                        state.forget_changes(g, *index);
+                        state.raise_start(g, *index);
                     }
                     Op::SetMeta { key, value } => {
                         state.meta.insert((g, *key), value.clone());
@@ -178,18 +216,20 @@ impl Engine for MemoryEngine {
                         let mut kv = GroupKv {
                             kv: &mut state.kv,
                             sessions: &mut state.sessions,
+                            changes: &mut state.changes,
                             group: g,
                         };
-                        for (index, cmd) in commands {
-                            outcomes.push(command::apply(&mut kv, *index, cmd)?);
-                        }
+                        outcomes.extend(command::apply_all(&mut kv, commands)?);
                         state.meta.insert((g, MetaKey::Applied), applied.clone());
+                        state.history_start.entry(g).or_insert(DEFAULT_START);
                     }
                     Op::DropGroup => {
                         state.kv.clear(g);
                         state.log.retain(|(group, _), _| *group != g);
                         state.meta.retain(|(group, _), _| *group != g);
                         state.sessions.retain(|(group, _, _), _| *group != g);
+                        state.changes.retain(|(group, _, _), _| *group != g);
+                        state.history_start.remove(&g);
                     }
                 }
             }
@@ -308,7 +348,13 @@ impl Engine for MemoryEngine {
         })
     }
 
-    fn import_group(&self, group: GroupId, input: &mut dyn Read, applied: &[u8]) -> Result<u64> {
+    fn import_group(
+        &self,
+        group: GroupId,
+        input: &mut dyn Read,
+        applied: &[u8],
+        history_start: u64,
+    ) -> Result<u64> {
         // Decode fully before touching the state so a bad stream changes nothing.
         let mut reader = SnapshotReader::new(input)?;
         let mut records = Vec::new();
@@ -334,7 +380,49 @@ impl Engine for MemoryEngine {
         state
             .meta
             .insert((group, MetaKey::Applied), applied.to_vec());
+        state.changes.retain(|(g, _, _), _| *g != group);
+        state.history_start.insert(group, history_start);
         Ok(n)
+    }
+
+    fn changes(
+        &self,
+        group: GroupId,
+        after: ChangePos,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ChangePage> {
+        use std::ops::Bound;
+        let state = self.read()?;
+        let start = state
+            .history_start
+            .get(&group)
+            .copied()
+            .unwrap_or(DEFAULT_START);
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        let range = (
+            Bound::Excluded((group, after.index, after.sub)),
+            Bound::Included((group, u64::MAX, u32::MAX)),
+        );
+        for ((_, index, sub), change) in state.changes.range(range).take(limit) {
+            bytes = bytes.saturating_add(change.size());
+            rows.push((
+                ChangePos {
+                    index: *index,
+                    sub: *sub,
+                },
+                change.clone(),
+            ));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(ChangePage { start, rows })
+    }
+
+    fn history_start(&self, group: GroupId) -> Result<Option<u64>> {
+        Ok(self.read()?.history_start.get(&group).copied())
     }
 
     fn groups(&self) -> Result<Vec<GroupId>> {

@@ -9,6 +9,10 @@
 //!   deadline. Derived data: only [`put_record`] and [`remove_record`] write `kv` records, and
 //!   they update it in the same transaction. A file written before deadlines existed has no
 //!   deadlines, so the table starting out empty is exact for it.
+//! - `changes`: `(group, index, sub)` -> encoded [`Change`], the change history
+//! - `change_start`: `group` -> the group's history start. A file written before the history
+//!   existed has neither table; both are created when it is opened, empty (kv-raft then sets
+//!   the start of groups whose data predates the history, see [`Op::HistoryStart`]).
 //!
 //! Every [`Engine`] method is one redb transaction, so each is atomic and sees one consistent
 //! state. Write transactions serialize inside redb: [`Engine::import_group`] waits for (and
@@ -24,6 +28,7 @@ use redb::{
     TableDefinition, WriteTransaction,
 };
 
+use crate::change::{Change, ChangePage, ChangePos, DEFAULT_START};
 use crate::command::{self, KvAccess};
 use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
 use crate::record::Head;
@@ -35,6 +40,33 @@ const META: TableDefinition<'_, (u64, &str), &[u8]> = TableDefinition::new("meta
 const KV: TableDefinition<'_, (u64, &[u8]), &[u8]> = TableDefinition::new("kv");
 const SESSIONS: TableDefinition<'_, (u64, u64, u64), &[u8]> = TableDefinition::new("sessions");
 const EXPIRY: TableDefinition<'_, (u64, u64, &[u8]), u64> = TableDefinition::new("expiry");
+const CHANGES: TableDefinition<'_, (u64, u64, u32), &[u8]> = TableDefinition::new("changes");
+const CHANGE_START: TableDefinition<'_, u64, u64> = TableDefinition::new("change_start");
+
+type ChangeTable<'txn> = Table<'txn, (u64, u64, u32), &'static [u8]>;
+type StartTable<'txn> = Table<'txn, u64, u64>;
+
+/// Delete the history rows of `group` with `index < below`.
+fn forget_changes(changes: &mut ChangeTable<'_>, group: u64, below: u64) -> Result<()> {
+    changes
+        .retain_in((group, 0, 0)..(group, below, 0), |_, _| false)
+        .map_err(backend)
+}
+
+/// Every history row of `group`.
+fn change_span(group: u64) -> std::ops::RangeInclusive<(u64, u64, u32)> {
+    (group, 0, 0)..=(group, u64::MAX, u32::MAX)
+}
+
+/// Raise the history start of `group` to at least `start`.
+fn raise_start(starts: &mut StartTable<'_>, group: u64, start: u64) -> Result<()> {
+    let stored = starts.get(group).map_err(backend)?.map(|v| v.value());
+    let raised = stored.unwrap_or(DEFAULT_START).max(start);
+    if stored != Some(raised) {
+        starts.insert(group, raised).map_err(backend)?;
+    }
+    Ok(())
+}
 
 type ExpiryTable<'txn> = Table<'txn, (u64, u64, &'static [u8]), u64>;
 
@@ -156,6 +188,8 @@ impl RedbEngine {
             txn.open_table(KV).map_err(backend)?;
             txn.open_table(SESSIONS).map_err(backend)?;
             txn.open_table(EXPIRY).map_err(backend)?;
+            txn.open_table(CHANGES).map_err(backend)?;
+            txn.open_table(CHANGE_START).map_err(backend)?;
             Ok(())
         })?;
         Ok(engine)
@@ -185,6 +219,7 @@ struct GroupKv<'a, 'txn> {
     table: &'a mut KvTable<'txn>,
     expiry: &'a mut ExpiryTable<'txn>,
     sessions: &'a mut SessionTable<'txn>,
+    changes: &'a mut ChangeTable<'txn>,
     group: u64,
 }
 
@@ -235,6 +270,16 @@ impl KvAccess for GroupKv<'_, '_> {
             .retain_in((g, client, 0)..(g, client, below), |_, _| false)
             .map_err(backend)
     }
+
+    fn record_change(&mut self, pos: ChangePos, change: &Change) -> Result<()> {
+        self.changes
+            .insert(
+                (self.group, pos.index, pos.sub),
+                change.encode()?.as_slice(),
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
 }
 
 /// Remove every key of `group` from a table keyed by `(group, T)`.
@@ -270,6 +315,8 @@ impl Engine for RedbEngine {
             let mut kv = txn.open_table(KV).map_err(backend)?;
             let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
             let mut expiry = txn.open_table(EXPIRY).map_err(backend)?;
+            let mut changes = txn.open_table(CHANGES).map_err(backend)?;
+            let mut starts = txn.open_table(CHANGE_START).map_err(backend)?;
             let mut all = Vec::with_capacity(batches.len());
             for batch in batches {
                 let g = batch.group.0;
@@ -288,6 +335,13 @@ impl Engine for RedbEngine {
                         Op::PurgeLog { through } => {
                             log.retain_in((g, 0)..=(g, *through), |_, _| false)
                                 .map_err(backend)?;
+                            let start = through.saturating_add(1);
+                            forget_changes(&mut changes, g, start)?;
+                            raise_start(&mut starts, g, start)?;
+                        }
+                        Op::HistoryStart { index } => {
+                            forget_changes(&mut changes, g, *index)?;
+                            raise_start(&mut starts, g, *index)?;
                         }
                         Op::SetMeta { key, value } => {
                             meta.insert((g, key.name()), value.as_slice())
@@ -298,15 +352,15 @@ impl Engine for RedbEngine {
                                 table: &mut kv,
                                 expiry: &mut expiry,
                                 sessions: &mut sessions,
+                                changes: &mut changes,
                                 group: g,
                             };
-                            for (index, cmd) in commands {
-                                outcomes.push(command::apply(&mut table, *index, cmd)?);
-                            }
+                            outcomes.extend(command::apply_all(&mut table, commands)?);
                             // Same transaction as the commands: Applied never runs ahead of
-                            // or behind the data.
+                            // or behind the data (and the history rows).
                             meta.insert((g, MetaKey::Applied.name()), applied.as_slice())
                                 .map_err(backend)?;
+                            raise_start(&mut starts, g, DEFAULT_START)?;
                         }
                         Op::DropGroup => {
                             clear_group(&mut log, g, 0)?;
@@ -318,6 +372,10 @@ impl Engine for RedbEngine {
                             sessions
                                 .retain_in(session_span(g), |_, _| false)
                                 .map_err(backend)?;
+                            changes
+                                .retain_in(change_span(g), |_, _| false)
+                                .map_err(backend)?;
+                            starts.remove(g).map_err(backend)?;
                         }
                     }
                 }
@@ -477,7 +535,13 @@ impl Engine for RedbEngine {
         })
     }
 
-    fn import_group(&self, group: GroupId, input: &mut dyn Read, applied: &[u8]) -> Result<u64> {
+    fn import_group(
+        &self,
+        group: GroupId,
+        input: &mut dyn Read,
+        applied: &[u8],
+        history_start: u64,
+    ) -> Result<u64> {
         let g = group.0;
         let mut reader = SnapshotReader::new(input)?;
         self.write_txn(Durability::Immediate, |txn| {
@@ -515,8 +579,58 @@ impl Engine for RedbEngine {
             let mut meta = txn.open_table(META).map_err(backend)?;
             meta.insert((g, MetaKey::Applied.name()), applied)
                 .map_err(backend)?;
+            let mut changes = txn.open_table(CHANGES).map_err(backend)?;
+            changes
+                .retain_in(change_span(g), |_, _| false)
+                .map_err(backend)?;
+            let mut starts = txn.open_table(CHANGE_START).map_err(backend)?;
+            starts.insert(g, history_start).map_err(backend)?;
             Ok(keys)
         })
+    }
+
+    fn changes(
+        &self,
+        group: GroupId,
+        after: ChangePos,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ChangePage> {
+        let g = group.0;
+        // One read transaction: the start and the rows are the same point in time.
+        let txn = self.read_txn()?;
+        let starts = txn.open_table(CHANGE_START).map_err(backend)?;
+        let start = starts
+            .get(g)
+            .map_err(backend)?
+            .map_or(DEFAULT_START, |v| v.value());
+        let changes = txn.open_table(CHANGES).map_err(backend)?;
+        let mut rows = Vec::new();
+        if limit == 0 {
+            return Ok(ChangePage { start, rows });
+        }
+        let range = (
+            Bound::Excluded((g, after.index, after.sub)),
+            Bound::Included((g, u64::MAX, u32::MAX)),
+        );
+        let mut bytes = 0usize;
+        for entry in changes.range(range).map_err(backend)? {
+            let (key, value) = entry.map_err(backend)?;
+            let (_, index, sub) = key.value();
+            let change = Change::decode(value.value())?;
+            bytes = bytes.saturating_add(change.size());
+            rows.push((ChangePos { index, sub }, change));
+            if rows.len() == limit || bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(ChangePage { start, rows })
+    }
+
+    fn history_start(&self, group: GroupId) -> Result<Option<u64>> {
+        let txn = self.read_txn()?;
+        let starts = txn.open_table(CHANGE_START).map_err(backend)?;
+        Ok(starts.get(group.0).map_err(backend)?.map(|v| v.value()))
     }
 
     fn groups(&self) -> Result<Vec<GroupId>> {
@@ -715,6 +829,63 @@ mod tests {
             }]]
         );
         assert_eq!(engine.expired(g, 100, 10).unwrap(), [(b"old".to_vec(), 5)]);
+    }
+
+    /// A file from before the change history: no `changes` or `change_start` table.
+    #[test]
+    fn a_file_from_before_the_change_history_opens_and_records_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                txn.open_table(LOG).unwrap();
+                txn.open_table(SESSIONS).unwrap();
+                txn.open_table(EXPIRY).unwrap();
+                let mut kv = txn.open_table(KV).unwrap();
+                kv.insert((1, &b"old"[..]), Record::new(5, "hi").encode().as_slice())
+                    .unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert((1, MetaKey::Applied.name()), &b"5"[..])
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let engine = RedbEngine::open(&path).unwrap();
+        let g = GroupId(1);
+        let from_start = ChangePos::end_of(0);
+        assert_eq!(engine.history_start(g).unwrap(), None);
+        assert_eq!(
+            engine.changes(g, from_start, 10, usize::MAX).unwrap(),
+            ChangePage {
+                start: 1,
+                rows: vec![]
+            }
+        );
+        let outcomes = engine
+            .write(&[WriteBatch::new(g, true)
+                .op(Op::HistoryStart { index: 6 })
+                .op(Op::Apply {
+                    commands: vec![(6, put("old"))],
+                    applied: vec![6],
+                })])
+            .unwrap();
+        assert_eq!(outcomes, [[Outcome::Written { version: 6 }]]);
+        let page = engine.changes(g, from_start, 10, usize::MAX).unwrap();
+        assert_eq!(page.start, 6);
+        assert_eq!(
+            page.rows,
+            [(
+                ChangePos { index: 6, sub: 0 },
+                Change {
+                    kind: crate::ChangeKind::Put,
+                    key: b"old".to_vec(),
+                    version: 6,
+                    value: b"v".to_vec(),
+                }
+            )]
+        );
     }
 
     #[test]

@@ -272,3 +272,34 @@ fn redb_deadlines_and_their_index_survive_reopen() {
         1
     );
 }
+
+#[test]
+fn redb_change_history_and_its_start_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let from_start = kv_storage::ChangePos::end_of(0);
+    let before = {
+        let engine = RedbEngine::open(&path).unwrap();
+        engine.write(&[durable_batch()]).unwrap();
+        let batch = WriteBatch::new(G, true)
+            .op(Op::Apply {
+                commands: vec![put(3, "a", "x"), put(3, "b", "y"), put(4, "k", "w")],
+                applied: b"applied-4".to_vec(),
+            })
+            .op(Op::PurgeLog { through: 1 });
+        engine.write(&[batch]).unwrap();
+        engine
+            .changes(G, from_start, usize::MAX, usize::MAX)
+            .unwrap()
+    };
+    assert_eq!(before.start, 2);
+    assert_eq!(before.rows.len(), 3);
+    let engine = RedbEngine::open(&path).unwrap();
+    assert_eq!(
+        engine
+            .changes(G, from_start, usize::MAX, usize::MAX)
+            .unwrap(),
+        before
+    );
+    assert_eq!(engine.history_start(G).unwrap(), Some(2));
+}

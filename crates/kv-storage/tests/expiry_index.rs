@@ -1,14 +1,18 @@
-//! Property test of the expiry index: under any interleaving of timed and untimed writes,
-//! refreshes, expiries, snapshot imports and group drops, both engines hold the same records
-//! and each one's `(deadline, key)` index lists exactly the records that have a deadline.
+//! Property test of the expiry index and the change history: under any interleaving of timed
+//! and untimed writes, refreshes, expiries, snapshot imports, log purges and group drops, both
+//! engines hold the same records, each one's `(deadline, key)` index lists exactly the records
+//! that have a deadline, and each one's change history equals a model built from how the
+//! records changed.
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kv_storage::testing::assert_expiry_index_exact;
 use kv_storage::{
-    Command, Condition, Engine, GroupId, MemoryEngine, Op, Outcome, RedbEngine, WriteBatch,
+    Change, ChangeKind, ChangePage, ChangePos, Command, Condition, Engine, GroupId, MemoryEngine,
+    Op, Outcome, RedbEngine, WriteBatch,
 };
 use proptest::prelude::*;
 
@@ -58,6 +62,10 @@ enum Step {
     /// Replace the group with a snapshot of itself taken from the other engine.
     SnapshotRoundTrip,
     DropOther,
+    /// Purge the log through `back` entries before this one.
+    Purge {
+        back: u64,
+    },
 }
 
 fn cond(code: u8, version: u64) -> Condition {
@@ -111,6 +119,7 @@ fn step() -> impl Strategy<Value = Step> {
         }),
         1 => Just(Step::SnapshotRoundTrip),
         1 => Just(Step::DropOther),
+        1 => (0u64..8).prop_map(|back| Step::Purge { back }),
     ]
 }
 
@@ -184,7 +193,7 @@ fn commands(engine: &dyn Engine, step: &Step, index: u64) -> Vec<Command> {
                 command: Box::new(command),
             })
             .collect(),
-        Step::SnapshotRoundTrip | Step::DropOther => Vec::new(),
+        Step::SnapshotRoundTrip | Step::DropOther | Step::Purge { .. } => Vec::new(),
     }
 }
 
@@ -202,6 +211,98 @@ fn dump(engine: &dyn Engine, group: GroupId) -> Vec<(Vec<u8>, kv_storage::Record
         .unwrap()
 }
 
+/// The model of a group's change history: start and rows.
+#[derive(Debug, Default)]
+struct History {
+    start: u64,
+    rows: BTreeMap<ChangePos, Change>,
+}
+
+impl History {
+    fn new() -> History {
+        History {
+            start: 1,
+            rows: BTreeMap::new(),
+        }
+    }
+
+    /// Record what the commands of the entry at `index` did, read from the records before and
+    /// after it: a key whose version moved was written, a key that vanished was removed (by
+    /// an expiry if its command was one). The commands of an entry touch distinct keys, so a
+    /// key's command gives the row's ordinal.
+    fn record(
+        &mut self,
+        index: u64,
+        cmds: &[Command],
+        before: &[(Vec<u8>, kv_storage::Record)],
+        after: &[(Vec<u8>, kv_storage::Record)],
+    ) {
+        let before: BTreeMap<_, _> = before.iter().cloned().collect();
+        let after: BTreeMap<_, _> = after.iter().cloned().collect();
+        for (sub, cmd) in cmds.iter().enumerate() {
+            let key = cmd.key();
+            let change = match (before.get(key), after.get(key)) {
+                (old, Some(new)) if old.map(|r| r.version) != Some(new.version) => Change {
+                    kind: ChangeKind::Put,
+                    key: key.to_vec(),
+                    version: new.version,
+                    value: new.value.clone(),
+                },
+                (Some(old), None) => Change {
+                    kind: if matches!(inner(cmd), Command::Expire { .. }) {
+                        ChangeKind::Expire
+                    } else {
+                        ChangeKind::Delete
+                    },
+                    key: key.to_vec(),
+                    version: old.version,
+                    value: Vec::new(),
+                },
+                _ => continue,
+            };
+            let sub = u32::try_from(sub).unwrap();
+            self.rows.insert(ChangePos { index, sub }, change);
+        }
+    }
+
+    fn purge(&mut self, through: u64) {
+        self.rows.retain(|p, _| p.index > through);
+        self.start = self.start.max(through + 1);
+    }
+
+    fn page(&self) -> ChangePage {
+        ChangePage {
+            start: self.start,
+            rows: self.rows.iter().map(|(p, c)| (*p, c.clone())).collect(),
+        }
+    }
+}
+
+fn inner(cmd: &Command) -> &Command {
+    match cmd {
+        Command::Once { command, .. } => inner(command),
+        other => other,
+    }
+}
+
+/// The whole history of `group`, read in pages of at most `limit` rows.
+fn paged_history(engine: &dyn Engine, group: GroupId, limit: usize) -> ChangePage {
+    let mut cursor = ChangePos::end_of(0);
+    let mut all = ChangePage {
+        start: 0,
+        rows: Vec::new(),
+    };
+    loop {
+        let page = engine.changes(group, cursor, limit, 4).unwrap();
+        all.start = page.start;
+        let Some((last, _)) = page.rows.last() else {
+            return all;
+        };
+        cursor = *last;
+        all.rows.extend(page.rows);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -213,6 +314,8 @@ proptest! {
         let redb: Arc<dyn Engine> = Arc::new(RedbEngine::open(&dir.path().join("n.redb")).unwrap());
         let memory: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
         let engines = [memory, redb];
+        let mut history = History::new();
+        let mut other = History::new();
         for e in &engines {
             apply(e.as_ref(), OTHER, 1, &[Command::TimedPut {
                 key: b"other".to_vec(),
@@ -222,6 +325,7 @@ proptest! {
                 now: 0,
             }]);
         }
+        other.record(1, &[Command::Delete { key: b"other".to_vec(), cond: Condition::Always }], &[], &dump(engines[0].as_ref(), OTHER));
         for (step, index) in steps.iter().zip(1u64..) {
             match step {
                 Step::SnapshotRoundTrip => {
@@ -234,21 +338,32 @@ proptest! {
                     }
                     prop_assert_eq!(&streams[0], &streams[1]);
                     for (e, s) in engines.iter().zip(streams.iter().rev()) {
-                        e.import_group(G, &mut s.as_slice(), b"snap").unwrap();
+                        e.import_group(G, &mut s.as_slice(), b"snap", index).unwrap();
                     }
+                    history = History { start: index, rows: BTreeMap::new() };
                 }
                 Step::DropOther => {
                     for e in &engines {
                         e.drop_group(OTHER).unwrap();
                     }
+                    other = History::new();
+                }
+                Step::Purge { back } => {
+                    let through = index.saturating_sub(*back);
+                    for e in &engines {
+                        e.write(&[WriteBatch::new(G, false).op(Op::PurgeLog { through })]).unwrap();
+                    }
+                    history.purge(through);
                 }
                 _ => {
                     // Both engines hold the same state, so the commands are the same.
                     let cmds = commands(engines[0].as_ref(), step, index);
+                    let before = dump(engines[0].as_ref(), G);
                     let outcomes: Vec<_> = engines
                         .iter()
                         .map(|e| apply(e.as_ref(), G, index, &cmds))
                         .collect();
+                    history.record(index, &cmds, &before, &dump(engines[0].as_ref(), G));
                     prop_assert_eq!(&outcomes[0], &outcomes[1]);
                     if let Step::ExpireDue { now } = step {
                         let all_expired = outcomes[0].iter().all(|o| matches!(o, Outcome::Expired { .. }));
@@ -261,6 +376,11 @@ proptest! {
             for e in &engines {
                 assert_expiry_index_exact(e.as_ref(), G);
                 assert_expiry_index_exact(e.as_ref(), OTHER);
+                let all = e.changes(G, ChangePos::end_of(0), usize::MAX, usize::MAX).unwrap();
+                prop_assert_eq!(&all, &history.page());
+                prop_assert_eq!(&paged_history(e.as_ref(), G, 2), &all);
+                let others = e.changes(OTHER, ChangePos::end_of(0), usize::MAX, usize::MAX).unwrap();
+                prop_assert_eq!(others, other.page());
             }
         }
     }

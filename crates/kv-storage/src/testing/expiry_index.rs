@@ -181,7 +181,10 @@ pub fn deadlines_travel_with_snapshots_and_rebuild_the_index(make: MakeEngine<'_
 
     let mut stream = Vec::new();
     s.export_group(G1, &mut stream).unwrap();
-    assert_eq!(t.import_group(G1, &mut stream.as_slice(), b"3").unwrap(), 3);
+    assert_eq!(
+        t.import_group(G1, &mut stream.as_slice(), b"3", 4).unwrap(),
+        3
+    );
     assert_eq!(dump(t, G1), dump(s, G1));
     assert_eq!(get(t, G1, "due"), Some(expiring(3, "d", NOW)));
     assert_eq!(
@@ -221,7 +224,7 @@ pub fn a_snapshot_from_before_deadlines_imports_as_permanent_keys(make: MakeEngi
         timed_put("stale", "s", Some(1), Condition::Always, 0),
     );
     let old = snapshot_from_before_deadlines();
-    assert_eq!(e.import_group(G1, &mut old.as_slice(), b"7").unwrap(), 1);
+    assert_eq!(e.import_group(G1, &mut old.as_slice(), b"7", 8).unwrap(), 1);
     assert_eq!(get(e, G1, "k"), Some(record(7, "v")));
     assert_eq!(get(e, G1, "stale"), None);
     assert_expiry_index_exact(e, G1);

@@ -23,7 +23,7 @@ pub fn export_import_round_trip(make: MakeEngine<'_>) {
     fill(target.as_ref(), G2, 1, &["kept"]);
     append(target.as_ref(), G1, 1..=3);
     let imported = target
-        .import_group(G1, &mut stream.as_slice(), b"snapshot-11")
+        .import_group(G1, &mut stream.as_slice(), b"snapshot-11", 12)
         .unwrap();
     assert_eq!(imported, 3);
 
@@ -69,7 +69,7 @@ pub fn export_of_empty_group_imports_as_empty(make: MakeEngine<'_>) {
     fill(target.as_ref(), G1, 1, &["a", "b"]);
     fill(target.as_ref(), G2, 1, &["a"]);
     let imported = target
-        .import_group(G1, &mut stream.as_slice(), b"empty")
+        .import_group(G1, &mut stream.as_slice(), b"empty", 1)
         .unwrap();
     assert_eq!(imported, 0);
     assert_eq!(dump(target.as_ref(), G1), vec![]);
@@ -106,7 +106,7 @@ pub fn import_of_corrupt_stream_changes_nothing(make: MakeEngine<'_>) {
         ("a missing magic", b"NOTASNAP".to_vec()),
     ];
     for (what, bytes) in corrupt {
-        let result = target.import_group(G1, &mut bytes.as_slice(), b"must-not-appear");
+        let result = target.import_group(G1, &mut bytes.as_slice(), b"must-not-appear", 99);
         assert!(result.is_err(), "{what} must be refused");
         assert_eq!(dump(target.as_ref(), G1), before, "{what} changed the data");
         assert_eq!(
@@ -118,7 +118,7 @@ pub fn import_of_corrupt_stream_changes_nothing(make: MakeEngine<'_>) {
 
     // The engine is still usable afterwards.
     target
-        .import_group(G1, &mut stream.as_slice(), b"good")
+        .import_group(G1, &mut stream.as_slice(), b"good", 4)
         .unwrap();
     assert_eq!(
         scan_keys(target.as_ref(), G1, "", None, 10),
@@ -223,7 +223,7 @@ pub fn sessions_travel_with_snapshots(make: MakeEngine<'_>) {
 
     let target = make();
     target
-        .import_group(G1, &mut stream.as_slice(), b"applied")
+        .import_group(G1, &mut stream.as_slice(), b"applied", 10)
         .unwrap();
     // A retry reaching the replica restored from the snapshot still gets the first outcome.
     assert_eq!(

@@ -17,6 +17,7 @@ mod apply;
 mod expiry_index;
 pub(crate) mod fixtures;
 mod group_data;
+mod history;
 mod log;
 mod scan;
 mod ttl;
@@ -24,6 +25,7 @@ mod ttl;
 pub use apply::*;
 pub use expiry_index::*;
 pub use group_data::*;
+pub use history::*;
 pub use log::*;
 pub use scan::*;
 pub use ttl::*;
@@ -150,6 +152,34 @@ pub const CASES: &[(&str, Case)] = &[
         "dropping_a_group_clears_only_its_expiry_index",
         dropping_a_group_clears_only_its_expiry_index,
     ),
+    (
+        "history_has_a_row_per_command_that_changed_a_key",
+        history_has_a_row_per_command_that_changed_a_key,
+    ),
+    (
+        "batch_commands_take_their_ordinal_at_the_entry_index",
+        batch_commands_take_their_ordinal_at_the_entry_index,
+    ),
+    (
+        "history_pages_stop_at_the_limit_or_the_byte_budget",
+        history_pages_stop_at_the_limit_or_the_byte_budget,
+    ),
+    (
+        "purging_the_log_drops_history_and_moves_the_start",
+        purging_the_log_drops_history_and_moves_the_start,
+    ),
+    (
+        "importing_a_snapshot_resets_the_history",
+        importing_a_snapshot_resets_the_history,
+    ),
+    (
+        "dropping_a_group_clears_its_history",
+        dropping_a_group_clears_its_history,
+    ),
+    (
+        "history_start_op_forgets_older_rows",
+        history_start_op_forgets_older_rows,
+    ),
 ];
 
 /// Run every case against engines from `make`.
@@ -212,6 +242,13 @@ macro_rules! conformance_tests {
             deadlines_travel_with_snapshots_and_rebuild_the_index,
             a_snapshot_from_before_deadlines_imports_as_permanent_keys,
             dropping_a_group_clears_only_its_expiry_index,
+            history_has_a_row_per_command_that_changed_a_key,
+            batch_commands_take_their_ordinal_at_the_entry_index,
+            history_pages_stop_at_the_limit_or_the_byte_budget,
+            purging_the_log_drops_history_and_moves_the_start,
+            importing_a_snapshot_resets_the_history,
+            dropping_a_group_clears_its_history,
+            history_start_op_forgets_older_rows,
         );
     };
     (@cases $runner:path; $($case:ident),* $(,)?) => {

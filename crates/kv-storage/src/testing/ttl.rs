@@ -417,7 +417,7 @@ pub fn ttl_commands_apply_at_most_once_in_sessions(make: MakeEngine<'_>) {
     e.export_group(G1, &mut stream).unwrap();
     let replica = make();
     replica
-        .import_group(G1, &mut stream.as_slice(), b"6")
+        .import_group(G1, &mut stream.as_slice(), b"6", 7)
         .unwrap();
     for target in [e, replica.as_ref()] {
         let retries = [
