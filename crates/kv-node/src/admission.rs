@@ -25,10 +25,15 @@ pub struct Admission {
     /// Blocking reads (`?wait=`), from clients or forwarded: they mostly wait, so they have
     /// a gate of their own instead of holding the others' room.
     waits: Arc<Semaphore>,
+    /// Watch streams open at once (each holds a connection until its client leaves).
+    watches: Arc<Semaphore>,
 }
 
 /// Blocking reads waiting at once on one node.
 pub const MAX_WAITING_READS: usize = 4096;
+
+/// Watch streams open at once on one node.
+pub const MAX_WATCHES: usize = 4096;
 
 /// Cluster status pages and membership changes served at once.
 const MAX_ADMIN: usize = 16;
@@ -41,6 +46,7 @@ impl Admission {
             scans: Arc::new(Semaphore::new(limits.max_concurrent_scans)),
             admin: Arc::new(Semaphore::new(MAX_ADMIN)),
             waits: Arc::new(Semaphore::new(MAX_WAITING_READS)),
+            watches: Arc::new(Semaphore::new(MAX_WATCHES)),
         }
     }
 }
@@ -54,6 +60,11 @@ impl Admission {
     /// Room for one more blocking read, or the `429` it gets.
     pub fn try_wait(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         try_admit(&self.waits, "blocking reads")
+    }
+
+    /// Room for one more watch stream, held until the stream ends, or the `429` it gets.
+    pub fn try_watch(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        try_admit(&self.watches, "watches")
     }
 }
 

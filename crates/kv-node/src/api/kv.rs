@@ -131,7 +131,7 @@ fn session(headers: &HeaderMap) -> Result<Option<Session>, ApiError> {
 }
 
 /// Digits only (`u64::from_str` also takes a leading `+`).
-fn parse_decimal(text: &str) -> Option<u64> {
+pub(crate) fn parse_decimal(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -561,7 +561,7 @@ async fn on_replica(group: Group, op: KeyOp) -> Result<Response, GroupError> {
             };
             (key, session, cmd)
         }
-        KeyOp::ScanPage(_) | KeyOp::WaitGet { .. } => {
+        KeyOp::ScanPage(_) | KeyOp::WaitGet { .. } | KeyOp::Changes(_) => {
             return Err(GroupError::BadRequest("not a key operation".into()))
         }
     };

@@ -3,6 +3,7 @@
 //!
 //! Every request passes the guards (`guard`: who sent it, then its kind's admission gate)
 //! before its handler: `kv` (keys and scans, served here or handed on by `crate::routing`),
+//! `watch` (change streams from every partition's history),
 //! `cluster` (status, map, routes, membership, health, readiness, metrics) and `peer` (Raft
 //! RPCs into kv-raft, operations other nodes forwarded).
 
@@ -24,6 +25,7 @@ mod extract;
 mod guard;
 mod kv;
 mod peer;
+mod watch;
 
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,10 @@ pub fn router(state: AppState, surface: Surface) -> Router {
             state.clone(),
             guard::requests,
         ));
+    // A watch takes its room itself: it holds it for as long as its stream lasts.
+    let watches = Router::new()
+        .route("/v1/watch", get(watch::watch_prefix))
+        .route("/v1/watch/{*key}", get(watch::watch_key));
     let scans = Router::new()
         .route("/v1/kv", get(kv::scan))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard::scans));
@@ -99,10 +105,15 @@ pub fn router(state: AppState, surface: Surface) -> Router {
     let peer_map = Router::new()
         .route("/internal/v1/map", get(cluster::peer_map))
         .route_layer(middleware::from_fn(auth::nodes_only));
-    let clients = Router::new().merge(keys).merge(scans).merge(admin).route(
-        "/v1/kv/",
-        get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
-    );
+    let clients = Router::new()
+        .merge(keys)
+        .merge(scans)
+        .merge(watches)
+        .merge(admin)
+        .route(
+            "/v1/kv/",
+            get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
+        );
     let peers = Router::new().merge(peer).merge(peer_map);
     let routes = match surface {
         Surface::Shared => clients.merge(peers),
@@ -163,6 +174,8 @@ const ROUTES: &[&str] = &[
     "/v1/kv/{*key}",
     "/v1/kv/",
     "/v1/kv",
+    "/v1/watch",
+    "/v1/watch/{*key}",
     "/v1/cluster",
     "/v1/cluster/map",
     "/v1/cluster/nodes",
@@ -200,8 +213,8 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 /// The status code as a `'static` label (every status the node answers is in this list).
 fn status_label(status: &str) -> &'static str {
     const STATUSES: &[&str] = &[
-        "200", "202", "400", "401", "403", "404", "405", "408", "412", "413", "414", "421", "429",
-        "431", "500", "503",
+        "200", "202", "400", "410", "401", "403", "404", "405", "408", "412", "413", "414", "421",
+        "429", "431", "500", "503",
     ];
     STATUSES
         .iter()

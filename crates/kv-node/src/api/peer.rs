@@ -157,6 +157,12 @@ async fn serve_decoded(st: &AppState, forwarded: Forwarded) -> Result<Response, 
                 .map_err(|e| ApiError::Internal(format!("encoding a page: {e}")))?;
             Ok((StatusCode::OK, bytes).into_response())
         }
+        KeyOp::Changes(req) => {
+            let page = crate::api::watch::changes_page(st, req, forwarded.hops, &access).await?;
+            let bytes = postcard::to_stdvec(&page)
+                .map_err(|e| ApiError::Internal(format!("encoding changes: {e}")))?;
+            Ok((StatusCode::OK, bytes).into_response())
+        }
         op => crate::api::kv::execute(st, op, forwarded.hops, &access).await,
     }
 }
@@ -196,9 +202,10 @@ pub async fn forwarded_batch(
                 let resp = match Forwarded::decode(&op) {
                     Err(e) => e.into_response(),
                     Ok(forwarded) => {
-                        // A blocking read mostly waits: it takes room of its own kind.
+                        // A blocking read (a watch's read of changes too) mostly waits: it
+                        // takes room of its own kind.
                         let permit = match forwarded.op {
-                            KeyOp::WaitGet { .. } => st.admission.try_wait(),
+                            KeyOp::WaitGet { .. } | KeyOp::Changes(_) => st.admission.try_wait(),
                             _ => st.admission.try_forwarded(),
                         };
                         match permit {

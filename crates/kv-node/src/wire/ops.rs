@@ -139,6 +139,8 @@ pub enum KeyOp {
         after: u64,
         wait_ms: u64,
     },
+    /// One partition's changes for a watch, from any replica's history.
+    Changes(super::ChangesRequest),
 }
 
 /// The longest a blocking read waits (`?wait=`).
@@ -198,7 +200,7 @@ impl KeyOp {
     pub fn is_read(&self) -> bool {
         matches!(
             self,
-            KeyOp::Get { .. } | KeyOp::ScanPage(_) | KeyOp::WaitGet { .. }
+            KeyOp::Get { .. } | KeyOp::ScanPage(_) | KeyOp::WaitGet { .. } | KeyOp::Changes(_)
         )
     }
 
@@ -207,6 +209,7 @@ impl KeyOp {
     pub fn waits(&self) -> std::time::Duration {
         match self {
             KeyOp::WaitGet { wait_ms, .. } => std::time::Duration::from_millis(*wait_ms),
+            KeyOp::Changes(req) => std::time::Duration::from_millis(req.wait_ms),
             _ => std::time::Duration::ZERO,
         }
     }
@@ -217,12 +220,13 @@ impl KeyOp {
             Some(key) => layout.partition_of(key),
             None => match self {
                 KeyOp::ScanPage(page) => PartitionId(page.partition),
+                KeyOp::Changes(req) => PartitionId(req.partition),
                 _ => PartitionId(0),
             },
         }
     }
 
-    /// The key it is for (none for a scan page).
+    /// The key it is for (none for a scan page or a watch's changes).
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             KeyOp::Get { key, .. }
@@ -231,7 +235,7 @@ impl KeyOp {
             | KeyOp::PutTtl { key, .. }
             | KeyOp::Refresh { key, .. }
             | KeyOp::WaitGet { key, .. } => Some(key),
-            KeyOp::ScanPage(_) => None,
+            KeyOp::ScanPage(_) | KeyOp::Changes(_) => None,
         }
     }
 
@@ -241,6 +245,8 @@ impl KeyOp {
         match self {
             KeyOp::Get { stale, .. } | KeyOp::WaitGet { stale, .. } => !stale,
             KeyOp::ScanPage(page) => !page.stale,
+            // Committed history: every replica's is the same.
+            KeyOp::Changes(_) => false,
             KeyOp::Put { .. }
             | KeyOp::Delete { .. }
             | KeyOp::PutTtl { .. }
@@ -328,6 +334,10 @@ impl Forwarded {
                 }
                 Ok(())
             }
+            KeyOp::Changes(req) => match req.invalid(partitions, config.max_scan_bytes) {
+                Some(message) => Err(ApiError::bad_request("invalid_forward", message)),
+                None => Ok(()),
+            },
             KeyOp::ScanPage(page) => {
                 let cursor = page.start_after.as_ref().map_or(0, |c| c.len());
                 let bad = if page.partition >= partitions {

@@ -1,0 +1,738 @@
+//! Watches: `GET /v1/watch?prefix=P` and `GET /v1/watch/{key}` stream the changes of the
+//! matching keys as Server-Sent Events, from the committed history of every partition they
+//! span, resumable from a cursor.
+//!
+//! Each partition's changes come from its change history (kv-storage writes one row per change
+//! as it applies a committed entry, identical on every replica), read by a *feed*: one task per
+//! partition of the watch, reading from this node's replica when it hosts the partition and
+//! from another replica (a [`KeyOp::Changes`] over the peer channel) when not. A feed waits at
+//! the replica until a matching change is applied, so idle watches cost no reads.
+//!
+//! The cursor is the position of every watched partition in its history (log index, and the
+//! change's place among its entry's changes): every event carries the cursor just past it as
+//! its `id:`, so a client that reconnects with `Last-Event-ID` (or `since=`) gets every later
+//! change once, in order per key, from any node. A cursor older than the history a replica
+//! holds gets `410 compacted` with a cursor from which to resume after re-reading.
+//!
+//! Bounds: a feed has one page in flight to the stream; a consumer that leaves a page untaken
+//! for [`SLOW_CONSUMER`] is cut off (`slow_consumer`) rather than buffered for, and resumes from
+//! its cursor. Idle streams get a keep-alive comment every [`KEEP_ALIVE`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine as _;
+use bytes::Bytes;
+use kv_client::api::{WatchError, WatchEvent, WatchEventKind, WATCH_COMPACTED};
+use kv_raft::{ChangeKind, ChangePos, Group, GroupError};
+use kv_ring::PartitionId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::api::extract::Params;
+use crate::api::kv::KeyPath;
+use crate::auth::{Access, Caller, Role};
+use crate::error::{ApiError, PeerAnswer};
+use crate::routing::{serve, Answer};
+use crate::state::AppState;
+use crate::wire::{check_key, ChangeRow, ChangeType, ChangesPage, ChangesRequest, KeyOp};
+
+/// A keep-alive comment (or the cursor, if it moved) goes out after this long without events.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// A page a consumer leaves untaken this long cuts its stream off.
+pub const SLOW_CONSUMER: Duration = Duration::from_secs(10);
+/// How long a feed's request for changes waits at another node's replica.
+const REMOTE_WAIT: Duration = Duration::from_secs(30);
+/// How long a feed's request waits at this node's replica (a timer, no reads, while idle).
+const LOCAL_WAIT: Duration = crate::wire::MAX_CHANGES_WAIT;
+/// Changes per page.
+const PAGE_LIMIT: u32 = 256;
+/// Longest accepted cursor (a position per partition).
+const MAX_CURSOR_BYTES: usize = 64 << 10;
+
+/// Query of `GET /v1/watch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchParams {
+    #[serde(default)]
+    prefix: String,
+    since: Option<String>,
+}
+
+/// Query of `GET /v1/watch/{key}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyWatchParams {
+    since: Option<String>,
+}
+
+/// `GET /v1/watch?prefix=P[&since=CURSOR]`: the changes of every key with prefix `P` (all
+/// keys when empty), across every partition.
+pub async fn watch_prefix(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Params(params): Params<WatchParams>,
+) -> Result<Response, ApiError> {
+    let access = caller.access(Role::Readonly)?;
+    let prefix = params.prefix.into_bytes();
+    if prefix.len() > crate::config::MAX_KEY_BYTES {
+        return Err(ApiError::TooLarge(
+            "the prefix is longer than any key".into(),
+        ));
+    }
+    if let Access::Grant(grant) = &access {
+        if !grant.overlaps(&prefix) {
+            return Err(ApiError::Forbidden(format!(
+                "token {:?} may not read keys with prefix {:?}",
+                grant.name,
+                String::from_utf8_lossy(&prefix)
+            )));
+        }
+    }
+    let partitions = (0..st.layout().partitions()).collect();
+    let spec = Spec {
+        prefix,
+        exact: false,
+        partitions,
+    };
+    start(st, access, spec, since(&headers, params.since)?).await
+}
+
+/// `GET /v1/watch/{key}[?since=CURSOR]`: the changes of one key.
+pub async fn watch_key(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    KeyPath(key): KeyPath,
+    headers: HeaderMap,
+    Params(params): Params<KeyWatchParams>,
+) -> Result<Response, ApiError> {
+    let access = caller.access(Role::Readonly)?;
+    let key = key.into_bytes();
+    check_key(&key)?;
+    access.require(Role::Readonly, Some(&key))?;
+    let p = st.layout().partition_of(&key);
+    let spec = Spec {
+        prefix: key,
+        exact: true,
+        partitions: vec![p.0],
+    };
+    start(st, access, spec, since(&headers, params.since)?).await
+}
+
+/// The cursor to start from: `Last-Event-ID` (an EventSource reconnecting) before `since`.
+fn since(headers: &HeaderMap, query: Option<String>) -> Result<Option<String>, ApiError> {
+    match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| ApiError::bad_request("invalid_cursor", "Last-Event-ID is not a cursor")),
+        None => Ok(query),
+    }
+}
+
+/// What a watch follows.
+#[derive(Debug, Clone)]
+struct Spec {
+    prefix: Vec<u8>,
+    exact: bool,
+    partitions: Vec<u32>,
+}
+
+impl Spec {
+    fn request(&self, partition: u32, after: Option<ChangePos>, wait: Duration) -> ChangesRequest {
+        ChangesRequest {
+            partition,
+            prefix: self.prefix.clone(),
+            exact: self.exact,
+            after,
+            wait_ms: wait.as_millis() as u64,
+            limit: PAGE_LIMIT,
+            max_bytes: 0,
+        }
+    }
+}
+
+/// Positions in the history of each watched partition: every change at or before a position
+/// has been delivered (or did not match).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cursor(BTreeMap<u32, ChangePos>);
+
+impl Cursor {
+    /// Parse `P:INDEX[.SUB],...`, keeping the partitions of `spec`, which must all be there.
+    fn parse(text: &str, spec: &Spec) -> Result<Cursor, ApiError> {
+        let bad = |why: String| ApiError::bad_request("invalid_cursor", why);
+        if text.len() > MAX_CURSOR_BYTES {
+            return Err(bad(format!("a cursor is at most {MAX_CURSOR_BYTES} bytes")));
+        }
+        let mut positions = BTreeMap::new();
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let parsed = part.split_once(':').and_then(|(p, pos)| {
+                let p = crate::api::kv::parse_decimal(p)?;
+                let (index, sub) = match pos.split_once('.') {
+                    Some((i, s)) => (
+                        crate::api::kv::parse_decimal(i)?,
+                        u32::try_from(crate::api::kv::parse_decimal(s)?).ok()?,
+                    ),
+                    None => (crate::api::kv::parse_decimal(pos)?, u32::MAX),
+                };
+                Some((u32::try_from(p).ok()?, ChangePos { index, sub }))
+            });
+            let Some((p, pos)) = parsed else {
+                return Err(bad(format!("{part:?} is not PARTITION:INDEX[.SUB]")));
+            };
+            if positions.insert(p, pos).is_some() {
+                return Err(bad(format!("partition {p} appears twice")));
+            }
+        }
+        let mut cursor = Cursor::default();
+        for p in &spec.partitions {
+            let Some(pos) = positions.get(p) else {
+                return Err(bad(format!(
+                    "the cursor has no position for partition {p}; it is not from this watch"
+                )));
+            };
+            cursor.0.insert(*p, *pos);
+        }
+        Ok(cursor)
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::with_capacity(self.0.len() * 12);
+        for (p, pos) in &self.0 {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            let _ = match pos.sub {
+                u32::MAX => write!(out, "{p}:{}", pos.index),
+                sub => write!(out, "{p}:{}.{sub}", pos.index),
+            };
+        }
+        out
+    }
+}
+
+/// Check where the watch starts and answer with its stream.
+async fn start(
+    st: AppState,
+    access: Access,
+    spec: Spec,
+    since: Option<String>,
+) -> Result<Response, ApiError> {
+    let permit = st.admission.try_watch()?;
+    let cursor = match since {
+        None => now(&st, &access, &spec).await?,
+        Some(text) => {
+            let cursor = Cursor::parse(&text, &spec)?;
+            // A cursor the history no longer reaches gets 410 before any stream.
+            let checks = cursor.0.iter().map(|(p, pos)| {
+                let mut req = spec.request(*p, Some(*pos), Duration::ZERO);
+                req.limit = 1;
+                changes_page(&st, req, 0, &access)
+            });
+            for page in futures::future::join_all(checks).await {
+                if page?.compacted.is_some() {
+                    let current = now(&st, &access, &spec).await?;
+                    return Ok(compacted(&current).into_response());
+                }
+            }
+            cursor
+        }
+    };
+    metrics::gauge!("kv_watches").increment(1.0);
+    let (tx, rx) = mpsc::channel(spec.partitions.len().max(1));
+    let cut = Arc::new(AtomicBool::new(false));
+    let mut feeds = JoinSet::new();
+    for (p, pos) in &cursor.0 {
+        feeds.spawn(follow(
+            st.clone(),
+            access.clone(),
+            spec.clone(),
+            *p,
+            *pos,
+            tx.clone(),
+            cut.clone(),
+        ));
+    }
+    drop(tx);
+    let mut stream = Stream {
+        st,
+        access,
+        spec,
+        sent: cursor.encode(),
+        cursor,
+        rx,
+        cut,
+        pending: VecDeque::new(),
+        done: false,
+        _feeds: feeds,
+        _permit: permit,
+    };
+    // The start position first: a client that loses the stream before any event resumes here.
+    stream.pending.push_back(id_only(&stream.sent));
+    let body = Body::from_stream(futures::stream::unfold(stream, Stream::next));
+    Ok((
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Where every watched partition's history ends now.
+async fn now(st: &AppState, access: &Access, spec: &Spec) -> Result<Cursor, ApiError> {
+    let asks = spec
+        .partitions
+        .iter()
+        .map(|p| changes_page(st, spec.request(*p, None, Duration::ZERO), 0, access));
+    let mut cursor = Cursor::default();
+    for (p, page) in spec
+        .partitions
+        .iter()
+        .zip(futures::future::join_all(asks).await)
+    {
+        cursor.0.insert(*p, page?.position);
+    }
+    Ok(cursor)
+}
+
+/// The `410` of a cursor the history no longer reaches.
+fn compacted(current: &Cursor) -> (StatusCode, Json<WatchError>) {
+    (
+        StatusCode::GONE,
+        Json(WatchError {
+            error: WATCH_COMPACTED.into(),
+            message: "the history before this cursor was compacted: read the keys again, then \
+                      watch from `current`"
+                .into(),
+            current: Some(current.encode()),
+        }),
+    )
+}
+
+/// What a feed hands its stream.
+enum Feed {
+    Page {
+        partition: u32,
+        page: ChangesPage,
+    },
+    /// The partition's history no longer reaches the feed's position.
+    Compacted,
+    /// A failure retrying cannot mend.
+    Failed(ApiError),
+}
+
+/// Follow partition `p`'s changes from `pos`, handing each page to `tx`, until the stream
+/// goes away, fails or leaves a page untaken for [`SLOW_CONSUMER`] (then `cut` is set).
+async fn follow(
+    st: AppState,
+    access: Access,
+    spec: Spec,
+    p: u32,
+    mut pos: ChangePos,
+    tx: mpsc::Sender<Feed>,
+    cut: Arc<AtomicBool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let hosted = crate::routing::local_group(&st, PartitionId(p))
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        let wait = if hosted { LOCAL_WAIT } else { REMOTE_WAIT };
+        let req = spec.request(p, Some(pos), wait);
+        let page = tokio::select! {
+            _ = tx.closed() => return,
+            page = changes_page(&st, req, 0, &access) => page,
+        };
+        let feed = match page {
+            Ok(page) if page.compacted.is_some() => Feed::Compacted,
+            Ok(page) => {
+                backoff = Duration::from_millis(50);
+                if page.rows.is_empty() && page.position <= pos {
+                    continue;
+                }
+                pos = page.position;
+                Feed::Page { partition: p, page }
+            }
+            Err(e) if retryable(&e) => {
+                tracing::debug!(partition = p, error = %e, "watch feed retries");
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(e) => Feed::Failed(e),
+        };
+        let last = !matches!(feed, Feed::Page { .. });
+        match tx.send_timeout(feed, SLOW_CONSUMER).await {
+            Ok(()) if !last => {}
+            Ok(()) => return,
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                cut.store(true, Ordering::Release);
+                return;
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
+        }
+    }
+}
+
+/// Failures a feed waits out: no leader or replica reachable for now, this node overloaded.
+fn retryable(e: &ApiError) -> bool {
+    match e {
+        ApiError::Unavailable { .. } | ApiError::Overloaded(_) | ApiError::Internal(_) => true,
+        ApiError::Relayed(answer) => {
+            answer.status.is_server_error() || answer.status.as_u16() == 429
+        }
+        _ => false,
+    }
+}
+
+/// One watch's event stream.
+struct Stream {
+    st: AppState,
+    access: Access,
+    spec: Spec,
+    cursor: Cursor,
+    /// The cursor last sent as an `id:`.
+    sent: String,
+    rx: mpsc::Receiver<Feed>,
+    cut: Arc<AtomicBool>,
+    /// Messages ready to go.
+    pending: VecDeque<Bytes>,
+    done: bool,
+    /// Dropped with the stream: the feeds stop, the watch's room is given back.
+    _feeds: JoinSet<()>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        metrics::gauge!("kv_watches").decrement(1.0);
+    }
+}
+
+impl Stream {
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Stream)> {
+        loop {
+            if let Some(message) = self.pending.pop_front() {
+                return Some((Ok(message), self));
+            }
+            if self.done {
+                return None;
+            }
+            if self.cut.load(Ordering::Acquire) {
+                self.fail(
+                    "slow_consumer",
+                    "the watch fell too far behind and was cut off; resume from the last cursor",
+                    None,
+                );
+                continue;
+            }
+            let feed = match tokio::time::timeout(KEEP_ALIVE, self.rx.recv()).await {
+                Err(_) => {
+                    let cursor = self.cursor.encode();
+                    if cursor != self.sent {
+                        self.pending.push_back(id_only(&cursor));
+                        self.sent = cursor;
+                    } else {
+                        self.pending
+                            .push_back(Bytes::from_static(b": keep-alive\n\n"));
+                    }
+                    continue;
+                }
+                Ok(None) => {
+                    self.done = true;
+                    continue;
+                }
+                Ok(Some(feed)) => feed,
+            };
+            match feed {
+                Feed::Page { partition, page } => self.deliver(partition, page),
+                Feed::Compacted => match now(&self.st, &self.access, &self.spec).await {
+                    Ok(current) => self.fail(
+                        "compacted",
+                        "the history this watch needs next was compacted: read the keys \
+                         again, then watch from `current`",
+                        Some(current.encode()),
+                    ),
+                    Err(e) => self.fail("unavailable", &e.to_string(), None),
+                },
+                Feed::Failed(e) => {
+                    let code = match &e {
+                        ApiError::Forbidden(_) => "forbidden",
+                        ApiError::Unauthorized(_) => "unauthorized",
+                        _ => "unavailable",
+                    };
+                    self.fail(code, &e.to_string(), None)
+                }
+            }
+        }
+    }
+
+    /// Queue a page's events, each with the cursor just past it.
+    fn deliver(&mut self, partition: u32, page: ChangesPage) {
+        let events = page.rows.len();
+        for row in &page.rows {
+            if let Some(pos) = self.cursor.0.get_mut(&partition) {
+                *pos = (*pos).max(row.position);
+            }
+            let id = self.cursor.encode();
+            self.pending.push_back(event(row, &id));
+            self.sent = id;
+        }
+        if let Some(pos) = self.cursor.0.get_mut(&partition) {
+            *pos = (*pos).max(page.position);
+        }
+        metrics::counter!("kv_watch_events_total").increment(events as u64);
+    }
+
+    /// End the stream with an error event.
+    fn fail(&mut self, code: &str, message: &str, current: Option<String>) {
+        #[derive(Serialize)]
+        struct ErrorEvent {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(flatten)]
+            error: WatchError,
+        }
+        let body = ErrorEvent {
+            kind: "error",
+            error: WatchError {
+                error: code.into(),
+                message: message.into(),
+                current,
+            },
+        };
+        let data = serde_json::to_string(&body).unwrap_or_default();
+        self.pending
+            .push_back(Bytes::from(format!("data: {data}\n\n")));
+        self.done = true;
+    }
+}
+
+/// A change as an event with cursor `id`.
+fn event(row: &ChangeRow, id: &str) -> Bytes {
+    let value = row.value.as_deref();
+    let text = value.and_then(|v| std::str::from_utf8(v).ok());
+    let body = WatchEvent {
+        kind: match row.kind {
+            ChangeType::Put => WatchEventKind::Put,
+            ChangeType::Delete => WatchEventKind::Delete,
+            ChangeType::Expire => WatchEventKind::Expire,
+        },
+        key: String::from_utf8_lossy(&row.key).into_owned(),
+        version: row.version,
+        value: text.map(str::to_string),
+        value_b64: match (value, text) {
+            (Some(v), None) => Some(base64::engine::general_purpose::STANDARD.encode(v)),
+            _ => None,
+        },
+    };
+    let data = serde_json::to_string(&body).unwrap_or_default();
+    Bytes::from(format!("id: {id}\ndata: {data}\n\n"))
+}
+
+fn id_only(cursor: &str) -> Bytes {
+    Bytes::from(format!("id: {cursor}\n\n"))
+}
+
+impl Answer for ChangesPage {
+    fn from_peer(resp: PeerAnswer) -> Result<Self, ApiError> {
+        if resp.status != StatusCode::OK {
+            return Err(ApiError::Relayed(Box::new(resp)));
+        }
+        postcard::from_bytes(&resp.body)
+            .map_err(|e| ApiError::Internal(format!("a peer's changes do not decode: {e}")))
+    }
+}
+
+/// One partition's changes after a position, from this node's replica or another's, holding
+/// only keys `access` covers.
+pub async fn changes_page(
+    st: &AppState,
+    mut req: ChangesRequest,
+    hops: u32,
+    access: &Access,
+) -> Result<ChangesPage, ApiError> {
+    access.require(Role::Readonly, None)?;
+    if req.max_bytes == 0 {
+        req.max_bytes = st.config.max_scan_bytes as u64;
+    }
+    let p = PartitionId(req.partition);
+    let op = KeyOp::Changes(req.clone());
+    let allowed = access.clone();
+    serve(st, p, &op, hops, access, move |group| {
+        on_replica(group, req.clone(), allowed.clone())
+    })
+    .await
+}
+
+/// Serve `req` from this replica's history, waiting up to its wait for a matching change.
+async fn on_replica(
+    group: Group,
+    req: ChangesRequest,
+    allowed: Access,
+) -> Result<ChangesPage, GroupError> {
+    let mut applied = group.applied_index();
+    let Some(mut after) = req.after else {
+        let head = *applied.borrow_and_update();
+        return Ok(ChangesPage {
+            rows: Vec::new(),
+            position: ChangePos::end_of(head),
+            compacted: None,
+        });
+    };
+    let deadline = Instant::now() + Duration::from_millis(req.wait_ms);
+    let limit = req.limit as usize;
+    let max_bytes = usize::try_from(req.max_bytes).unwrap_or(usize::MAX);
+    loop {
+        // Read before the history: every change up to `head` is in what is read next.
+        let head = *applied.borrow_and_update();
+        let page = group.changes(after, limit, max_bytes).await?;
+        if after < ChangePos::end_of(page.start.saturating_sub(1)) {
+            return Ok(ChangesPage {
+                rows: Vec::new(),
+                position: ChangePos::end_of(head),
+                compacted: Some(page.start),
+            });
+        }
+        let bytes: usize = page
+            .rows
+            .iter()
+            .map(|(_, c)| c.key.len() + c.value.len())
+            .sum();
+        let full = page.rows.len() >= limit || bytes >= max_bytes;
+        let last = page.rows.last().map(|(pos, _)| *pos);
+        let position = match (full, last) {
+            (true, Some(last)) => last,
+            (_, last) => last.unwrap_or(after).max(ChangePos::end_of(head)),
+        }
+        .max(after);
+        let rows: Vec<ChangeRow> = page
+            .rows
+            .into_iter()
+            .filter(|(_, c)| req.matches(&c.key) && allowed.covers(&c.key))
+            .map(|(position, c)| ChangeRow {
+                position,
+                kind: match c.kind {
+                    ChangeKind::Put => ChangeType::Put,
+                    ChangeKind::Delete => ChangeType::Delete,
+                    ChangeKind::Expire => ChangeType::Expire,
+                },
+                value: (c.kind == ChangeKind::Put).then(|| serde_bytes::ByteBuf::from(c.value)),
+                key: c.key,
+                version: c.version,
+            })
+            .collect();
+        if !rows.is_empty() || full || Instant::now() >= deadline {
+            return Ok(ChangesPage {
+                rows,
+                position,
+                compacted: None,
+            });
+        }
+        after = position;
+        match tokio::time::timeout_at(deadline, applied.changed()).await {
+            Err(_) => {
+                return Ok(ChangesPage {
+                    rows: Vec::new(),
+                    position: after,
+                    compacted: None,
+                })
+            }
+            // The group closed here (moved away, node stopping): routed again by the caller.
+            Ok(Err(_)) => {
+                return Err(GroupError::Unavailable(format!(
+                    "partition group {} closed on this node",
+                    group.id()
+                )))
+            }
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(partitions: &[u32]) -> Spec {
+        Spec {
+            prefix: b"a".to_vec(),
+            exact: false,
+            partitions: partitions.to_vec(),
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_refused() {
+        let cursor = Cursor::parse("0:12,1:7.3,2:0", &spec(&[0, 1, 2])).unwrap();
+        assert_eq!(cursor.0[&1], ChangePos { index: 7, sub: 3 });
+        assert_eq!(cursor.0[&0], ChangePos::end_of(12));
+        assert_eq!(cursor.encode(), "0:12,1:7.3,2:0");
+        // A key watch keeps its partition of a prefix watch's cursor.
+        assert_eq!(
+            Cursor::parse("0:12,1:7.3", &spec(&[1])).unwrap().encode(),
+            "1:7.3"
+        );
+        for bad in [
+            "0:12",
+            "0:1,0:2,1:3",
+            "x:1,1:2",
+            "0:1.x,1:2",
+            "0:-1,1:2",
+            "0:1.99999999999,1:2",
+        ] {
+            let err = Cursor::parse(bad, &spec(&[0, 1])).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ApiError::BadRequest {
+                        code: "invalid_cursor",
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn events_carry_text_or_base64_values() {
+        let row = |value: &[u8]| ChangeRow {
+            position: ChangePos { index: 5, sub: 0 },
+            kind: ChangeType::Put,
+            key: b"k".to_vec(),
+            version: 5,
+            value: Some(serde_bytes::ByteBuf::from(value.to_vec())),
+        };
+        let text = event(&row(b"hi"), "0:5.0");
+        assert_eq!(
+            &text[..],
+            b"id: 0:5.0\ndata: {\"type\":\"put\",\"key\":\"k\",\"version\":5,\"value\":\"hi\"}\n\n"
+        );
+        let binary = String::from_utf8(event(&row(&[0xff]), "0:5.0").to_vec()).unwrap();
+        assert!(binary.contains("\"value_b64\":\"/w==\""), "{binary}");
+    }
+}
