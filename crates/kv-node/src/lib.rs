@@ -10,8 +10,10 @@
 //! - `api`: the HTTP routes. A client request (`api::kv`: get, put, delete, scan; `api::cluster`:
 //!   status, map, routes, membership, health, metrics) passes the guards (`api::guard`:
 //!   authentication, admission), and its key's partition is looked up and the operation served
-//!   here or handed on by `routing`. Peer routes (`api::peer`) take Raft RPCs into kv-raft and
-//!   run operations other nodes forwarded.
+//!   here or handed on by `routing`. A watch (`api::watch`) streams the changes of keys from
+//!   every partition's history, one feed task per partition for as long as the stream lasts.
+//!   Peer routes (`api::peer`) take Raft RPCs into kv-raft and run operations other nodes
+//!   forwarded.
 //! - `control`: the background jobs, one owner task each, started and stopped by [`Node`]: the
 //!   metadata group (the cluster map and membership), partition moves, leadership balance and
 //!   this node's own membership (see its table of jobs and what wakes each).

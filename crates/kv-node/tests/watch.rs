@@ -437,3 +437,88 @@ async fn since_replays_what_followed_and_a_compacted_cursor_gets_410() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_is_cut_off_and_the_node_serves_on() {
+    let c = TestCluster::start_with(
+        Path::new(env!("CARGO_BIN_EXE_kv-node")),
+        ClusterOptions {
+            nodes: 3,
+            partitions: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // A watcher with a small receive window that reads its answer head and then nothing.
+    let addr: std::net::SocketAddr = c.url(1).trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stalled
+        .write_all(b"GET /v1/watch?prefix=big/ HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = stalled.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+
+    // More than socket buffers hold, while it reads nothing; then the node cuts it off.
+    let value = "v".repeat(256 << 10);
+    let mut written = 0usize;
+    for i in 0..64 {
+        let r = c
+            .put(2, &format!("big/{}", i % 7), value.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        written += value.len();
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the stalled watch cut off",
+        || async { Ok((c.metric(1, "kv_watches_cut_off_total", &[]).await? >= 1.0).then_some(())) },
+    )
+    .await
+    .unwrap();
+    // Written after the cut: never sent to it.
+    for i in 0..8 {
+        let r = c.put(2, &format!("big/{i}"), value.clone()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        written += value.len();
+    }
+    // Reading now gets what was buffered, then the reason, and the answer ends.
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+            if received.ends_with(b"\r\n0\r\n\r\n") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled watch was never cut off");
+    assert!(
+        received.len() < written,
+        "received {} of {written} bytes",
+        received.len()
+    );
+    let tail =
+        String::from_utf8_lossy(&received[received.len().saturating_sub(400)..]).into_owned();
+    assert!(tail.contains("\"error\":\"slow_consumer\""), "{tail}");
+    // Meanwhile the node serves as before, watches included.
+    assert_eq!(c.get(1, "big/0").await.unwrap().status(), 200);
+    let http = streaming_client();
+    let mut fresh = Watch::start(&http, format!("{}/v1/watch?prefix=big/", c.url(1))).await;
+    assert!(fresh.next(Duration::from_secs(5)).await.is_some());
+}

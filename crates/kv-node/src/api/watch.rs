@@ -14,9 +14,10 @@
 //! change once, in order per key, from any node. A cursor older than the history a replica
 //! holds gets `410 compacted` with a cursor from which to resume after re-reading.
 //!
-//! Bounds: a feed has one page in flight to the stream; a consumer that leaves a page untaken
-//! for [`SLOW_CONSUMER`] is cut off (`slow_consumer`) rather than buffered for, and resumes from
-//! its cursor. Idle streams get a keep-alive comment every [`KEEP_ALIVE`].
+//! Bounds: a watch holds a few pages of changes at most (the history stays in storage until a
+//! consumer takes it); a consumer that leaves a page untaken for [`SLOW_CONSUMER`] is cut off
+//! (`slow_consumer`) and resumes from its cursor. Idle streams get a keep-alive comment every
+//! [`KEEP_ALIVE`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -50,14 +51,20 @@ use crate::wire::{check_key, ChangeRow, ChangeType, ChangesPage, ChangesRequest,
 
 /// A keep-alive comment (or the cursor, if it moved) goes out after this long without events.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// A page a consumer leaves untaken this long cuts its stream off.
-pub const SLOW_CONSUMER: Duration = Duration::from_secs(10);
+/// A page a consumer leaves untaken this long cuts its stream off (less than the front's
+/// write stall timeout, so that the consumer is told why when it reads again).
+pub const SLOW_CONSUMER: Duration = Duration::from_secs(5);
 /// How long a feed's request for changes waits at another node's replica.
 const REMOTE_WAIT: Duration = Duration::from_secs(30);
 /// How long a feed's request waits at this node's replica (a timer, no reads, while idle).
 const LOCAL_WAIT: Duration = crate::wire::MAX_CHANGES_WAIT;
 /// Changes per page.
 const PAGE_LIMIT: u32 = 256;
+/// Bytes of keys and values per page (a page holds one change at least).
+const PAGE_BYTES: u64 = 256 << 10;
+/// Pages on their way from a watch's feeds to its stream: what one watch holds besides the
+/// page it is sending, whatever the number of partitions.
+const PAGES_IN_FLIGHT: usize = 2;
 /// Longest accepted cursor (a position per partition).
 const MAX_CURSOR_BYTES: usize = 64 << 10;
 
@@ -159,7 +166,7 @@ impl Spec {
             after,
             wait_ms: wait.as_millis() as u64,
             limit: PAGE_LIMIT,
-            max_bytes: 0,
+            max_bytes: PAGE_BYTES,
         }
     }
 }
@@ -251,7 +258,7 @@ async fn start(
         }
     };
     metrics::gauge!("kv_watches").increment(1.0);
-    let (tx, rx) = mpsc::channel(spec.partitions.len().max(1));
+    let (tx, rx) = mpsc::channel(PAGES_IN_FLIGHT);
     let cut = Arc::new(AtomicBool::new(false));
     let mut feeds = JoinSet::new();
     for (p, pos) in &cursor.0 {
@@ -389,6 +396,7 @@ async fn follow(
             Ok(()) if !last => {}
             Ok(()) => return,
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                metrics::counter!("kv_watches_cut_off_total").increment(1);
                 cut.store(true, Ordering::Release);
                 return;
             }
@@ -576,9 +584,7 @@ pub async fn changes_page(
     access: &Access,
 ) -> Result<ChangesPage, ApiError> {
     access.require(Role::Readonly, None)?;
-    if req.max_bytes == 0 {
-        req.max_bytes = st.config.max_scan_bytes as u64;
-    }
+    req.max_bytes = req.max_bytes.clamp(1, st.config.max_scan_bytes as u64);
     let p = PartitionId(req.partition);
     let op = KeyOp::Changes(req.clone());
     let allowed = access.clone();
