@@ -29,6 +29,7 @@
 mod admission;
 mod api;
 pub mod auth;
+mod changes;
 mod config;
 mod control;
 mod error;

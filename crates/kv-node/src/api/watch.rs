@@ -34,7 +34,7 @@ use axum::{Extension, Json};
 use base64::Engine as _;
 use bytes::Bytes;
 use kv_client::api::{WatchError, WatchEvent, WatchEventKind, WATCH_COMPACTED};
-use kv_raft::{ChangeKind, ChangePos, Group, GroupError};
+use kv_raft::{ChangePos, Group, GroupError};
 use kv_ring::PartitionId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -44,7 +44,9 @@ use tokio::time::Instant;
 use crate::api::extract::Params;
 use crate::api::kv::KeyPath;
 use crate::auth::{Access, Caller, Role};
+use crate::changes::Attach;
 use crate::error::{ApiError, PeerAnswer};
+use crate::layout::group_of;
 use crate::routing::{serve, Answer};
 use crate::state::AppState;
 use crate::wire::{check_key, ChangeRow, ChangeType, ChangesPage, ChangesRequest, KeyOp};
@@ -335,7 +337,7 @@ fn compacted(current: &Cursor) -> (StatusCode, Json<WatchError>) {
 }
 
 /// What a feed hands its stream.
-enum Feed {
+enum Delivery {
     Page {
         partition: u32,
         page: ChangesPage,
@@ -347,61 +349,153 @@ enum Feed {
 }
 
 /// Follow partition `p`'s changes from `pos`, handing each page to `tx`, until the stream
-/// goes away, fails or leaves a page untaken for [`SLOW_CONSUMER`] (then `cut` is set).
+/// goes away, fails or leaves a page untaken for [`SLOW_CONSUMER`] (then `cut` is set): from
+/// this node's replica through its hub while this node hosts the partition, else from
+/// another replica.
 async fn follow(
     st: AppState,
     access: Access,
     spec: Spec,
     p: u32,
     mut pos: ChangePos,
-    tx: mpsc::Sender<Feed>,
+    tx: mpsc::Sender<Delivery>,
     cut: Arc<AtomicBool>,
 ) {
+    let out = Out { p, tx, cut };
     let mut backoff = Duration::from_millis(50);
     loop {
-        let hosted = crate::routing::local_group(&st, PartitionId(p))
-            .await
-            .ok()
-            .flatten()
-            .is_some();
-        let wait = if hosted { LOCAL_WAIT } else { REMOTE_WAIT };
-        let req = spec.request(p, Some(pos), wait);
+        if let Some(group) = st.host.group(group_of(PartitionId(p))) {
+            // Boxed, as the calls below: an idle feed's task holds only the state it waits in.
+            if !Box::pin(follow_here(&st, &group, &access, &spec, &mut pos, &out)).await {
+                return;
+            }
+        }
+        let req = spec.request(p, Some(pos), REMOTE_WAIT);
         let page = tokio::select! {
-            _ = tx.closed() => return,
-            page = changes_page(&st, req, 0, &access) => page,
+            _ = out.tx.closed() => return,
+            page = Box::pin(changes_page(&st, req, 0, &access)) => page,
         };
-        let feed = match page {
-            Ok(page) if page.compacted.is_some() => Feed::Compacted,
+        match page {
+            Ok(page) if page.compacted.is_some() => {
+                out.last(Delivery::Compacted).await;
+                return;
+            }
             Ok(page) => {
                 backoff = Duration::from_millis(50);
-                if page.rows.is_empty() && page.position <= pos {
-                    continue;
+                if !out.page(&mut pos, page).await {
+                    return;
                 }
-                pos = page.position;
-                Feed::Page { partition: p, page }
             }
             Err(e) if retryable(&e) => {
                 tracing::debug!(partition = p, error = %e, "watch feed retries");
                 tokio::select! {
-                    _ = tx.closed() => return,
+                    _ = out.tx.closed() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
             }
-            Err(e) => Feed::Failed(e),
-        };
-        let last = !matches!(feed, Feed::Page { .. });
-        match tx.send_timeout(feed, SLOW_CONSUMER).await {
-            Ok(()) if !last => {}
-            Ok(()) => return,
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                metrics::counter!("kv_watches_cut_off_total").increment(1);
-                cut.store(true, Ordering::Release);
+            Err(e) => {
+                out.last(Delivery::Failed(e)).await;
                 return;
             }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
         }
+    }
+}
+
+/// Follow a partition this node hosts, through its hub: catch up from storage, then take what
+/// the hub hands over. Returns whether the feed goes on elsewhere (the group stopped here).
+async fn follow_here(
+    st: &AppState,
+    group: &Group,
+    access: &Access,
+    spec: &Spec,
+    pos: &mut ChangePos,
+    out: &Out,
+) -> bool {
+    let hub = st.changes.of(group);
+    let request = spec.request(out.p, None, Duration::ZERO);
+    loop {
+        match hub.attach(&request, access, *pos) {
+            Attach::Stopped => return true,
+            Attach::Behind => {
+                let req = spec.request(out.p, Some(*pos), Duration::ZERO);
+                let page = match Box::pin(on_replica(group.clone(), req, access.clone())).await {
+                    Ok(page) => page,
+                    Err(_) => return true,
+                };
+                if page.compacted.is_some() {
+                    out.last(Delivery::Compacted).await;
+                    return false;
+                }
+                if !out.page(pos, page).await {
+                    return false;
+                }
+            }
+            Attach::Attached(attached) => loop {
+                tokio::select! {
+                    _ = out.tx.closed() => return false,
+                    _ = attached.feed.wake.notified() => {}
+                    // The cursor moves on past changes of other keys now and then.
+                    _ = tokio::time::sleep(LOCAL_WAIT) => {}
+                }
+                let taken = attached.feed.take();
+                if taken.compacted {
+                    out.last(Delivery::Compacted).await;
+                    return false;
+                }
+                let page = ChangesPage {
+                    rows: taken.rows,
+                    position: taken.position,
+                    compacted: None,
+                };
+                if !out.page(pos, page).await {
+                    return false;
+                }
+                if taken.stopped {
+                    return true;
+                }
+                // Its consumer lags: read storage from here (the hub queues no more).
+                if taken.detached {
+                    break;
+                }
+            },
+        }
+    }
+}
+
+/// Where a feed hands its pages.
+struct Out {
+    p: u32,
+    tx: mpsc::Sender<Delivery>,
+    cut: Arc<AtomicBool>,
+}
+
+impl Out {
+    /// Hand `page` on if it moves the feed past `pos`; false when the feed should end (the
+    /// stream went away, or its consumer left it untaken for [`SLOW_CONSUMER`]).
+    async fn page(&self, pos: &mut ChangePos, page: ChangesPage) -> bool {
+        if page.rows.is_empty() && page.position <= *pos {
+            return true;
+        }
+        *pos = (*pos).max(page.position);
+        let page = Delivery::Page {
+            partition: self.p,
+            page,
+        };
+        match self.tx.send_timeout(page, SLOW_CONSUMER).await {
+            Ok(()) => true,
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                metrics::counter!("kv_watches_cut_off_total").increment(1);
+                self.cut.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+        }
+    }
+
+    /// Hand on the feed's last word.
+    async fn last(&self, delivery: Delivery) {
+        let _ = self.tx.send_timeout(delivery, SLOW_CONSUMER).await;
     }
 }
 
@@ -424,7 +518,7 @@ struct Stream {
     cursor: Cursor,
     /// The cursor last sent as an `id:`.
     sent: String,
-    rx: mpsc::Receiver<Feed>,
+    rx: mpsc::Receiver<Delivery>,
     cut: Arc<AtomicBool>,
     /// Messages ready to go.
     pending: VecDeque<Bytes>,
@@ -476,8 +570,8 @@ impl Stream {
                 Ok(Some(feed)) => feed,
             };
             match feed {
-                Feed::Page { partition, page } => self.deliver(partition, page),
-                Feed::Compacted => match now(&self.st, &self.access, &self.spec).await {
+                Delivery::Page { partition, page } => self.deliver(partition, page),
+                Delivery::Compacted => match now(&self.st, &self.access, &self.spec).await {
                     Ok(current) => self.fail(
                         "compacted",
                         "the history this watch needs next was compacted: read the keys \
@@ -486,7 +580,7 @@ impl Stream {
                     ),
                     Err(e) => self.fail("unavailable", &e.to_string(), None),
                 },
-                Feed::Failed(e) => {
+                Delivery::Failed(e) => {
                     let code = match &e {
                         ApiError::Forbidden(_) => "forbidden",
                         ApiError::Unauthorized(_) => "unauthorized",
@@ -639,17 +733,7 @@ async fn on_replica(
             .rows
             .into_iter()
             .filter(|(_, c)| req.matches(&c.key) && allowed.covers(&c.key))
-            .map(|(position, c)| ChangeRow {
-                position,
-                kind: match c.kind {
-                    ChangeKind::Put => ChangeType::Put,
-                    ChangeKind::Delete => ChangeType::Delete,
-                    ChangeKind::Expire => ChangeType::Expire,
-                },
-                value: (c.kind == ChangeKind::Put).then(|| serde_bytes::ByteBuf::from(c.value)),
-                key: c.key,
-                version: c.version,
-            })
+            .map(|(position, c)| crate::changes::row(position, c))
             .collect();
         if !rows.is_empty() || full || Instant::now() >= deadline {
             return Ok(ChangesPage {

@@ -42,6 +42,8 @@ pub struct AppState {
     /// Wakes the expirer (`control::expiry`): this node led a write that gave a key a
     /// deadline, which may come before any it was waiting for.
     pub(crate) expiry: Arc<tokio::sync::Notify>,
+    /// Each hosted group's fan-out of its changes to this node's watches.
+    pub(crate) changes: Arc<crate::changes::Hubs>,
 }
 
 /// One-off background tasks of a node (each ends by itself; shutdown aborts the rest).
@@ -86,6 +88,7 @@ impl AppState {
             auth,
             forwarding: crate::routing::channel::OpChannels::new(http.clone(), tls.is_some()),
             expiry: Arc::default(),
+            changes: Arc::default(),
             http,
             tls,
         }
