@@ -11,7 +11,8 @@
 //!   status, map, routes, membership, health, metrics) passes the guards (`api::guard`:
 //!   authentication, admission), and its key's partition is looked up and the operation served
 //!   here or handed on by `routing`. A watch (`api::watch`) streams the changes of keys from
-//!   every partition's history, one feed task per partition for as long as the stream lasts.
+//!   every partition's history, one feed task per partition for as long as the stream lasts
+//!   (fed by `changes` where this node hosts the partition).
 //!   Peer routes (`api::peer`) take Raft RPCs into kv-raft and run operations other nodes
 //!   forwarded.
 //! - `control`: the background jobs, one owner task each, started and stopped by [`Node`]: the
@@ -21,8 +22,9 @@
 //!   operation channel to each peer (`routing::channel`).
 //! - `state`: [`AppState`], what every handler and job shares.
 //! - below: `layout` (the map as routing sees it, and group numbering), [`wire`] (internal
-//!   messages between nodes), `auth`, `admission`, `tls`, `listeners` (bound or inherited
-//!   sockets), `server` (what serves a listener), `config`, `error`.
+//!   messages between nodes), `changes` (each hosted group's hub, handing its changes to the
+//!   watches they match), `auth`, `admission`, `tls`, `listeners` (bound or inherited sockets),
+//!   `server` (what serves a listener), `config`, `error`.
 //!
 //! `testing` (feature `test-util`) starts whole clusters of real processes for tests.
 
