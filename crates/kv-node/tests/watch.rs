@@ -522,3 +522,70 @@ async fn a_watcher_that_stops_reading_is_cut_off_and_the_node_serves_on() {
     let mut fresh = Watch::start(&http, format!("{}/v1/watch?prefix=big/", c.url(1))).await;
     assert!(fresh.next(Duration::from_secs(5)).await.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_hosts_no_replica_relays_a_watch_from_one_that_does() {
+    // Four nodes, three replicas of the one partition: one node hosts none.
+    let c = TestCluster::start_with(
+        Path::new(env!("CARGO_BIN_EXE_kv-node")),
+        ClusterOptions {
+            nodes: 4,
+            partitions: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let status = c.status(1).await.unwrap();
+    let replicas = status
+        .groups
+        .iter()
+        .find(|g| g.partition == Some(0))
+        .unwrap()
+        .replicas
+        .clone();
+    let outsider = c
+        .ids()
+        .into_iter()
+        .find(|id| !replicas.contains(id))
+        .unwrap();
+    let http = streaming_client();
+    let mut watch = Watch::start(&http, format!("{}/v1/watch?prefix=r/", c.url(outsider))).await;
+    let start = watch
+        .next(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let mut written = Vec::new();
+    for i in 0..20 {
+        let r = c
+            .put(replicas[i % 3], &format!("r/{i}"), format!("v{i}"))
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        written.push((
+            format!("r/{i}"),
+            body["version"].as_u64().unwrap(),
+            "put".to_string(),
+        ));
+    }
+    let mut seen_events = Vec::new();
+    while seen_events.len() < written.len() {
+        seen_events.push(seen(&watch.event(Duration::from_secs(40)).await.unwrap()));
+    }
+    // One partition: the order is the log's.
+    assert_eq!(seen_events, written);
+    // And from the start cursor again, through the outsider: the same.
+    let mut again = Watch::start(
+        &http,
+        format!("{}/v1/watch?prefix=r/&since={start}", c.url(outsider)),
+    )
+    .await;
+    for expected in &written {
+        assert_eq!(
+            &seen(&again.event(Duration::from_secs(40)).await.unwrap()),
+            expected
+        );
+    }
+}
