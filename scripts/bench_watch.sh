@@ -26,18 +26,7 @@ fi
 source scripts/lib.sh
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" # a socket per idle watch, both ends
 
-CLUSTER="1=127.0.0.1:$BASE_PORT,2=127.0.0.1:$((BASE_PORT + 1)),3=127.0.0.1:$((BASE_PORT + 2))"
-for i in 1 2 3; do
-    "$KV_NODE_BIN" --id "$i" --listen "127.0.0.1:$((BASE_PORT + i - 1))" --data-dir "$DIR/n$i" \
-        --initial-cluster "$CLUSTER" --partitions "$PARTITIONS" --log warn >"$DIR/n$i.log" 2>&1 &
-    PIDS+=($!)
-done
-for i in 0 1 2; do
-    for _ in $(seq 300); do
-        curl -sf "http://127.0.0.1:$((BASE_PORT + i))/ready" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-done
+start_cluster "$BASE_PORT" "$PARTITIONS"
 sleep 10 # elections and leadership balance settle first
 python3 scripts/bench_watch.py --base-port "$BASE_PORT" --pid "${PIDS[0]}" \
     --idle "$IDLE_WATCHES" --window "$WINDOW" --rate "$RATE" --seconds "$SECONDS_"

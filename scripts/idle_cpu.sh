@@ -18,18 +18,7 @@ if [[ -z ${KV_NODE_BIN:-} ]]; then
 fi
 source scripts/lib.sh
 
-CLUSTER="1=127.0.0.1:$BASE_PORT,2=127.0.0.1:$((BASE_PORT + 1)),3=127.0.0.1:$((BASE_PORT + 2))"
-for i in 1 2 3; do
-    "$KV_NODE_BIN" --id "$i" --listen "127.0.0.1:$((BASE_PORT + i - 1))" --data-dir "$DIR/n$i" \
-        --initial-cluster "$CLUSTER" --partitions "$PARTITIONS" --log warn >"$DIR/n$i.log" 2>&1 &
-    PIDS+=($!)
-done
-for i in 0 1 2; do
-    for _ in $(seq 300); do
-        curl -sf "http://127.0.0.1:$((BASE_PORT + i))/ready" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-done
+start_cluster "$BASE_PORT" "$PARTITIONS"
 sleep "$SETTLE" # let elections and leadership balance finish before the quiet window
 python3 - "$WINDOW" "${PIDS[@]}" <<'EOF'
 import os, sys, time

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use kv_raft::{Change, ChangeKind, ChangePos, Group, GroupId};
+use kv_raft::{Change, ChangeKind, ChangePage, ChangePos, Group, GroupId};
 use tokio::sync::Notify;
 
 use crate::auth::Access;
@@ -43,6 +43,36 @@ pub fn row(position: ChangePos, c: Change) -> ChangeRow {
         key: c.key,
         version: c.version,
     }
+}
+
+/// Whether the history `page` came from no longer reaches `after` (the changes right after it
+/// are gone: purged with the log, or never held since a snapshot).
+pub fn compacted(page: &ChangePage, after: ChangePos) -> bool {
+    after < ChangePos::end_of(page.start.saturating_sub(1))
+}
+
+/// Where a read of the changes after `after` leaves its reader: at the page's last row when
+/// `limit` or `max_bytes` cut the page (more may follow), else at `head`, read before the page
+/// (every change up to it is in the page); never before `after`.
+pub fn page_end(
+    page: &ChangePage,
+    after: ChangePos,
+    head: ChangePos,
+    limit: usize,
+    max_bytes: usize,
+) -> (ChangePos, bool) {
+    let bytes: usize = page
+        .rows
+        .iter()
+        .map(|(_, c)| c.key.len() + c.value.len())
+        .sum();
+    let full = page.rows.len() >= limit || bytes >= max_bytes;
+    let last = page.rows.last().map(|(pos, _)| *pos);
+    let end = match (full, last) {
+        (true, Some(last)) => last,
+        (_, last) => last.unwrap_or(after).max(head),
+    };
+    (end.max(after), full)
 }
 
 /// The hub of every group that has had a watch on this node.
@@ -283,20 +313,11 @@ async fn run(group: Group, mut applied: tokio::sync::watch::Receiver<u64>, hub: 
                     return;
                 }
             };
-            if head < ChangePos::end_of(page.start.saturating_sub(1)) {
+            if compacted(&page, head) {
                 hub.end_feeds(true, target);
                 break;
             }
-            let bytes: usize = page
-                .rows
-                .iter()
-                .map(|(_, c)| c.key.len() + c.value.len())
-                .sum();
-            let full = page.rows.len() >= READ_ROWS || bytes >= READ_BYTES;
-            let next = match (full, page.rows.last()) {
-                (true, Some((last, _))) => *last,
-                (_, last) => last.map_or(target, |(last, _)| (*last).max(target)),
-            };
+            let (next, _) = page_end(&page, head, target, READ_ROWS, READ_BYTES);
             hub.deliver(&page.rows, next);
             head = next;
         }

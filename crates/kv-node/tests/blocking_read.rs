@@ -37,19 +37,7 @@ async fn blocking_reads_answer_on_the_change_they_wait_for_or_when_the_wait_ends
     )
     .await
     .unwrap();
-    let status = c.status(1).await.unwrap();
-    let replicas = status
-        .groups
-        .iter()
-        .find(|g| g.partition == Some(0))
-        .unwrap()
-        .replicas
-        .clone();
-    let outsider = c
-        .ids()
-        .into_iter()
-        .find(|id| !replicas.contains(id))
-        .unwrap();
+    let (replicas, outsider) = c.replicas_and_outsider(0).await.unwrap();
     let wait = |via: u64, key: &str, query: String| {
         let url = format!("{}/v1/kv/{key}?{query}", c.url(via));
         let http = c.http().clone();

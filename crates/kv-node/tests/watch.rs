@@ -536,19 +536,7 @@ async fn a_node_that_hosts_no_replica_relays_a_watch_from_one_that_does() {
     )
     .await
     .unwrap();
-    let status = c.status(1).await.unwrap();
-    let replicas = status
-        .groups
-        .iter()
-        .find(|g| g.partition == Some(0))
-        .unwrap()
-        .replicas
-        .clone();
-    let outsider = c
-        .ids()
-        .into_iter()
-        .find(|id| !replicas.contains(id))
-        .unwrap();
+    let (replicas, outsider) = c.replicas_and_outsider(0).await.unwrap();
     let http = streaming_client();
     let mut watch = Watch::start(&http, format!("{}/v1/watch?prefix=r/", c.url(outsider))).await;
     let start = watch

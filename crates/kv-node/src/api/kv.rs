@@ -752,11 +752,7 @@ impl ScanParams {
 
 impl Answer for Page {
     fn from_peer(resp: PeerAnswer) -> Result<Self, ApiError> {
-        if resp.status != StatusCode::OK {
-            return Err(ApiError::Relayed(Box::new(resp)));
-        }
-        postcard::from_bytes(&resp.body)
-            .map_err(|e| ApiError::Internal(format!("a peer's scan page does not decode: {e}")))
+        crate::routing::decode_answer(resp, "scan page")
     }
 }
 

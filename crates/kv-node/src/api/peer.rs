@@ -152,19 +152,20 @@ async fn serve_decoded(st: &AppState, forwarded: Forwarded) -> Result<Response, 
     }
     match forwarded.op {
         KeyOp::ScanPage(req) => {
-            let page = crate::api::kv::scan_page(st, req, forwarded.hops, &access).await?;
-            let bytes = postcard::to_stdvec(&page)
-                .map_err(|e| ApiError::Internal(format!("encoding a page: {e}")))?;
-            Ok((StatusCode::OK, bytes).into_response())
+            encoded(&crate::api::kv::scan_page(st, req, forwarded.hops, &access).await?)
         }
         KeyOp::Changes(req) => {
-            let page = crate::api::watch::changes_page(st, req, forwarded.hops, &access).await?;
-            let bytes = postcard::to_stdvec(&page)
-                .map_err(|e| ApiError::Internal(format!("encoding changes: {e}")))?;
-            Ok((StatusCode::OK, bytes).into_response())
+            encoded(&crate::api::watch::changes_page(st, req, forwarded.hops, &access).await?)
         }
         op => crate::api::kv::execute(st, op, forwarded.hops, &access).await,
     }
+}
+
+/// `answer` as a forwarding node decodes it (`crate::routing::decode_answer`).
+fn encoded<T: serde::Serialize>(answer: &T) -> Result<Response, ApiError> {
+    let bytes = postcard::to_stdvec(answer)
+        .map_err(|e| ApiError::Internal(format!("encoding an answer: {e}")))?;
+    Ok((StatusCode::OK, bytes).into_response())
 }
 
 /// `POST /internal/v1/kv/batch`: forwarded operations in one batch (postcard

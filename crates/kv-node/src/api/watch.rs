@@ -661,11 +661,7 @@ fn id_only(cursor: &str) -> Bytes {
 
 impl Answer for ChangesPage {
     fn from_peer(resp: PeerAnswer) -> Result<Self, ApiError> {
-        if resp.status != StatusCode::OK {
-            return Err(ApiError::Relayed(Box::new(resp)));
-        }
-        postcard::from_bytes(&resp.body)
-            .map_err(|e| ApiError::Internal(format!("a peer's changes do not decode: {e}")))
+        crate::routing::decode_answer(resp, "changes")
     }
 }
 
@@ -710,25 +706,15 @@ async fn on_replica(
         // Read before the history: every change up to `head` is in what is read next.
         let head = *applied.borrow_and_update();
         let page = group.changes(after, limit, max_bytes).await?;
-        if after < ChangePos::end_of(page.start.saturating_sub(1)) {
+        if crate::changes::compacted(&page, after) {
             return Ok(ChangesPage {
                 rows: Vec::new(),
                 position: ChangePos::end_of(head),
                 compacted: Some(page.start),
             });
         }
-        let bytes: usize = page
-            .rows
-            .iter()
-            .map(|(_, c)| c.key.len() + c.value.len())
-            .sum();
-        let full = page.rows.len() >= limit || bytes >= max_bytes;
-        let last = page.rows.last().map(|(pos, _)| *pos);
-        let position = match (full, last) {
-            (true, Some(last)) => last,
-            (_, last) => last.unwrap_or(after).max(ChangePos::end_of(head)),
-        }
-        .max(after);
+        let (position, full) =
+            crate::changes::page_end(&page, after, ChangePos::end_of(head), limit, max_bytes);
         let rows: Vec<ChangeRow> = page
             .rows
             .into_iter()

@@ -101,6 +101,19 @@ pub trait Answer: Sized {
     fn from_peer(resp: PeerAnswer) -> Result<Self, ApiError>;
 }
 
+/// A peer's answer that is a postcard-encoded `T` (`what` names it in errors); any other
+/// status is relayed as it is.
+pub fn decode_answer<T: serde::de::DeserializeOwned>(
+    resp: PeerAnswer,
+    what: &str,
+) -> Result<T, ApiError> {
+    if resp.status != StatusCode::OK {
+        return Err(ApiError::Relayed(Box::new(resp)));
+    }
+    postcard::from_bytes(&resp.body)
+        .map_err(|e| ApiError::Internal(format!("a peer's {what} does not decode: {e}")))
+}
+
 impl Answer for Response {
     fn from_peer(resp: PeerAnswer) -> Result<Self, ApiError> {
         let mut response = Response::new(Body::from(resp.body));

@@ -892,6 +892,23 @@ impl TestCluster {
         Ok(None)
     }
 
+    /// The replicas of `partition` (by node 1's status) and a node that is none of them.
+    pub async fn replicas_and_outsider(&self, partition: u32) -> Result<(Vec<u64>, u64)> {
+        let status = self.status(1).await?;
+        let replicas = status
+            .groups
+            .iter()
+            .find(|g| g.partition == Some(partition))
+            .map(|g| g.replicas.clone())
+            .ok_or_else(|| anyhow!("node 1 shows no partition {partition}"))?;
+        let outsider = self
+            .ids()
+            .into_iter()
+            .find(|id| !replicas.contains(id))
+            .ok_or_else(|| anyhow!("every node is a replica of partition {partition}"))?;
+        Ok((replicas, outsider))
+    }
+
     /// Wait until `partition` has a leader among the running nodes, and return it.
     pub async fn wait_leader(&self, partition: u32) -> Result<u64> {
         wait_until(
