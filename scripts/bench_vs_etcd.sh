@@ -204,9 +204,17 @@ import re, sys
 text = open(sys.argv[1]).read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 def ms(v):
-    n, unit = re.match(r"([\d.]+)(us|ms|s|m)", v).groups()
+    m = re.match(r"([\d.]+)(us|ms|s|m)", v)
+    if not m:
+        return float("nan")
+    n, unit = m.groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
-p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+# The distribution's line, not a "+/- Stdev" share that happens to end in 99%.
+found = re.search(r"^\s+99%\s+(\S+)", text, re.M)
+p99 = ms(found.group(1)) if found else float("nan")
+if p99 != p99:
+    # Keep what wrk said when it is not what this expects.
+    print(text, file=sys.stderr)
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 print(f"{rps:.0f} {p99:.1f} {errors.group(1) if errors else 0}")
 EOF
