@@ -823,6 +823,26 @@ pub async fn scan_page(
     .await
 }
 
+/// Refuse a prefix (of a scan or a watch) longer than any key, or one whose keys `access`
+/// cannot read any of.
+pub(crate) fn check_prefix(access: &Access, prefix: &[u8]) -> Result<(), ApiError> {
+    if prefix.len() > crate::config::MAX_KEY_BYTES {
+        return Err(ApiError::TooLarge(
+            "the prefix is longer than any key".into(),
+        ));
+    }
+    if let Access::Grant(grant) = access {
+        if !grant.overlaps(prefix) {
+            return Err(ApiError::Forbidden(format!(
+                "token {:?} may not read keys with prefix {:?}",
+                grant.name,
+                String::from_utf8_lossy(prefix)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One partition's place in the merge: the rows fetched and not yet merged, where its next
 /// page starts, and whether it has more.
 struct Source {
@@ -847,20 +867,7 @@ pub async fn scan(
     let start_after = params.start_after()?;
     let keys_only = params.keys_only()?;
     let prefix = params.prefix.into_bytes();
-    if prefix.len() > crate::config::MAX_KEY_BYTES {
-        return Err(ApiError::TooLarge(
-            "the prefix is longer than any key".into(),
-        ));
-    }
-    if let Access::Grant(grant) = &access {
-        if !grant.overlaps(&prefix) {
-            return Err(ApiError::Forbidden(format!(
-                "token {:?} may not read keys with prefix {:?}",
-                grant.name,
-                String::from_utf8_lossy(&prefix)
-            )));
-        }
-    }
+    check_prefix(&access, &prefix)?;
     let budget = st.config.max_scan_bytes;
     let partitions = st.layout().partitions();
     // Pages big enough that an even spread of keys needs one round, bounded in bytes so that

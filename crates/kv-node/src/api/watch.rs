@@ -96,20 +96,7 @@ pub async fn watch_prefix(
 ) -> Result<Response, ApiError> {
     let access = caller.access(Role::Readonly)?;
     let prefix = params.prefix.into_bytes();
-    if prefix.len() > crate::config::MAX_KEY_BYTES {
-        return Err(ApiError::TooLarge(
-            "the prefix is longer than any key".into(),
-        ));
-    }
-    if let Access::Grant(grant) = &access {
-        if !grant.overlaps(&prefix) {
-            return Err(ApiError::Forbidden(format!(
-                "token {:?} may not read keys with prefix {:?}",
-                grant.name,
-                String::from_utf8_lossy(&prefix)
-            )));
-        }
-    }
+    crate::api::kv::check_prefix(&access, &prefix)?;
     let partitions = (0..st.layout().partitions()).collect();
     let spec = Spec {
         prefix,
