@@ -63,36 +63,50 @@ pub struct ChangePage {
 /// The start of a group that has none stored: a fresh group holds its whole history.
 pub(crate) const DEFAULT_START: u64 = 1;
 
-impl Change {
+/// A change as the apply path sees it, borrowing the command's key and value: encoded for the
+/// history without copying them first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChangeRef<'a> {
+    pub kind: ChangeKind,
+    pub key: &'a [u8],
+    pub version: u64,
+    pub value: &'a [u8],
+}
+
+impl<'a> ChangeRef<'a> {
     /// The change `cmd` made, given the outcome of applying it (not answered from a session).
     /// Failures, misses and refreshes (value and version unchanged) change nothing.
-    pub(crate) fn of(cmd: &Command, outcome: &Outcome) -> Option<Change> {
-        let (kind, version, value) = match (cmd, outcome) {
-            (Command::Once { command, .. }, _) => return Change::of(command, outcome),
+    pub(crate) fn of(cmd: &'a Command, outcome: &Outcome) -> Option<ChangeRef<'a>> {
+        let (kind, version, value): (_, _, &[u8]) = match (cmd, outcome) {
+            (Command::Once { command, .. }, _) => return ChangeRef::of(command, outcome),
             (
                 Command::Put { value, .. } | Command::TimedPut { value, .. },
                 Outcome::Written { version },
-            ) => (ChangeKind::Put, *version, value.clone()),
+            ) => (ChangeKind::Put, *version, value),
             (
                 Command::Delete { .. } | Command::TimedDelete { .. },
                 Outcome::Deleted { version },
-            ) => (ChangeKind::Delete, *version, Vec::new()),
+            ) => (ChangeKind::Delete, *version, &[]),
             (Command::Expire { .. }, Outcome::Expired { version }) => {
-                (ChangeKind::Expire, *version, Vec::new())
+                (ChangeKind::Expire, *version, &[])
             }
             _ => return None,
         };
-        Some(Change {
+        Some(ChangeRef {
             kind,
-            key: cmd.key().to_vec(),
+            key: cmd.key(),
             version,
             value,
         })
     }
 
-    /// Bytes counted against a page's `max_bytes`.
-    pub(crate) fn size(&self) -> usize {
-        self.key.len() + self.value.len()
+    pub(crate) fn owned(self) -> Change {
+        Change {
+            kind: self.kind,
+            key: self.key.to_vec(),
+            version: self.version,
+            value: self.value.to_vec(),
+        }
     }
 
     /// On-disk form: kind (1 byte), version (u64 LE), key length (u32 LE), key, value.
@@ -107,9 +121,28 @@ impl Change {
         });
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&key_len.to_le_bytes());
-        out.extend_from_slice(&self.key);
-        out.extend_from_slice(&self.value);
+        out.extend_from_slice(self.key);
+        out.extend_from_slice(self.value);
         Ok(out)
+    }
+}
+
+impl Change {
+    /// Bytes counted against a page's `max_bytes`.
+    pub(crate) fn size(&self) -> usize {
+        self.key.len() + self.value.len()
+    }
+
+    /// On-disk form: as [`ChangeRef::encode`].
+    #[cfg(test)]
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        ChangeRef {
+            kind: self.kind,
+            key: &self.key,
+            version: self.version,
+            value: &self.value,
+        }
+        .encode()
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Change> {

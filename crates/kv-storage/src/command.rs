@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::change::{self, Change, ChangePos};
+use crate::change::{self, ChangePos, ChangeRef};
 use crate::record::{Head, Record, MAX_VERSION};
 use crate::Result;
 
@@ -251,7 +251,7 @@ pub(crate) trait KvAccess {
     /// Forget `client`'s outcomes with a sequence number below `below`.
     fn forget_sessions(&mut self, client: u64, below: u64) -> Result<()>;
     /// Store the change history row at `pos`.
-    fn record_change(&mut self, pos: ChangePos, change: &Change) -> Result<()>;
+    fn record_change(&mut self, pos: ChangePos, change: &ChangeRef<'_>) -> Result<()>;
 }
 
 /// Apply `commands` (committed at their log indexes, ascending) to `table` in order, with one
@@ -283,11 +283,11 @@ fn visible(table: &mut impl KvAccess, key: &[u8], now: Option<u64>) -> Result<Op
 
 /// Apply `cmd`, committed at log `index`, to `table`: its outcome and the change it made, if
 /// any. A duplicate of a session write is answered from the session and changes nothing.
-fn apply(
+fn apply<'c>(
     table: &mut impl KvAccess,
     index: u64,
-    cmd: &Command,
-) -> Result<(Outcome, Option<Change>)> {
+    cmd: &'c Command,
+) -> Result<(Outcome, Option<ChangeRef<'c>>)> {
     let outcome = match cmd {
         Command::Once {
             client,
@@ -313,7 +313,7 @@ fn apply(
         }
         other => apply_write(table, index, other)?,
     };
-    let change = Change::of(cmd, &outcome);
+    let change = ChangeRef::of(cmd, &outcome);
     Ok((outcome, change))
 }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::sync::RwLock;
 
-use crate::change::{Change, ChangePage, ChangePos, DEFAULT_START};
+use crate::change::{Change, ChangePage, ChangePos, ChangeRef, DEFAULT_START};
 use crate::command::{self, KvAccess};
 use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
 use crate::record::Head;
@@ -158,9 +158,9 @@ impl KvAccess for GroupKv<'_> {
         }
         Ok(())
     }
-    fn record_change(&mut self, pos: ChangePos, change: &Change) -> Result<()> {
+    fn record_change(&mut self, pos: ChangePos, change: &ChangeRef<'_>) -> Result<()> {
         self.changes
-            .insert((self.group, pos.index, pos.sub), change.clone());
+            .insert((self.group, pos.index, pos.sub), change.owned());
         Ok(())
     }
 }

@@ -28,7 +28,7 @@ use redb::{
     TableDefinition, WriteTransaction,
 };
 
-use crate::change::{Change, ChangePage, ChangePos, DEFAULT_START};
+use crate::change::{Change, ChangePage, ChangePos, ChangeRef, DEFAULT_START};
 use crate::command::{self, KvAccess};
 use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
 use crate::record::Head;
@@ -271,7 +271,7 @@ impl KvAccess for GroupKv<'_, '_> {
             .map_err(backend)
     }
 
-    fn record_change(&mut self, pos: ChangePos, change: &Change) -> Result<()> {
+    fn record_change(&mut self, pos: ChangePos, change: &ChangeRef<'_>) -> Result<()> {
         self.changes
             .insert(
                 (self.group, pos.index, pos.sub),
