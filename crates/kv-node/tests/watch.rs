@@ -577,3 +577,77 @@ async fn a_node_that_hosts_no_replica_relays_a_watch_from_one_that_does() {
         );
     }
 }
+
+/// Put `m/{i}` through node `1 + i % 3`; returns what a watch shows of it.
+async fn put_numbered(c: &TestCluster, i: usize) -> Seen {
+    let key = format!("m/{i}");
+    let r = c
+        .put(1 + i as u64 % 3, &key, format!("v{i}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    (key, body["version"].as_u64().unwrap(), "put".to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_follows_partitions_that_move_away_from_its_node() {
+    let mut c = TestCluster::start_with(
+        Path::new(env!("CARGO_BIN_EXE_kv-node")),
+        ClusterOptions {
+            nodes: 3,
+            partitions: 8,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let http = streaming_client();
+    let mut watch = Watch::start(&http, format!("{}/v1/watch?prefix=m/", c.url(1))).await;
+    let start = watch
+        .next(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let mut written = BTreeSet::new();
+    for i in 0..16 {
+        written.insert(put_numbered(&c, i).await);
+    }
+    // Two nodes join: partitions move to them, some away from node 1, and the new replicas
+    // start from snapshots taken (and the log purged) just before they were added.
+    let hosted_before = c.hosted(1).await.unwrap();
+    let (four, five) = (c.add_node(2).await.unwrap(), c.add_node(3).await.unwrap());
+    c.wait_settled(1, Duration::from_secs(60)).await.unwrap();
+    let hosted_after = c.hosted(1).await.unwrap();
+    assert!(
+        hosted_after.len() < hosted_before.len(),
+        "node 1 gave partitions away: {hosted_before:?} -> {hosted_after:?}"
+    );
+    for i in 16..48 {
+        written.insert(put_numbered(&c, i).await);
+    }
+    let mut events = BTreeSet::new();
+    while events.len() < written.len() {
+        let event = watch.event(Duration::from_secs(40)).await.unwrap();
+        assert_ne!(event["type"], "error", "{event}");
+        assert!(events.insert(seen(&event)), "delivered twice: {event}");
+    }
+    assert_eq!(events, written);
+    // The joined nodes hold the history from before they joined: a watch there from the
+    // first cursor replays everything.
+    for node in [four, five] {
+        let mut again = Watch::start(
+            &http,
+            format!("{}/v1/watch?prefix=m/&since={start}", c.url(node)),
+        )
+        .await;
+        let mut replayed = BTreeSet::new();
+        while replayed.len() < written.len() {
+            let event = again.event(Duration::from_secs(40)).await.unwrap();
+            assert_ne!(event["type"], "error", "node {node}: {event}");
+            replayed.insert(seen(&event));
+        }
+        assert_eq!(replayed, written, "node {node}");
+    }
+}

@@ -3,8 +3,11 @@
 //! openraft finds where a new replica's log matches the leader's by binary search, and every
 //! probe carries a full batch of entries that the empty replica then rejects: a learner added to
 //! a group with a long log receives that log several times over. Snapshotting and purging the
-//! log first makes the leader send the state as one snapshot (the live data, not the history of
-//! overwrites) followed by the short tail written since.
+//! log first makes the leader send the state as one snapshot (the live data and the recent
+//! change history, not every entry of the log) followed by the short tail written since. The
+//! purge leaves that much history in place (`LogStore::keeping_history`) and the snapshot
+//! carries it (`StateMachine::keeping_history`): a recent watch cursor stays valid on every
+//! replica, the new one included.
 
 use std::time::Duration;
 

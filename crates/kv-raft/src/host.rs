@@ -235,9 +235,12 @@ impl RaftHost {
     /// Start a Raft instance for `id` from the store; the caller holds `opening` (and, but for
     /// the supervisor restarting it, supervises it).
     pub(crate) async fn start(&self, id: GroupId) -> Result<Group, GroupError> {
-        let mut log = LogStore::new(id, self.store.clone());
+        let mut log = LogStore::new(id, self.store.clone())
+            .keeping_history(self.config.max_in_snapshot_log_to_keep);
         let restored = self.restored_leadership(&mut log).await?;
-        let sm = StateMachine::open(id, self.store.clone(), &self.snapshot_root).await?;
+        let sm = StateMachine::open(id, self.store.clone(), &self.snapshot_root)
+            .await?
+            .keeping_history(self.config.max_in_snapshot_log_to_keep);
         let deadlines = sm.deadlines();
         let waiters = sm.waiters();
         let applied_index = sm.applied_index();

@@ -34,9 +34,13 @@ pub struct LogStore {
     /// The recent tail of the log, decoded (see `entry_cache`).
     cache: Arc<Mutex<EntryCache>>,
     seq: Arc<std::sync::atomic::AtomicU64>,
+    /// How many entries of change history a purge leaves behind the purged log.
+    history_kept: u64,
 }
 
 impl LogStore {
+    /// The log of `group`; a purge trims the change history with it (see
+    /// [`LogStore::keeping_history`]).
     pub fn new(group: GroupId, store: Store) -> Self {
         LogStore {
             group,
@@ -44,7 +48,17 @@ impl LogStore {
             pending: Arc::default(),
             cache: Arc::default(),
             seq: Arc::default(),
+            history_kept: 0,
         }
+    }
+
+    /// Keep the change history of the last `entries` purged entries: a purge through `i`
+    /// trims the history to start at `i + 1 - entries`. The history then outlives a purge
+    /// that only makes room for a snapshot (such as `Group::compact_log` before a replica is
+    /// added), and a watch cursor from just before it stays valid.
+    pub fn keeping_history(mut self, entries: u64) -> Self {
+        self.history_kept = entries;
+        self
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, EntryCache> {
@@ -332,6 +346,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .op(Op::PurgeLog {
                 through: log_id.index,
+            })
+            .op(Op::HistoryStart {
+                index: (log_id.index + 1).saturating_sub(self.history_kept).max(1),
             });
         self.write(batch, ErrorSubject::Logs).await
     }

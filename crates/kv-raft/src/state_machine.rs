@@ -33,6 +33,9 @@ pub struct StateMachine {
     /// The log index the stored state includes, sent after every apply and snapshot install
     /// (see [`crate::Group::applied_index`]).
     applied_index: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// Entries of change history a snapshot carries behind its last index (see
+    /// [`StateMachine::keeping_history`]).
+    history_kept: u64,
 }
 
 impl StateMachine {
@@ -61,6 +64,7 @@ impl StateMachine {
             deadlines: std::sync::Arc::new(has_deadlines.into()),
             waiters: Default::default(),
             applied_index: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            history_kept: 0,
         };
         // An unreadable marker must stop the group: defaulting would later persist an empty
         // membership over the real one.
@@ -86,6 +90,15 @@ impl StateMachine {
             sm.applied_index.send_replace(last.index);
         }
         Ok(sm)
+    }
+
+    /// Let snapshots carry the change history of the last `entries` entries they include, so a
+    /// replica that joins by snapshot can serve watch cursors from just before it (as the
+    /// log store keeps that much history behind a purge, `LogStore::keeping_history`). Without
+    /// it, snapshots carry no rows. The history costs bytes on every move, hence the bound.
+    pub fn keeping_history(mut self, entries: u64) -> Self {
+        self.history_kept = entries;
+        self
     }
 
     /// The waiters [`crate::Group::wait_on`] registers with.
@@ -172,12 +185,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .dir
             .join(format!("building-{}.tmp", rand::random::<u64>()));
         let tmp_path = tmp.clone();
+        // The export reads at least this far (applies do not stop for it), so the rows
+        // carried are at least the last `history_kept` entries of the snapshot.
+        let history_from = (*self.applied_index.borrow() + 1).saturating_sub(self.history_kept);
         let summary = self
             .store
             .read(move |engine| {
                 let file = std::fs::File::create(&tmp_path)?;
                 let mut out = BufWriter::new(file);
-                let summary = engine.export_group(group, &mut out)?;
+                let summary = engine.export_group(group, &mut out, history_from)?;
                 let file = out
                     .into_inner()
                     .map_err(|e| kv_storage::StorageError::Backend(e.to_string()))?;
@@ -357,7 +373,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         let group = self.group;
-        // Snapshots carry no change history: it is complete from the entry after this one.
+        // Where the history starts if the stream carries none (a snapshot from before they
+        // did): complete from the entry after the snapshot.
         let history_start = meta.last_log_id.map_or(0, |l| l.index) + 1;
         let keys = self
             .store

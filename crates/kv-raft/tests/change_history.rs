@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kv_raft::{ChangeKind, ChangePage, ChangePos, Command, Condition, Group, NodeId, Outcome};
 use kv_storage::GroupId;
-use support::{fast_tuning, TestCluster, SETTLE};
+use support::{fast_tuning, wait_until, TestCluster, SETTLE};
 
 const NODES: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 const G: GroupId = GroupId(1);
@@ -151,5 +151,56 @@ async fn compaction_moves_the_history_start_past_the_purged_entries() {
         page.rows.last().map(|(p, c)| (p.index, c.key.as_slice())),
         Some((after, &b"after"[..]))
     );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_keeps_recent_history_and_a_replica_added_by_snapshot_receives_it() {
+    let kept = 3;
+    let tuning = kv_raft::RaftTuning {
+        logs_kept_after_snapshot: kept,
+        ..fast_tuning()
+    };
+    let cluster = TestCluster::start_with(&NODES, &tuning).await;
+    let voters = [NodeId(1), NodeId(2)];
+    let leader = cluster.group(cluster.create_group(G, &voters).await, G);
+    for i in 0..8 {
+        leader
+            .write(put(&format!("k{i}"), "v", Condition::Always))
+            .await
+            .unwrap();
+    }
+    let purged = leader
+        .compact_log(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("a snapshot of the applied writes");
+    // The purge is written after the metrics report it.
+    wait_until("the purge trimmed the history", SETTLE, || async {
+        all_changes(&leader).await.start > 1
+    })
+    .await;
+    let page = all_changes(&leader).await;
+    assert_eq!(page.start, purged + 1 - kept, "{page:?}");
+    assert_eq!(page.rows.len() as u64, kept, "{page:?}");
+
+    // The log is gone up to `purged`: node 3 joins by snapshot, and gets the history with it
+    // (replaying the log could not give it: the log starts after `purged`).
+    leader
+        .add_learner(NodeId(3), cluster.addr(NodeId(3)), true)
+        .await
+        .unwrap();
+    let learner = cluster.group(NodeId(3), G);
+    applied(&learner, purged).await;
+    // The snapshot was built before the purge trimmed the leader's history, so the learner
+    // may reach further back; from the leader's start on the two are the same.
+    let got = all_changes(&learner).await;
+    assert!(got.start <= page.start, "{got:?}");
+    let from_leader_start: Vec<_> = got
+        .rows
+        .into_iter()
+        .filter(|(p, _)| p.index >= page.start)
+        .collect();
+    assert_eq!(from_leader_start, page.rows);
     cluster.shutdown().await;
 }

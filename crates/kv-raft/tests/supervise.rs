@@ -74,8 +74,9 @@ impl Engine for FlakyEngine {
         &self,
         group: GroupId,
         out: &mut dyn Write,
+        history_from: u64,
     ) -> kv_storage::Result<ExportSummary> {
-        self.inner.export_group(group, out)
+        self.inner.export_group(group, out, history_from)
     }
     fn import_group(
         &self,

@@ -3,9 +3,10 @@
 //!
 //! Rows come only from committed entries and are written in the transaction that applies
 //! them, so every replica holds the same rows at the same positions. A group's history is
-//! complete from its *start* (see [`crate::Engine::changes`]): purging the log, installing a
-//! snapshot and opening data applied before the history existed move the start up; snapshots
-//! do not carry rows.
+//! complete from its *start* (see [`crate::Engine::changes`]): trimming it behind a log purge
+//! ([`crate::Op::HistoryStart`]) and opening data applied before the history existed move the
+//! start up. Snapshots carry rows from a given index on (see [`crate::Engine::export_group`]),
+//! and a replica that installs one takes that history and its start.
 
 use serde::{Deserialize, Serialize};
 
@@ -134,7 +135,6 @@ impl Change {
     }
 
     /// On-disk form: as [`ChangeRef::encode`].
-    #[cfg(test)]
     pub(crate) fn encode(&self) -> Result<Vec<u8>> {
         ChangeRef {
             kind: self.kind,

@@ -60,8 +60,8 @@ pub enum Op {
     AppendLog { entries: Vec<(u64, Vec<u8>)> },
     /// Delete log entries with index >= `from`.
     TruncateLog { from: u64 },
-    /// Delete log entries with index <= `through`, and the change history with them: its rows
-    /// at those indexes go and its start rises to at least `through + 1`.
+    /// Delete log entries with index <= `through`. The change history is trimmed on its own
+    /// ([`Op::HistoryStart`]): it may reach further back than the log.
     PurgeLog { through: u64 },
     /// Set a metadata value.
     SetMeta { key: MetaKey, value: Vec<u8> },
@@ -82,7 +82,8 @@ pub enum Op {
     DropGroup,
     // Appended after the ones above.
     /// Delete change history rows with a log index below `index` and raise the history start
-    /// to at least `index`: for data applied before the history existed (it has no rows).
+    /// to at least `index`: to trim the history behind a log purge, and for data applied
+    /// before the history existed (it has no rows).
     HistoryStart { index: u64 },
 }
 
@@ -172,14 +173,23 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Write a consistent snapshot of the group's key/value data (records with their
     /// deadlines, expired ones too, and sessions) to `out` in the format of the `snapshot`
-    /// module (read in one transaction with [`MetaKey::Applied`]).
-    fn export_group(&self, group: GroupId, out: &mut dyn Write) -> Result<ExportSummary>;
+    /// module (read in one transaction with [`MetaKey::Applied`]), with the change history
+    /// from log index `history_from` on: its start raised to at least that, the rows before
+    /// it left out (the last applied index + 1 for no rows, 0 for all that are held).
+    fn export_group(
+        &self,
+        group: GroupId,
+        out: &mut dyn Write,
+        history_from: u64,
+    ) -> Result<ExportSummary>;
 
     /// Replace the group's key/value data with the snapshot read from `input` and set
     /// [`MetaKey::Applied`] to `applied`, atomically: a stream that fails to decode or fails its
     /// checksum changes nothing. The expiry index of the group is rebuilt from the imported
-    /// records. Snapshots carry no change history: the group's rows are deleted and its
-    /// history start set to `history_start` (the snapshot's last log index + 1). Returns the
+    /// records. The group's change history becomes the stream's: its rows and its start. A
+    /// stream without history (written before snapshots carried it) leaves no rows and the
+    /// start at `history_start` (the snapshot's last log index + 1); a stream whose history
+    /// starts after that or holds rows from outside it is refused as corrupt. Returns the
     /// number of keys imported.
     fn import_group(
         &self,

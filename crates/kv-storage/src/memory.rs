@@ -201,9 +201,6 @@ impl Engine for MemoryEngine {
                         for k in doomed {
                             state.log.remove(&k);
                         }
-                        let start = through.saturating_add(1);
-                        state.forget_changes(g, start);
-                        state.raise_start(g, start);
                     }
                     Op::HistoryStart { index } => {
                         state.forget_changes(g, *index);
@@ -322,7 +319,12 @@ impl Engine for MemoryEngine {
             .collect())
     }
 
-    fn export_group(&self, group: GroupId, out: &mut dyn Write) -> Result<ExportSummary> {
+    fn export_group(
+        &self,
+        group: GroupId,
+        out: &mut dyn Write,
+        history_from: u64,
+    ) -> Result<ExportSummary> {
         let state = self.read()?;
         let applied = state.meta.get(&(group, MetaKey::Applied)).cloned();
         let mut w = SnapshotWriter::new(out)?;
@@ -340,6 +342,25 @@ impl Engine for MemoryEngine {
         {
             w.session(*client, *seq, outcome)?;
         }
+        let start = state
+            .history_start
+            .get(&group)
+            .copied()
+            .unwrap_or(DEFAULT_START)
+            .max(history_from);
+        w.history_start(start)?;
+        for ((_, index, sub), change) in state
+            .changes
+            .range((group, start, 0)..=(group, u64::MAX, u32::MAX))
+        {
+            w.change(
+                ChangePos {
+                    index: *index,
+                    sub: *sub,
+                },
+                &change.encode()?,
+            )?;
+        }
         let (keys, bytes) = w.finish()?;
         Ok(ExportSummary {
             applied,
@@ -356,9 +377,10 @@ impl Engine for MemoryEngine {
         history_start: u64,
     ) -> Result<u64> {
         // Decode fully before touching the state so a bad stream changes nothing.
-        let mut reader = SnapshotReader::new(input)?;
+        let mut reader = SnapshotReader::new(input, history_start)?;
         let mut records = Vec::new();
         let mut sessions = Vec::new();
+        let mut changes = Vec::new();
         while let Some(frame) = reader.next_frame()? {
             match frame {
                 Frame::Record(k, r) => records.push((k, r)),
@@ -367,6 +389,7 @@ impl Engine for MemoryEngine {
                     seq,
                     outcome,
                 } => sessions.push(((group, client, seq), outcome)),
+                Frame::Change(pos, change) => changes.push(((group, pos.index, pos.sub), change)),
             }
         }
         let mut state = self.write_lock()?;
@@ -381,7 +404,8 @@ impl Engine for MemoryEngine {
             .meta
             .insert((group, MetaKey::Applied), applied.to_vec());
         state.changes.retain(|(g, _, _), _| *g != group);
-        state.history_start.insert(group, history_start);
+        state.changes.extend(changes);
+        state.history_start.insert(group, reader.history_start());
         Ok(n)
     }
 

@@ -335,9 +335,6 @@ impl Engine for RedbEngine {
                         Op::PurgeLog { through } => {
                             log.retain_in((g, 0)..=(g, *through), |_, _| false)
                                 .map_err(backend)?;
-                            let start = through.saturating_add(1);
-                            forget_changes(&mut changes, g, start)?;
-                            raise_start(&mut starts, g, start)?;
                         }
                         Op::HistoryStart { index } => {
                             forget_changes(&mut changes, g, *index)?;
@@ -508,7 +505,12 @@ impl Engine for RedbEngine {
         Ok(out)
     }
 
-    fn export_group(&self, group: GroupId, out: &mut dyn Write) -> Result<ExportSummary> {
+    fn export_group(
+        &self,
+        group: GroupId,
+        out: &mut dyn Write,
+        history_from: u64,
+    ) -> Result<ExportSummary> {
         // One read transaction: Applied and the records are the same point in time.
         let txn = self.read_txn()?;
         let meta = txn.open_table(META).map_err(backend)?;
@@ -527,6 +529,21 @@ impl Engine for RedbEngine {
             let (_, client, seq) = key.value();
             w.session(client, seq, &Outcome::decode(value.value())?)?;
         }
+        let starts = txn.open_table(CHANGE_START).map_err(backend)?;
+        let start = starts
+            .get(group.0)
+            .map_err(backend)?
+            .map_or(DEFAULT_START, |v| v.value())
+            .max(history_from);
+        // The rows were written by the applies up to `applied`, read in this transaction.
+        w.history_start(start)?;
+        let changes = txn.open_table(CHANGES).map_err(backend)?;
+        let rows = (group.0, start, 0)..=(group.0, u64::MAX, u32::MAX);
+        for entry in changes.range(rows).map_err(backend)? {
+            let (key, value) = entry.map_err(backend)?;
+            let (_, index, sub) = key.value();
+            w.change(ChangePos { index, sub }, value.value())?;
+        }
         let (keys, bytes) = w.finish()?;
         Ok(ExportSummary {
             applied,
@@ -543,7 +560,7 @@ impl Engine for RedbEngine {
         history_start: u64,
     ) -> Result<u64> {
         let g = group.0;
-        let mut reader = SnapshotReader::new(input)?;
+        let mut reader = SnapshotReader::new(input, history_start)?;
         self.write_txn(Durability::Immediate, |txn| {
             let mut kv = txn.open_table(KV).map_err(backend)?;
             clear_group(&mut kv, g, &[][..])?;
@@ -554,6 +571,10 @@ impl Engine for RedbEngine {
             let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
             sessions
                 .retain_in(session_span(g), |_, _| false)
+                .map_err(backend)?;
+            let mut changes = txn.open_table(CHANGES).map_err(backend)?;
+            changes
+                .retain_in(change_span(g), |_, _| false)
                 .map_err(backend)?;
             let mut keys = 0;
             // Frames go straight into the transaction; it commits only after `next_frame`
@@ -574,17 +595,18 @@ impl Engine for RedbEngine {
                             .insert((g, client, seq), outcome.encode().as_slice())
                             .map_err(backend)?;
                     }
+                    Frame::Change(pos, change) => {
+                        changes
+                            .insert((g, pos.index, pos.sub), change.encode()?.as_slice())
+                            .map_err(backend)?;
+                    }
                 }
             }
             let mut meta = txn.open_table(META).map_err(backend)?;
             meta.insert((g, MetaKey::Applied.name()), applied)
                 .map_err(backend)?;
-            let mut changes = txn.open_table(CHANGES).map_err(backend)?;
-            changes
-                .retain_in(change_span(g), |_, _| false)
-                .map_err(backend)?;
             let mut starts = txn.open_table(CHANGE_START).map_err(backend)?;
-            starts.insert(g, history_start).map_err(backend)?;
+            starts.insert(g, reader.history_start()).map_err(backend)?;
             Ok(keys)
         })
     }

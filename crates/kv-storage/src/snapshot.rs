@@ -11,13 +11,20 @@
 //! exported too: the state machine is copied exactly, and their removal is the `Expire`
 //! entry that follows in the log.
 //!
-//! Frame `0x03` came with deadlines. A stream without deadlines is byte for byte what the
-//! first version wrote, so old snapshots import unchanged and a group without TTL keys still
-//! produces snapshots a node of the first version can read (one with deadlines it refuses as
-//! an unknown frame, rather than dropping them silently).
+//! The change history follows: `0x04`, history start u64 LE, once; then one `0x05` frame per
+//! row, log index u64 LE, ordinal u32 LE, change length u32 LE, encoded change. A replica
+//! that installs the snapshot gets the rows too, so a watch cursor from before the snapshot
+//! stays valid on it.
+//!
+//! Streams of earlier versions import unchanged: one without deadlines (frame `0x03`) or
+//! history (`0x04`, `0x05`) reads as permanent keys and no rows. A node of an earlier version
+//! refuses a stream with frames it does not know, as an unknown frame, rather than dropping
+//! them silently; in a cluster being upgraded, its snapshot install then fails and is
+//! retried once it runs the new version.
 
 use std::io::{Read, Write};
 
+use crate::change::{Change, ChangePos};
 use crate::record::MAX_VERSION;
 use crate::{Outcome, Record, Result, StorageError};
 
@@ -25,6 +32,8 @@ const MAGIC: &[u8; 8] = b"KVSNAP01";
 const TAG_RECORD: u8 = 1;
 const TAG_SESSION: u8 = 2;
 const TAG_RECORD_WITH_DEADLINE: u8 = 3;
+const TAG_HISTORY_START: u8 = 4;
+const TAG_CHANGE: u8 = 5;
 const TAG_END: u8 = 0;
 /// Keys and values larger than this are refused as corrupt rather than allocated.
 const MAX_FIELD: u32 = 256 << 20;
@@ -33,7 +42,10 @@ const MAX_FIELD: u32 = 256 << 20;
 pub(crate) struct SnapshotWriter<'a> {
     out: &'a mut dyn Write,
     crc: crc32fast::Hasher,
+    /// Frames, as the trailer counts them.
     count: u64,
+    /// Record frames: the group's keys.
+    records: u64,
     bytes: u64,
 }
 
@@ -43,6 +55,7 @@ impl<'a> SnapshotWriter<'a> {
             out,
             crc: crc32fast::Hasher::new(),
             count: 0,
+            records: 0,
             bytes: 0,
         };
         w.put(MAGIC)?;
@@ -71,6 +84,7 @@ impl<'a> SnapshotWriter<'a> {
         self.put(&len_u32(record.value.len())?.to_le_bytes())?;
         self.put(&record.value)?;
         self.count += 1;
+        self.records += 1;
         Ok(())
     }
 
@@ -85,7 +99,26 @@ impl<'a> SnapshotWriter<'a> {
         Ok(())
     }
 
-    /// Write the trailer; returns (frames, bytes written).
+    /// Where the history that follows starts; written once, before the first [`Self::change`].
+    pub(crate) fn history_start(&mut self, start: u64) -> Result<()> {
+        self.put(&[TAG_HISTORY_START])?;
+        self.put(&start.to_le_bytes())?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// One change history row, already encoded (see `Change::encode`).
+    pub(crate) fn change(&mut self, pos: ChangePos, encoded: &[u8]) -> Result<()> {
+        self.put(&[TAG_CHANGE])?;
+        self.put(&pos.index.to_le_bytes())?;
+        self.put(&pos.sub.to_le_bytes())?;
+        self.put(&len_u32(encoded.len())?.to_le_bytes())?;
+        self.put(encoded)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Write the trailer; returns (records, bytes written).
     pub(crate) fn finish(mut self) -> Result<(u64, u64)> {
         self.put(&[TAG_END])?;
         let count = self.count;
@@ -93,7 +126,7 @@ impl<'a> SnapshotWriter<'a> {
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_le_bytes())?;
         self.out.flush()?;
-        Ok((self.count, self.bytes + 4))
+        Ok((self.records, self.bytes + 4))
     }
 }
 
@@ -112,6 +145,8 @@ pub(crate) enum Frame {
         seq: u64,
         outcome: Outcome,
     },
+    /// A change history row, checked to lie inside the stream's history.
+    Change(ChangePos, Change),
 }
 
 /// Reads the snapshot stream record by record. The checksum is verified when the trailer is
@@ -122,15 +157,23 @@ pub(crate) struct SnapshotReader<'a> {
     crc: crc32fast::Hasher,
     count: u64,
     done: bool,
+    /// The snapshot's last log index + 1: where its history must end, and its start when the
+    /// stream carries none.
+    history_end: u64,
+    /// The stream's history start, once read, and the last row read.
+    history: Option<(u64, Option<ChangePos>)>,
 }
 
 impl<'a> SnapshotReader<'a> {
-    pub(crate) fn new(input: &'a mut dyn Read) -> Result<Self> {
+    /// A reader of the snapshot that ends at log index `history_end - 1`.
+    pub(crate) fn new(input: &'a mut dyn Read, history_end: u64) -> Result<Self> {
         let mut r = SnapshotReader {
             input,
             crc: crc32fast::Hasher::new(),
             count: 0,
             done: false,
+            history_end,
+            history: None,
         };
         let mut magic = [0u8; 8];
         r.take(&mut magic)?;
@@ -170,11 +213,27 @@ impl<'a> SnapshotReader<'a> {
         Ok(v)
     }
 
+    /// The history start the importing group takes: the stream's, or the end of the snapshot
+    /// for a stream without history.
+    pub(crate) fn history_start(&self) -> u64 {
+        self.history.map_or(self.history_end, |(start, _)| start)
+    }
+
     /// The next frame, or `None` once the trailer has been read and verified.
     pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>> {
-        if self.done {
-            return Ok(None);
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            if let Some(frame) = self.frame()? {
+                return Ok(Some(frame));
+            }
         }
+    }
+
+    /// One frame; `None` for a frame the reader consumes itself (the history start) and for
+    /// the trailer.
+    fn frame(&mut self) -> Result<Option<Frame>> {
         let mut tag = [0u8; 1];
         self.take(&mut tag)?;
         match tag[0] {
@@ -211,6 +270,38 @@ impl<'a> SnapshotReader<'a> {
                     seq,
                     outcome,
                 }))
+            }
+            TAG_HISTORY_START => {
+                let start = self.take_u64()?;
+                if self.history.is_some() || start == 0 || start > self.history_end {
+                    return Err(StorageError::Corrupt(format!(
+                        "snapshot history start {start} is repeated or outside 1..={}",
+                        self.history_end
+                    )));
+                }
+                self.history = Some((start, None));
+                self.count += 1;
+                Ok(None)
+            }
+            TAG_CHANGE => {
+                let index = self.take_u64()?;
+                let sub = self.take_u32()?;
+                let change = Change::decode(&self.take_field()?)?;
+                let pos = ChangePos { index, sub };
+                let end = self.history_end;
+                match &mut self.history {
+                    Some((start, last)) if index >= *start && index < end && *last < Some(pos) => {
+                        *last = Some(pos);
+                    }
+                    _ => {
+                        return Err(StorageError::Corrupt(format!(
+                            "snapshot history row at {index}.{sub} is out of order or outside \
+                             its history (ends before {end})"
+                        )))
+                    }
+                }
+                self.count += 1;
+                Ok(Some(Frame::Change(pos, change)))
             }
             TAG_END => {
                 let count = self.take_u64()?;
@@ -251,7 +342,7 @@ mod tests {
         assert_eq!(bytes as usize, buf.len());
 
         let mut input = &buf[..];
-        let mut r = SnapshotReader::new(&mut input).unwrap();
+        let mut r = SnapshotReader::new(&mut input, 1).unwrap();
         let mut got = Vec::new();
         while let Some(frame) = r.next_frame().unwrap() {
             if let Frame::Record(k, rec) = frame {
@@ -265,7 +356,7 @@ mod tests {
         let mut bad = buf.clone();
         bad[12] ^= 0xff;
         let mut input = &bad[..];
-        let mut r = SnapshotReader::new(&mut input).unwrap();
+        let mut r = SnapshotReader::new(&mut input, 1).unwrap();
         let mut result = r.next_frame();
         while let Ok(Some(_)) = result {
             result = r.next_frame();
@@ -275,7 +366,7 @@ mod tests {
 
     fn frames(stream: &[u8]) -> Result<Vec<Frame>> {
         let mut input = stream;
-        let mut r = SnapshotReader::new(&mut input)?;
+        let mut r = SnapshotReader::new(&mut input, 1)?;
         let mut out = Vec::new();
         while let Some(frame) = r.next_frame()? {
             out.push(frame);
@@ -289,7 +380,7 @@ mod tests {
             .into_iter()
             .filter_map(|f| match f {
                 Frame::Record(k, r) => Some((k, r)),
-                Frame::Session { .. } => None,
+                _ => None,
             })
             .collect()
     }

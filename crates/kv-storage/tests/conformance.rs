@@ -286,7 +286,8 @@ fn redb_change_history_and_its_start_survive_reopen() {
                 commands: vec![put(3, "a", "x"), put(3, "b", "y"), put(4, "k", "w")],
                 applied: b"applied-4".to_vec(),
             })
-            .op(Op::PurgeLog { through: 1 });
+            .op(Op::PurgeLog { through: 1 })
+            .op(Op::HistoryStart { index: 2 });
         engine.write(&[batch]).unwrap();
         engine
             .changes(G, from_start, usize::MAX, usize::MAX)

@@ -12,7 +12,7 @@ pub fn export_import_round_trip(make: MakeEngine<'_>) {
     fill(source.as_ref(), G2, 1, &["not-exported"]);
 
     let mut stream = Vec::new();
-    let summary = source.export_group(G1, &mut stream).unwrap();
+    let summary = source.export_group(G1, &mut stream, 0).unwrap();
     assert_eq!(summary.applied, Some(11u64.to_le_bytes().to_vec()));
     assert_eq!(summary.keys, 3);
     assert_eq!(summary.bytes, stream.len() as u64);
@@ -53,14 +53,14 @@ pub fn export_import_round_trip(make: MakeEngine<'_>) {
 
     // The stream is self-contained: exporting the target gives the same bytes.
     let mut again = Vec::new();
-    target.export_group(G1, &mut again).unwrap();
+    target.export_group(G1, &mut again, 0).unwrap();
     assert_eq!(again, stream);
 }
 
 pub fn export_of_empty_group_imports_as_empty(make: MakeEngine<'_>) {
     let source = make();
     let mut stream = Vec::new();
-    let summary = source.export_group(G1, &mut stream).unwrap();
+    let summary = source.export_group(G1, &mut stream, 0).unwrap();
     assert_eq!(summary.applied, None);
     assert_eq!(summary.keys, 0);
     assert_eq!(summary.bytes, stream.len() as u64);
@@ -84,7 +84,7 @@ pub fn import_of_corrupt_stream_changes_nothing(make: MakeEngine<'_>) {
     let source = make();
     fill(source.as_ref(), G1, 1, &["x", "y", "z"]);
     let mut stream = Vec::new();
-    source.export_group(G1, &mut stream).unwrap();
+    source.export_group(G1, &mut stream, 0).unwrap();
 
     let target = make();
     fill(target.as_ref(), G1, 1, &["a", "b"]);
@@ -219,7 +219,7 @@ pub fn sessions_travel_with_snapshots(make: MakeEngine<'_>) {
         Outcome::Written { version: 2 }
     );
     let mut stream = Vec::new();
-    source.export_group(G1, &mut stream).unwrap();
+    source.export_group(G1, &mut stream, 0).unwrap();
 
     let target = make();
     target

@@ -5,6 +5,7 @@ use super::fixtures::*;
 use super::MakeEngine;
 use crate::{
     Change, ChangeKind, ChangePage, ChangePos, Command, Condition, Engine, GroupId, Op, Outcome,
+    WriteBatch,
 };
 
 /// Before any position of any entry.
@@ -237,35 +238,34 @@ pub fn history_pages_stop_at_the_limit_or_the_byte_budget(make: MakeEngine<'_>) 
     assert_eq!(seen, [1, 2, 3, 4, 5, 6]);
 }
 
-pub fn purging_the_log_drops_history_and_moves_the_start(make: MakeEngine<'_>) {
+pub fn purging_the_log_keeps_the_history(make: MakeEngine<'_>) {
     let e = make();
     let e = e.as_ref();
     append(e, G1, 1..=5);
     for i in 1..=5 {
         apply(e, G1, i, put(&format!("k{i}"), "v", Condition::Always));
     }
-    apply(e, G2, 1, put("other", "v", Condition::Always));
     write_one(e, G1, Op::PurgeLog { through: 3 });
+    assert_eq!(e.log_bounds(G1).unwrap(), Some((4, 5)));
     let page = all_changes(e, G1);
-    assert_eq!(page.start, 4);
-    assert_eq!(positions(e, G1), [pos(4, 0), pos(5, 0)]);
-    // A purge behind the start does not move it back.
-    write_one(e, G1, Op::PurgeLog { through: 2 });
-    assert_eq!(all_changes(e, G1).start, 4);
-    assert_eq!(e.history_start(G1).unwrap(), Some(4));
-    // Other groups keep theirs.
-    assert_eq!(all_changes(e, G2).start, 1);
-    assert_eq!(positions(e, G2), [pos(1, 0)]);
-    // A purge of a group with no stored start stores one.
-    write_one(e, GMAX, Op::PurgeLog { through: 9 });
-    assert_eq!(e.history_start(GMAX).unwrap(), Some(10));
+    assert_eq!(page.start, 1, "the history is trimmed on its own");
+    assert_eq!(page.rows.len(), 5);
+    // Trimmed together with a purge, in one batch, the rows behind the new start go.
+    let batch = WriteBatch::new(G1, true)
+        .op(Op::PurgeLog { through: 4 })
+        .op(Op::HistoryStart { index: 3 });
+    e.write(&[batch]).unwrap();
+    assert_eq!(all_changes(e, G1).start, 3);
+    assert_eq!(positions(e, G1), [pos(3, 0), pos(4, 0), pos(5, 0)]);
 }
 
-pub fn importing_a_snapshot_resets_the_history(make: MakeEngine<'_>) {
+pub fn importing_a_snapshot_takes_its_history(make: MakeEngine<'_>) {
     let source = make();
-    fill(source.as_ref(), G1, 1, &["a", "b"]);
+    let s = source.as_ref();
+    fill(s, G1, 1, &["a", "b", "c"]);
+    write_one(s, G1, Op::HistoryStart { index: 2 });
     let mut stream = Vec::new();
-    source.export_group(G1, &mut stream).unwrap();
+    s.export_group(G1, &mut stream, 0).unwrap();
 
     let target = make();
     let t = target.as_ref();
@@ -279,40 +279,66 @@ pub fn importing_a_snapshot_resets_the_history(make: MakeEngine<'_>) {
     assert!(t
         .import_group(G1, &mut corrupt.as_slice(), b"bad", 40)
         .is_err());
+    // A history that starts after the snapshot's end, or holds a row at or past it, is not
+    // this snapshot's history.
+    for end in [1, 3] {
+        assert!(t
+            .import_group(G1, &mut stream.as_slice(), b"bad", end)
+            .is_err());
+    }
     assert_eq!(
         all_changes(t, G1),
         before,
         "a refused import keeps the history"
     );
 
-    t.import_group(G1, &mut stream.as_slice(), b"snap", 3)
+    t.import_group(G1, &mut stream.as_slice(), b"snap", 4)
         .unwrap();
+    let expected = ChangePage {
+        start: 2,
+        rows: vec![
+            (pos(2, 0), put_row("b", 2, "g1:b")),
+            (pos(3, 0), put_row("c", 3, "g1:c")),
+        ],
+    };
+    assert_eq!(all_changes(t, G1), expected, "the source's rows and start");
+    assert_eq!(positions(t, G2), [pos(1, 0)]);
+    apply(t, G1, 4, put("a", "after", Condition::Always));
+    assert_eq!(all_changes(t, G1).rows.len(), 3);
+    // Exported again, the rows travel on: a second hop sees the same history.
+    let mut again = Vec::new();
+    t.export_group(G1, &mut again, 0).unwrap();
+    let fresh = make();
+    fresh
+        .import_group(G1, &mut again.as_slice(), b"snap", 5)
+        .unwrap();
+    assert_eq!(all_changes(fresh.as_ref(), G1), all_changes(t, G1));
+    // An export from a later index carries only the rows from there, and starts there.
+    let mut recent = Vec::new();
+    t.export_group(G1, &mut recent, 4).unwrap();
+    let fresh = make();
+    fresh
+        .import_group(G1, &mut recent.as_slice(), b"snap", 5)
+        .unwrap();
+    assert_eq!(
+        all_changes(fresh.as_ref(), G1),
+        ChangePage {
+            start: 4,
+            rows: vec![(pos(4, 0), put_row("a", 4, "after"))],
+        }
+    );
+
+    // A stream from before snapshots carried history: no rows, complete from its end. The
+    // start is set, not raised: a snapshot may be older than what was there.
+    let old = super::fixtures::snapshot_from_before_deadlines();
+    t.import_group(G1, &mut old.as_slice(), b"old", 3).unwrap();
     assert_eq!(
         all_changes(t, G1),
         ChangePage {
             start: 3,
             rows: vec![]
-        },
-        "snapshots carry no history"
-    );
-    assert_eq!(positions(t, G2), [pos(1, 0)]);
-    // The start is set, not raised: a snapshot may be older than what was there.
-    apply(t, G1, 3, put("a", "after", Condition::Always));
-    assert_eq!(
-        all_changes(t, G1),
-        ChangePage {
-            start: 3,
-            rows: vec![(pos(3, 0), put_row("a", 3, "after"))],
         }
     );
-    // Exporting does not carry rows either: the exported stream imports with no rows.
-    let mut again = Vec::new();
-    t.export_group(G1, &mut again).unwrap();
-    let fresh = make();
-    fresh
-        .import_group(G1, &mut again.as_slice(), b"snap", 4)
-        .unwrap();
-    assert_eq!(all_changes(fresh.as_ref(), G1).rows, vec![]);
 }
 
 pub fn dropping_a_group_clears_its_history(make: MakeEngine<'_>) {

@@ -165,12 +165,12 @@ pub const CASES: &[(&str, Case)] = &[
         history_pages_stop_at_the_limit_or_the_byte_budget,
     ),
     (
-        "purging_the_log_drops_history_and_moves_the_start",
-        purging_the_log_drops_history_and_moves_the_start,
+        "purging_the_log_keeps_the_history",
+        purging_the_log_keeps_the_history,
     ),
     (
-        "importing_a_snapshot_resets_the_history",
-        importing_a_snapshot_resets_the_history,
+        "importing_a_snapshot_takes_its_history",
+        importing_a_snapshot_takes_its_history,
     ),
     (
         "dropping_a_group_clears_its_history",
@@ -245,8 +245,8 @@ macro_rules! conformance_tests {
             history_has_a_row_per_command_that_changed_a_key,
             batch_commands_take_their_ordinal_at_the_entry_index,
             history_pages_stop_at_the_limit_or_the_byte_budget,
-            purging_the_log_drops_history_and_moves_the_start,
-            importing_a_snapshot_resets_the_history,
+            purging_the_log_keeps_the_history,
+            importing_a_snapshot_takes_its_history,
             dropping_a_group_clears_its_history,
             history_start_op_forgets_older_rows,
         );

@@ -414,7 +414,7 @@ pub fn ttl_commands_apply_at_most_once_in_sessions(make: MakeEngine<'_>) {
     // Retries, here and on a replica that installed a snapshot, with different arguments:
     // each gets the first outcome and changes nothing.
     let mut stream = Vec::new();
-    e.export_group(G1, &mut stream).unwrap();
+    e.export_group(G1, &mut stream, 0).unwrap();
     let replica = make();
     replica
         .import_group(G1, &mut stream.as_slice(), b"6", 7)
