@@ -7,6 +7,7 @@
 #   bash scripts/profile.sh                      # writes
 #   READ_RATIO=1 bash scripts/profile.sh         # linearizable reads
 #   SECONDS_=20 TOP=40 bash scripts/profile.sh
+#   PERF_KEEP=/tmp/w.data bash scripts/profile.sh   # keep the recording for perf report
 #
 # Needs perf (`apt-get install -y linux-perf`). The release profile keeps line tables
 # (Cargo.toml), so symbols resolve.
@@ -45,6 +46,7 @@ cpu() { for pid in "${PIDS[@]}"; do awk '{print $14 + $15}' "/proc/$pid/stat"; d
 before=($(cpu))
 perf record -F 499 -g -o "$DIR/perf.data" -p "${PIDS[0]}" -- sleep "$RECORD" 2>/dev/null
 after=($(cpu))
+[[ -n "${PERF_KEEP:-}" ]] && cp "$DIR/perf.data" "$PERF_KEEP"
 ticks=$(getconf CLK_TCK)
 for i in 0 1 2; do
     echo "node $((i + 1)): $(( (after[i] - before[i]) * 100 / ticks / RECORD ))% of a core"

@@ -14,9 +14,13 @@ mod moves;
 
 pub(crate) use moves::{Moves, Phase, Progress};
 
-/// Shared state of a running node. Cheap to clone.
+/// Shared state of a running node. Cheap to clone: one reference count (every request
+/// handler takes a clone).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What an [`AppState`] refers to.
+pub struct Shared {
     pub config: Arc<Config>,
     pub host: Arc<RaftHost>,
     /// The node's one pooled HTTP client (forwarding, peer queries).
@@ -65,6 +69,14 @@ impl Background {
     }
 }
 
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl AppState {
     pub fn new(
         config: Arc<Config>,
@@ -75,7 +87,7 @@ impl AppState {
         auth: Arc<crate::auth::Auth>,
         tls: Option<Arc<crate::tls::Tls>>,
     ) -> Self {
-        AppState {
+        AppState(Arc::new(Shared {
             moves: Arc::new(Moves::new(config.max_moves)),
             admission: Arc::new(crate::admission::Admission::new(&config.limits)),
             config,
@@ -91,7 +103,7 @@ impl AppState {
             changes: Arc::default(),
             http,
             tls,
-        }
+        }))
     }
 
     /// The URL of `path` on peer `addr` (`https` when the cluster speaks TLS).
