@@ -603,7 +603,7 @@ impl Group {
             self.read_barrier().await?;
         }
         let group = self.id;
-        Ok(self.store.read(move |e| e.get(group, &key)).await?)
+        Ok(self.store.get(group, key).await?)
     }
 
     /// Up to `limit` keys with `prefix` after `after`, ascending, and at most about `max_bytes`

@@ -9,8 +9,8 @@
 //!
 //! Start from [`Store`]: it owns the engine and a dedicated writer thread that commits whatever
 //! writes are queued (from many groups) in one transaction, so concurrent writers share one fsync
-//! (group commit). Reads run on tokio's blocking pool via [`Store::read`]; nothing here blocks an
-//! async worker thread.
+//! (group commit). Point reads ([`Store::get`]) go to a few reader threads of its own; other reads
+//! run on tokio's blocking pool via [`Store::read`]; nothing here blocks an async worker thread.
 //!
 //! Per-key TTLs are part of the state machine too: a [`Record`] may carry a deadline set by a
 //! [`Command::TimedPut`] or [`Command::Refresh`], removed by a [`Command::Expire`] that the
@@ -26,6 +26,7 @@ mod command;
 mod engine;
 mod error;
 mod memory;
+mod reader;
 mod record;
 mod redb_engine;
 mod snapshot;

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 
 use crate::engine::{Engine, GroupId, WriteBatch};
-use crate::{MemoryEngine, Outcome, RedbEngine, Result, StorageError};
+use crate::reader::{self, GetJob};
+use crate::{MemoryEngine, Outcome, Record, RedbEngine, Result, StorageError};
 
 /// Called once with the outcome of a submitted batch, on the writer thread: keep it short.
 pub type WriteCallback = Box<dyn FnOnce(Result<Vec<Outcome>>) + Send + 'static>;
@@ -18,33 +19,40 @@ struct Job {
     done: WriteCallback,
 }
 
-/// A node's storage: the engine plus its writer thread. Cheap to clone.
+/// A node's storage: the engine plus its writer thread and reader threads. Cheap to clone.
 ///
-/// Dropping the last clone waits for the writer thread to finish the queued work and exit, so
-/// the engine (and the redb file lock) is released on return, unless reads in flight or callers
-/// of [`Store::engine`] still hold it.
+/// Dropping the last clone waits for the writer thread to finish the queued work and for every
+/// thread to exit, so the engine (and the redb file lock) is released on return, unless reads in
+/// flight or callers of [`Store::engine`] still hold it.
 #[derive(Clone)]
 pub struct Store {
     engine: Arc<dyn Engine>,
-    // Field order matters: every clone's sender is dropped before its `_writer` reference, so
-    // when the last `_writer` reference goes, the queue is closed and the thread can be joined.
-    jobs: mpsc::Sender<Job>,
-    _writer: Arc<WriterThread>,
+    queues: Arc<Queues>,
 }
 
-/// Joins the writer thread when the last [`Store`] clone is dropped.
-struct WriterThread(Option<std::thread::JoinHandle<()>>);
+/// The queues to the store's threads, and the threads.
+struct Queues {
+    // Field order matters: the senders are dropped before `_threads`, so the queues are
+    // closed when the threads are joined.
+    jobs: mpsc::Sender<Job>,
+    gets: crossbeam_channel::Sender<GetJob>,
+    _threads: StoreThreads,
+}
 
-impl Drop for WriterThread {
+/// Joins the writer and reader threads when the last [`Store`] clone is dropped.
+struct StoreThreads(Vec<std::thread::JoinHandle<()>>);
+
+impl Drop for StoreThreads {
     fn drop(&mut self) {
-        let Some(thread) = self.0.take() else { return };
-        // A write callback that owned the last clone drops it on the writer thread itself,
-        // which then exits by itself once the queue is drained.
-        if thread.thread().id() == std::thread::current().id() {
-            return;
-        }
-        if thread.join().is_err() {
-            tracing::error!("storage writer thread panicked");
+        for thread in self.0.drain(..) {
+            // A write callback that owned the last clone drops it on the writer thread itself,
+            // which then exits by itself once the queue is drained.
+            if thread.thread().id() == std::thread::current().id() {
+                continue;
+            }
+            if thread.join().is_err() {
+                tracing::error!("storage thread panicked");
+            }
         }
     }
 }
@@ -55,13 +63,18 @@ impl Store {
     pub fn new(engine: Arc<dyn Engine>) -> Result<Store> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let writer_engine = engine.clone();
-        let thread = std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("kv-storage-writer".into())
             .spawn(move || run_writer(writer_engine, queue))?;
+        let (gets, mut threads) = reader::start(&engine)?;
+        threads.push(writer);
         Ok(Store {
             engine,
-            jobs,
-            _writer: Arc::new(WriterThread(Some(thread))),
+            queues: Arc::new(Queues {
+                jobs,
+                gets,
+                _threads: StoreThreads(threads),
+            }),
         })
     }
 
@@ -87,7 +100,7 @@ impl Store {
 
     /// Queue `batch`; `done` is called once it is committed (and fsynced if durable) or failed.
     pub fn submit(&self, batch: WriteBatch, done: WriteCallback) {
-        if let Err(mpsc::SendError(job)) = self.jobs.send(Job { batch, done }) {
+        if let Err(mpsc::SendError(job)) = self.queues.jobs.send(Job { batch, done }) {
             (job.done)(Err(StorageError::Closed));
         }
     }
@@ -109,6 +122,17 @@ impl Store {
         self.write(WriteBatch::new(group, true).op(crate::Op::DropGroup))
             .await
             .map(|_| ())
+    }
+
+    /// Read one key of `group`, on the store's reader threads (see `reader`): the hot read
+    /// path, without a thread wake-up per call under load.
+    pub async fn get(&self, group: GroupId, key: Vec<u8>) -> Result<Option<Record>> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.queues
+            .gets
+            .send(GetJob { group, key, done })
+            .map_err(|_| StorageError::Closed)?;
+        answer.await.map_err(|_| StorageError::Closed)?
     }
 
     /// Run a blocking read against the engine on tokio's blocking pool.
@@ -229,5 +253,55 @@ mod tests {
                 .unwrap();
             assert!(!groups.contains(&g), "{groups:?}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_point_reads_each_get_their_own_key_and_a_closed_store_releases_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let g = GroupId(3);
+        let store = Store::redb(&path).unwrap();
+        let commands = (0..200u64)
+            .map(|i| {
+                let put = crate::Command::Put {
+                    key: format!("k{i}").into_bytes(),
+                    value: format!("v{i}").into_bytes(),
+                    cond: crate::Condition::Always,
+                };
+                (i + 1, put)
+            })
+            .collect();
+        store
+            .write(WriteBatch::new(g, true).op(Op::Apply {
+                commands,
+                applied: b"200".to_vec(),
+            }))
+            .await
+            .unwrap();
+        let reads = (0..400u64).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { (i, store.get(g, format!("k{i}").into_bytes()).await) })
+        });
+        for read in join_in_order(reads).await {
+            let (i, got) = read.unwrap();
+            let got = got.unwrap().map(|r| r.value);
+            let expected = (i < 200).then(|| format!("v{i}").into_bytes());
+            assert_eq!(got, expected, "k{i}");
+        }
+        // Every thread (writer and readers) is joined on the last drop: the file opens again.
+        drop(store);
+        let again = Store::redb(&path).unwrap();
+        assert!(again.get(g, b"k1".to_vec()).await.unwrap().is_some());
+    }
+
+    /// Await every handle, in order.
+    async fn join_in_order<T>(
+        handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+    ) -> Vec<Result<T, tokio::task::JoinError>> {
+        let mut out = Vec::new();
+        for h in handles.collect::<Vec<_>>() {
+            out.push(h.await);
+        }
+        out
     }
 }
