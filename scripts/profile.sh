@@ -19,8 +19,12 @@ TOP=${TOP:-30}
 READ_RATIO=${READ_RATIO:-0}
 BASE_PORT=${BASE_PORT:-17701}
 command -v perf >/dev/null || apt-get install -y linux-perf >/dev/null
-cargo build --release -q -p kv-node -p kv-cli
-BIN=target/release
+# BIN_DIR: a folder with kv-node and kv to profile instead of a fresh release build, e.g. one
+# built with frame pointers for whole call graphs:
+#   RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release --target-dir target/fp -p kv-node -p kv-cli
+#   BIN_DIR=target/fp/release CALLERS=1 bash scripts/profile.sh
+BIN=${BIN_DIR:-target/release}
+[[ -n "${BIN_DIR:-}" ]] || cargo build --release -q -p kv-node -p kv-cli
 source scripts/lib.sh
 
 CLUSTER="1=127.0.0.1:$BASE_PORT,2=127.0.0.1:$((BASE_PORT + 1)),3=127.0.0.1:$((BASE_PORT + 2))"
