@@ -6,7 +6,8 @@
 //! the peer channel (`RpcKind::Liveness`), naming the groups it leads and holds quiet (with
 //! their term and last log index); the answer names those the peer accepted. This is the only
 //! periodic job here, and it has to be: it *is* the heartbeat, one per peer instead of one per
-//! group.
+//! group. While every group a node hosts is quiet it pings four times per lease instead
+//! ([`settled_interval`]).
 //!
 //! **Leader.** After [`IDLE_TICKS`] intervals without a proposal, with every member holding the
 //! whole log (applied up to its end, no joint membership), the leader asks its followers to go
@@ -399,20 +400,39 @@ pub(crate) fn patience(
 
 /// The liveness ping job of `host`, one per node (started with its first group, stopped with
 /// the host): every heartbeat interval, decide each hosted group's quiet and ping every peer.
+/// While every hosted group is quiet, a round every [`settled_interval`] is enough.
 pub(crate) async fn run(host: RaftHost) {
-    let (heartbeat, _, _) = host.timing();
-    let mut every = tokio::time::interval(heartbeat);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (heartbeat, lease, _) = host.timing();
     // Peers with a ping in flight: a slow peer gets no second one meanwhile.
     let in_flight: Arc<Mutex<HashSet<NodeId>>> = Arc::default();
+    let mut next = tokio::time::Instant::now() + heartbeat;
     loop {
-        every.tick().await;
-        round(&host, &in_flight);
+        tokio::time::sleep_until(next).await;
+        let settled = round(&host, &in_flight);
+        let pause = if settled {
+            settled_interval(heartbeat, lease)
+        } else {
+            heartbeat
+        };
+        next += pause;
+        // Behind (a stalled runtime): start counting from now, as `MissedTickBehavior::Delay`.
+        next = next.max(tokio::time::Instant::now());
     }
 }
 
-/// One interval: every group's quiet decided, then one ping per peer.
-fn round(host: &RaftHost, in_flight: &Arc<Mutex<HashSet<NodeId>>>) {
+/// The pace of rounds while every hosted group is quiet: a quarter of a lease (never faster
+/// than the heartbeat). Nothing is then waiting on a tick (no group counts idle intervals),
+/// and the pings still arrive four times per lease: a quiet leader's quorum check wants an
+/// answer within half a lease, a follower's patience is at least a lease, so one lost ping
+/// changes neither.
+pub(crate) fn settled_interval(heartbeat: Duration, lease: Duration) -> Duration {
+    (lease / 4).max(heartbeat)
+}
+
+/// One interval: every group's quiet decided, then one ping per peer. Returns whether every
+/// hosted group is quiet (led quiet here, or following a leader that holds it quiet).
+fn round(host: &RaftHost, in_flight: &Arc<Mutex<HashSet<NodeId>>>) -> bool {
+    let mut settled = true;
     let (heartbeat, lease, election_min) = host.timing();
     let me = host.node_id();
     let health = host.transport().peers().clone();
@@ -458,6 +478,7 @@ fn round(host: &RaftHost, in_flight: &Arc<Mutex<HashSet<NodeId>>>) {
             |leader| !health.pinged_within(leader, wait),
             &group.raft,
         );
+        settled &= group.quiet.is_quiesced() || group.quiet.quiet_leader().is_some();
     });
     for (peer, (addr, quiet)) in peers {
         if !in_flight
@@ -491,6 +512,7 @@ fn round(host: &RaftHost, in_flight: &Arc<Mutex<HashSet<NodeId>>>) {
                 .remove(&peer);
         });
     }
+    settled
 }
 
 impl RaftHost {
