@@ -286,6 +286,9 @@ fn peer_client(auth: &auth::Auth, tls: Option<&tls::Tls>) -> anyhow::Result<reqw
         .default_headers(headers)
         .connect_timeout(Duration::from_secs(1))
         .pool_idle_timeout(Duration::from_secs(60))
+        // Peers answer; they never redirect. Not following keeps a forged 3xx from sending
+        // a request (and the peer secret it carries) elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true);
     let builder = match tls.and_then(tls::Tls::peer_client_config) {
         Some(config) => builder.tls_backend_preconfigured(config),

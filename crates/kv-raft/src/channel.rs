@@ -175,6 +175,8 @@ struct Pending {
 /// The outgoing channel to one peer.
 struct Peer {
     addr: String,
+    /// `{scheme}://{addr}/raft/batch`, parsed once: every batch posts to it.
+    url: Result<reqwest::Url, String>,
     id: NodeId,
     queue: BatchQueue<Pending>,
 }
@@ -226,6 +228,9 @@ impl Channels {
                     .or_insert_with(|| {
                         Arc::new(Peer {
                             addr: addr.to_string(),
+                            url: format!("{}://{addr}/raft/batch", self.scheme.as_str())
+                                .parse()
+                                .map_err(|e| format!("peer address {addr}: {e}")),
                             id: target,
                             queue: BatchQueue::new(LIMITS, |p: &Pending| p.call.body.len()),
                         })
@@ -294,7 +299,10 @@ impl Channels {
             Ok(body) => body,
             Err(e) => return fail_all(replies, format!("encoding a batch: {e}")),
         };
-        let url = format!("{}://{}/raft/batch", self.scheme.as_str(), peer.addr);
+        let url = match &peer.url {
+            Ok(url) => url.clone(),
+            Err(e) => return fail_all(replies, e.clone()),
+        };
         // Nobody waits for the batch past its calls' deadlines: give up then, and free the slot
         // for the next batch (a peer that drops packets would hold it for good otherwise).
         let limit = deadline
@@ -302,7 +310,7 @@ impl Channels {
             .max(Duration::from_millis(10));
         let sent = self
             .http
-            .post(&url)
+            .post(url)
             .timeout(limit)
             .header("content-type", "application/octet-stream")
             .body(body)

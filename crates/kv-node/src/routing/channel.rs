@@ -106,6 +106,8 @@ struct Pending {
 /// The channel to one peer.
 struct Peer {
     url: String,
+    /// `url`, parsed once: every batch posts to it.
+    target: Result<reqwest::Url, String>,
     queue: BatchQueue<Pending>,
 }
 
@@ -149,8 +151,10 @@ impl OpChannels {
                 None => peers
                     .entry(addr.to_string())
                     .or_insert_with(|| {
+                        let url = format!("{}://{addr}{BATCH_PATH}", self.scheme);
                         Arc::new(Peer {
-                            url: format!("{}://{addr}{BATCH_PATH}", self.scheme),
+                            target: url.parse().map_err(|e| format!("peer address {addr}: {e}")),
+                            url,
                             queue: BatchQueue::new(LIMITS, |p: &Pending| p.op.len()),
                         })
                     })
@@ -211,11 +215,15 @@ async fn send(http: &reqwest::Client, peer: &Peer, batch: Vec<Pending>) {
         Ok(body) => body,
         Err(e) => return fail_rest(&mut replies, &Lost::NotSent, format!("encoding: {e}")),
     };
+    let target = match &peer.target {
+        Ok(url) => url.clone(),
+        Err(e) => return fail_rest(&mut replies, &Lost::NotSent, e.clone()),
+    };
     let limit = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(10));
     let sent = http
-        .post(&peer.url)
+        .post(target)
         .timeout(limit)
         .header("content-type", "application/octet-stream")
         .body(body)
