@@ -81,6 +81,12 @@ impl Watch {
         }
     }
 
+    /// The cursor the stream opens with (its first message).
+    async fn opening_cursor(&mut self, within: Duration) -> String {
+        let first = self.next(within).await.expect("the stream opens");
+        first.id.expect("the first message is the start cursor")
+    }
+
     /// The next change event (cursor-only messages skipped).
     async fn event(&mut self, within: Duration) -> Option<Value> {
         loop {
@@ -283,12 +289,7 @@ async fn since_replays_what_followed_and_a_compacted_cursor_gets_410() {
     .unwrap();
     let http = streaming_client();
     let mut watch = Watch::start(&http, format!("{}/v1/watch?prefix=s/", c.url(1))).await;
-    let start = watch
-        .next(Duration::from_secs(5))
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let start = watch.opening_cursor(Duration::from_secs(5)).await;
     let mut key_watch = Watch::start(&http, format!("{}/v1/watch/s/2", c.url(3))).await;
     key_watch.next(Duration::from_secs(5)).await.unwrap();
 
@@ -539,12 +540,7 @@ async fn a_node_that_hosts_no_replica_relays_a_watch_from_one_that_does() {
     let (replicas, outsider) = c.replicas_and_outsider(0).await.unwrap();
     let http = streaming_client();
     let mut watch = Watch::start(&http, format!("{}/v1/watch?prefix=r/", c.url(outsider))).await;
-    let start = watch
-        .next(Duration::from_secs(10))
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let start = watch.opening_cursor(Duration::from_secs(10)).await;
     let mut written = Vec::new();
     for i in 0..20 {
         let r = c
@@ -604,12 +600,7 @@ async fn a_watch_follows_partitions_that_move_away_from_its_node() {
     .unwrap();
     let http = streaming_client();
     let mut watch = Watch::start(&http, format!("{}/v1/watch?prefix=m/", c.url(1))).await;
-    let start = watch
-        .next(Duration::from_secs(10))
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let start = watch.opening_cursor(Duration::from_secs(10)).await;
     let mut written = BTreeSet::new();
     for i in 0..16 {
         written.insert(put_numbered(&c, i).await);

@@ -36,6 +36,22 @@ async fn applied(group: &Group, index: u64) {
         .unwrap();
 }
 
+/// Write `writes` keys through `leader`, then snapshot and purge its log; returns the purged
+/// index.
+async fn write_and_compact(leader: &Group, writes: usize) -> u64 {
+    for i in 0..writes {
+        leader
+            .write(put(&format!("k{i}"), "v", Condition::Always))
+            .await
+            .unwrap();
+    }
+    leader
+        .compact_log(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("a snapshot of the applied writes")
+}
+
 async fn all_changes(group: &Group) -> ChangePage {
     group
         .changes(FROM_START, usize::MAX, usize::MAX)
@@ -126,17 +142,7 @@ async fn compaction_moves_the_history_start_past_the_purged_entries() {
     };
     let cluster = TestCluster::start_with(&NODES, &tuning).await;
     let leader = cluster.group(cluster.create_group(G, &NODES).await, G);
-    for i in 0..5 {
-        leader
-            .write(put(&format!("k{i}"), "v", Condition::Always))
-            .await
-            .unwrap();
-    }
-    let purged = leader
-        .compact_log(Duration::from_secs(10))
-        .await
-        .unwrap()
-        .expect("a snapshot of the applied writes");
+    let purged = write_and_compact(&leader, 5).await;
     let (_, after) = leader
         .write(put("after", "v", Condition::Always))
         .await
@@ -164,17 +170,7 @@ async fn a_purge_keeps_recent_history_and_a_replica_added_by_snapshot_receives_i
     let cluster = TestCluster::start_with(&NODES, &tuning).await;
     let voters = [NodeId(1), NodeId(2)];
     let leader = cluster.group(cluster.create_group(G, &voters).await, G);
-    for i in 0..8 {
-        leader
-            .write(put(&format!("k{i}"), "v", Condition::Always))
-            .await
-            .unwrap();
-    }
-    let purged = leader
-        .compact_log(Duration::from_secs(10))
-        .await
-        .unwrap()
-        .expect("a snapshot of the applied writes");
+    let purged = write_and_compact(&leader, 8).await;
     // The purge is written after the metrics report it.
     wait_until("the purge trimmed the history", SETTLE, || async {
         all_changes(&leader).await.start > 1
