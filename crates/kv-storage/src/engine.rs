@@ -88,7 +88,8 @@ pub enum Op {
 }
 
 /// Writes to one group that must commit together. Batches are committed in submission order;
-/// a durable batch (and everything committed before it) is fsynced before it is acknowledged.
+/// a durable batch (and every log write committed before it) is fsynced before it is
+/// acknowledged.
 #[derive(Debug, Clone)]
 pub struct WriteBatch {
     pub group: GroupId,
@@ -124,8 +125,14 @@ pub struct ExportSummary {
 
 /// A storage backend. Every method is blocking; async code goes through [`crate::Store`].
 pub trait Engine: Send + Sync + 'static {
-    /// Commit all `batches` in one atomic transaction, in order; fsync if any is durable.
-    /// Returns, per batch, the outcomes of its [`Op::Apply`] commands.
+    /// Commit all `batches`, in order; fsync if any is durable. Returns, per batch, the
+    /// outcomes of its [`Op::Apply`] commands.
+    ///
+    /// The state machine's part of a call (applies, the state's metadata, history, drops) is
+    /// one atomic transaction: when the call fails, none of it was written. The log's part
+    /// (appends, truncations, purges, the log's metadata) may have been written all the same
+    /// (the redb engine writes it first): writing it again gives the same log, so a failed call
+    /// can be retried batch by batch without applying anything twice.
     fn write(&self, batches: &[WriteBatch]) -> Result<Vec<Vec<Outcome>>>;
 
     /// Read a metadata value.

@@ -1,6 +1,7 @@
 //! Storage for one node: the key/value state machine of every Raft group the node hosts, each
 //! group's Raft log, its vote and other small metadata, behind one [`Engine`] trait with two
-//! backends, [`MemoryEngine`] and [`RedbEngine`] (one redb file per node).
+//! backends, [`MemoryEngine`] and [`RedbEngine`] (per node, one redb file for the state machine
+//! and append-only segment files for every group's Raft log, see `wal`).
 //!
 //! It knows nothing about Raft library types or HTTP: log entries and metadata are opaque bytes
 //! chosen by the caller (`kv-raft`), while the key/value semantics (versions, compare-and-set) are
@@ -8,7 +9,7 @@
 //! the caller's "last applied" marker.
 //!
 //! Start from [`Store`]: it owns the engine and a dedicated writer thread that commits whatever
-//! writes are queued (from many groups) in one transaction, so concurrent writers share one fsync
+//! writes are queued (from many groups) in one commit, so concurrent writers share one fsync
 //! (group commit). Point reads ([`Store::get`]) go to a few reader threads of its own; other reads
 //! run on tokio's blocking pool via [`Store::read`]; nothing here blocks an async worker thread.
 //!
@@ -31,6 +32,7 @@ mod record;
 mod redb_engine;
 mod snapshot;
 pub mod testing;
+mod wal;
 mod writer;
 
 pub use change::{Change, ChangeKind, ChangePage, ChangePos};

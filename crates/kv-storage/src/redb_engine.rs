@@ -1,8 +1,26 @@
-//! The redb engine: one redb file per node holding every group, in tables keyed by group
-//! first so that each group's data is one contiguous key range:
+//! The redb engine: one redb file per node holding every group's state machine, and beside it
+//! the Raft log of every group in append-only segment files ([`Wal`], `kv.raftlog/` for
+//! `kv.redb`: see [`log_dir`]).
 //!
-//! - `log`:  `(group, index)` -> encoded entry
-//! - `meta`: `(group, MetaKey::name())` -> value
+//! **Two stores, one commit.** A write writes its log part (appends, truncations, the vote,
+//! commit index and purge point) to the log first, fsynced when durable, then its state
+//! machine part in one redb transaction that is *not* fsynced, then its purges. The log is what
+//! makes an acknowledged entry durable; after a crash redb comes back at its last durable
+//! commit and kv-raft replays the log from the applied index it finds there. That needs the log
+//! to still hold every entry after that index, so a write that purges the log (or drops a
+//! group) commits redb durably before the purge is written, and redb also commits durably at
+//! least every [`DURABLE_EVERY`] while written to, which bounds replay after a crash. Log
+//! writes are idempotent and come first: a write whose redb transaction fails can be retried
+//! batch by batch without applying anything twice, and once the log fails (its I/O errors are
+//! not retried) every later write fails before redb is touched.
+//!
+//! The redb tables are keyed by group first, so that each group's data is one contiguous key
+//! range:
+//!
+//! - `log`:  `(group, index)` -> encoded entry. Written by versions that kept the log in redb;
+//!   opening such a file moves it to the log files (see [`RedbEngine::move_log_out`]).
+//! - `meta`: `(group, MetaKey::name())` -> value, for the keys the log does not keep (the
+//!   applied index and snapshot metadata)
 //! - `kv`:   `(group, key)` -> [`Record::encode`]d record (with its deadline, if any)
 //! - `sessions`: `(group, client, seq)` -> encoded [`Outcome`] of that client write
 //! - `expiry`: `(group, deadline, key)` -> version, for exactly the `kv` records that have a
@@ -14,14 +32,17 @@
 //!   existed has neither table; both are created when it is opened, empty (kv-raft then sets
 //!   the start of groups whose data predates the history, see [`Op::HistoryStart`]).
 //!
-//! Every [`Engine`] method is one redb transaction, so each is atomic and sees one consistent
-//! state. Write transactions serialize inside redb: [`Engine::import_group`] waits for (and
+//! Every other [`Engine`] method is one redb transaction, so each is atomic and sees one
+//! consistent state. Write transactions serialize inside redb: [`Engine::import_group`] waits for (and
 //! holds up) the [`crate::Store`] writer thread.
 
+use std::borrow::Cow;
 use std::fmt::Display;
 use std::io::{Read, Write};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
@@ -33,6 +54,7 @@ use crate::command::{self, KvAccess};
 use crate::engine::{Engine, ExportSummary, GroupId, MetaKey, Op, WriteBatch};
 use crate::record::Head;
 use crate::snapshot::{Frame, SnapshotReader, SnapshotWriter};
+use crate::wal::{Record as LogRecord, Wal};
 use crate::{Outcome, Record, Result, StorageError};
 
 const LOG: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("log");
@@ -153,6 +175,11 @@ fn group_span<T: Copy>(group: u64, min: T) -> GroupSpan<T> {
     (Bound::Included((group, min)), end)
 }
 
+/// Where the Raft log of the redb file at `path` lives: beside it, `kv.redb` -> `kv.raftlog/`.
+pub fn log_dir(path: &Path) -> std::path::PathBuf {
+    path.with_extension("raftlog")
+}
+
 /// redb's own default page cache.
 const DEFAULT_CACHE_BYTES: usize = 1 << 30;
 
@@ -160,7 +187,16 @@ const DEFAULT_CACHE_BYTES: usize = 1 << 30;
 /// [`RedbEngine::open`] of the same path fails until this one is dropped.
 pub struct RedbEngine {
     db: Database,
+    /// Every group's Raft log, vote, commit index and purge point.
+    log: Wal,
+    /// When the state machine was last committed durably (see [`DURABLE_EVERY`]).
+    durable_at: Mutex<Instant>,
 }
+
+/// The longest the state machine goes without a durable commit while it is written to: what a
+/// crash can make a node replay from its log, and how long redb keeps the pages of
+/// non-durable commits from being reused.
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 impl RedbEngine {
     /// Open the database at `path`, creating the file and its parent directory if missing,
@@ -179,7 +215,12 @@ impl RedbEngine {
             .set_cache_size(cache_bytes)
             .create(path)
             .map_err(backend)?;
-        let engine = RedbEngine { db };
+        let log = Wal::open(&log_dir(path))?;
+        let engine = RedbEngine {
+            db,
+            log,
+            durable_at: Mutex::new(Instant::now()),
+        };
         // Read transactions open tables without creating them; creating all of them here means
         // they never fail with "table does not exist".
         engine.write_txn(Durability::Immediate, |txn| {
@@ -192,6 +233,7 @@ impl RedbEngine {
             txn.open_table(CHANGE_START).map_err(backend)?;
             Ok(())
         })?;
+        engine.move_log_out()?;
         Ok(engine)
     }
 
@@ -211,6 +253,157 @@ impl RedbEngine {
 
     fn read_txn(&self) -> Result<ReadTransaction> {
         self.db.begin_read().map_err(backend)
+    }
+}
+
+impl RedbEngine {
+    /// Whether the state machine's last durable commit is older than [`DURABLE_EVERY`].
+    fn durable_due(&self) -> bool {
+        self.durable_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            >= DURABLE_EVERY
+    }
+
+    /// The state machine's part of `batches` in one redb transaction; its outcomes per batch.
+    fn write_state(&self, batches: &[WriteBatch], durable: bool) -> Result<Vec<Vec<Outcome>>> {
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        self.write_txn(durability, |txn| {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let mut kv = txn.open_table(KV).map_err(backend)?;
+            let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(backend)?;
+            let mut changes = txn.open_table(CHANGES).map_err(backend)?;
+            let mut starts = txn.open_table(CHANGE_START).map_err(backend)?;
+            let mut all = Vec::with_capacity(batches.len());
+            for batch in batches {
+                let g = batch.group.0;
+                let mut outcomes = Vec::new();
+                for op in &batch.ops {
+                    match op {
+                        Op::AppendLog { .. } | Op::TruncateLog { .. } | Op::PurgeLog { .. } => {}
+                        Op::SetMeta { key, .. } if Wal::keeps(*key) => {}
+                        Op::HistoryStart { index } => {
+                            forget_changes(&mut changes, g, *index)?;
+                            raise_start(&mut starts, g, *index)?;
+                        }
+                        Op::SetMeta { key, value } => {
+                            meta.insert((g, key.name()), value.as_slice())
+                                .map_err(backend)?;
+                        }
+                        Op::Apply { commands, applied } => {
+                            let mut table = GroupKv {
+                                table: &mut kv,
+                                expiry: &mut expiry,
+                                sessions: &mut sessions,
+                                changes: &mut changes,
+                                group: g,
+                            };
+                            outcomes.extend(command::apply_all(&mut table, commands)?);
+                            // Same transaction as the commands: Applied never runs ahead of
+                            // or behind the data (and the history rows).
+                            meta.insert((g, MetaKey::Applied.name()), applied.as_slice())
+                                .map_err(backend)?;
+                            raise_start(&mut starts, g, DEFAULT_START)?;
+                        }
+                        Op::DropGroup => {
+                            clear_group(&mut meta, g, "")?;
+                            clear_group(&mut kv, g, &[][..])?;
+                            expiry
+                                .retain_in(expiry_span(g), |_, _| false)
+                                .map_err(backend)?;
+                            sessions
+                                .retain_in(session_span(g), |_, _| false)
+                                .map_err(backend)?;
+                            changes
+                                .retain_in(change_span(g), |_, _| false)
+                                .map_err(backend)?;
+                            starts.remove(g).map_err(backend)?;
+                        }
+                    }
+                }
+                all.push(outcomes);
+            }
+            Ok(all)
+        })
+    }
+
+    /// Move the log of a file written before the log had its own files ([`Wal`]) out of the
+    /// `log` and `meta` tables: copied to the log (durably), then removed from redb. Either
+    /// step may be cut short by a crash; run again, it finishes the job.
+    fn move_log_out(&self) -> Result<()> {
+        let kept = |name: &str| {
+            MetaKey::ALL
+                .into_iter()
+                .find(|k| k.name() == name)
+                .filter(|k| Wal::keeps(*k))
+        };
+        let known: std::collections::BTreeSet<u64> = self.log.groups().into_iter().collect();
+        let mut entries: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let mut metas: Vec<(u64, MetaKey, Vec<u8>)> = Vec::new();
+        let mut found = false;
+        {
+            let txn = self.read_txn()?;
+            let log = txn.open_table(LOG).map_err(backend)?;
+            for row in log.iter().map_err(backend)? {
+                let (key, value) = row.map_err(backend)?;
+                let (group, index) = key.value();
+                found = true;
+                if !known.contains(&group) {
+                    entries.push((group, index, value.value().to_vec()));
+                }
+            }
+            let meta = txn.open_table(META).map_err(backend)?;
+            for row in meta.iter().map_err(backend)? {
+                let (key, value) = row.map_err(backend)?;
+                let (group, name) = key.value();
+                if let Some(k) = kept(name) {
+                    found = true;
+                    if !known.contains(&group) {
+                        metas.push((group, k, value.value().to_vec()));
+                    }
+                }
+            }
+        }
+        if !found {
+            return Ok(());
+        }
+        let records: Vec<LogRecord<'_>> = entries
+            .iter()
+            .map(|(group, index, entry)| LogRecord::Append {
+                group: *group,
+                index: *index,
+                entry: Cow::Borrowed(entry.as_slice()),
+            })
+            .chain(metas.iter().map(|(group, key, value)| LogRecord::Meta {
+                group: *group,
+                key: *key,
+                value: Cow::Borrowed(value.as_slice()),
+            }))
+            .collect();
+        self.log.write(&records, true)?;
+        self.write_txn(Durability::Immediate, |txn| {
+            txn.open_table(LOG)
+                .map_err(backend)?
+                .retain(|_, _| false)
+                .map_err(backend)?;
+            txn.open_table(META)
+                .map_err(backend)?
+                .retain(|(_, name), _| kept(name).is_none())
+                .map_err(backend)?;
+            Ok(())
+        })?;
+        tracing::info!(
+            entries = entries.len(),
+            values = metas.len(),
+            "raft log moved out of the redb file into its own files"
+        );
+        Ok(())
     }
 }
 
@@ -298,125 +491,93 @@ where
 }
 
 impl Engine for RedbEngine {
+    /// The log side ([`Wal`]) is written first, then the state machine's redb transaction,
+    /// then the purges. See the module docs for why that order and what is durable.
     fn write(&self, batches: &[WriteBatch]) -> Result<Vec<Vec<Outcome>>> {
         if batches.is_empty() {
             return Ok(Vec::new());
         }
-        // A durable commit also makes every earlier non-durable commit durable, which is what
-        // "a durable batch and everything committed before it" requires.
-        let durability = if batches.iter().any(|b| b.durable) {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        self.write_txn(durability, |txn| {
-            let mut log = txn.open_table(LOG).map_err(backend)?;
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            let mut kv = txn.open_table(KV).map_err(backend)?;
-            let mut sessions = txn.open_table(SESSIONS).map_err(backend)?;
-            let mut expiry = txn.open_table(EXPIRY).map_err(backend)?;
-            let mut changes = txn.open_table(CHANGES).map_err(backend)?;
-            let mut starts = txn.open_table(CHANGE_START).map_err(backend)?;
-            let mut all = Vec::with_capacity(batches.len());
-            for batch in batches {
-                let g = batch.group.0;
-                let mut outcomes = Vec::new();
-                for op in &batch.ops {
-                    match op {
-                        Op::AppendLog { entries } => {
-                            for (index, entry) in entries {
-                                log.insert((g, *index), entry.as_slice()).map_err(backend)?;
-                            }
-                        }
-                        Op::TruncateLog { from } => {
-                            log.retain_in((g, *from)..=(g, u64::MAX), |_, _| false)
-                                .map_err(backend)?;
-                        }
-                        Op::PurgeLog { through } => {
-                            log.retain_in((g, 0)..=(g, *through), |_, _| false)
-                                .map_err(backend)?;
-                        }
-                        Op::HistoryStart { index } => {
-                            forget_changes(&mut changes, g, *index)?;
-                            raise_start(&mut starts, g, *index)?;
-                        }
-                        Op::SetMeta { key, value } => {
-                            meta.insert((g, key.name()), value.as_slice())
-                                .map_err(backend)?;
-                        }
-                        Op::Apply { commands, applied } => {
-                            let mut table = GroupKv {
-                                table: &mut kv,
-                                expiry: &mut expiry,
-                                sessions: &mut sessions,
-                                changes: &mut changes,
-                                group: g,
-                            };
-                            outcomes.extend(command::apply_all(&mut table, commands)?);
-                            // Same transaction as the commands: Applied never runs ahead of
-                            // or behind the data (and the history rows).
-                            meta.insert((g, MetaKey::Applied.name()), applied.as_slice())
-                                .map_err(backend)?;
-                            raise_start(&mut starts, g, DEFAULT_START)?;
-                        }
-                        Op::DropGroup => {
-                            clear_group(&mut log, g, 0)?;
-                            clear_group(&mut meta, g, "")?;
-                            clear_group(&mut kv, g, &[][..])?;
-                            expiry
-                                .retain_in(expiry_span(g), |_, _| false)
-                                .map_err(backend)?;
-                            sessions
-                                .retain_in(session_span(g), |_, _| false)
-                                .map_err(backend)?;
-                            changes
-                                .retain_in(change_span(g), |_, _| false)
-                                .map_err(backend)?;
-                            starts.remove(g).map_err(backend)?;
-                        }
+        let mut log = Vec::new();
+        let mut purges = Vec::new();
+        let mut log_durable = false;
+        let mut state = false;
+        let mut state_durable = false;
+        for batch in batches {
+            let g = batch.group.0;
+            let mut touches_state = false;
+            for op in &batch.ops {
+                match op {
+                    Op::AppendLog { entries } => {
+                        log.extend(entries.iter().map(|(index, entry)| LogRecord::Append {
+                            group: g,
+                            index: *index,
+                            entry: Cow::Borrowed(entry.as_slice()),
+                        }))
+                    }
+                    Op::TruncateLog { from } => log.push(LogRecord::Truncate {
+                        group: g,
+                        from: *from,
+                    }),
+                    Op::PurgeLog { through } => {
+                        purges.push(LogRecord::Purge {
+                            group: g,
+                            through: *through,
+                        });
+                        // What the purged entries applied must be on disk before they go.
+                        state_durable = true;
+                    }
+                    Op::SetMeta { key, value } if Wal::keeps(*key) => log.push(LogRecord::Meta {
+                        group: g,
+                        key: *key,
+                        value: Cow::Borrowed(value.as_slice()),
+                    }),
+                    Op::DropGroup => {
+                        log.push(LogRecord::Drop { group: g });
+                        touches_state = true;
+                        state_durable = true;
+                    }
+                    Op::SetMeta { .. } | Op::Apply { .. } | Op::HistoryStart { .. } => {
+                        touches_state = true
                     }
                 }
-                all.push(outcomes);
             }
-            Ok(all)
-        })
+            log_durable |= batch.durable;
+            state |= touches_state;
+            state_durable |= touches_state && batch.durable;
+        }
+        // Fails at once, before the state machine is touched, if the log failed earlier: a
+        // retry of this round must not apply its commands twice.
+        self.log.write(&log, log_durable)?;
+        let outcomes = if state || state_durable {
+            let due = self.durable_due();
+            let durable = state_durable || due;
+            let outcomes = self.write_state(batches, durable)?;
+            if durable {
+                *self.durable_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            }
+            outcomes
+        } else {
+            vec![Vec::new(); batches.len()]
+        };
+        self.log.write(&purges, false)?;
+        Ok(outcomes)
     }
 
     fn read_meta(&self, group: GroupId, key: MetaKey) -> Result<Option<Vec<u8>>> {
+        if Wal::keeps(key) {
+            return Ok(self.log.meta(group.0, key));
+        }
         let txn = self.read_txn()?;
         let meta = txn.open_table(META).map_err(backend)?;
         get_meta(&meta, group, key)
     }
 
     fn log_bounds(&self, group: GroupId) -> Result<Option<(u64, u64)>> {
-        let txn = self.read_txn()?;
-        let log = txn.open_table(LOG).map_err(backend)?;
-        let g = group.0;
-        let mut range = log.range((g, 0)..=(g, u64::MAX)).map_err(backend)?;
-        let first = match range.next() {
-            Some(entry) => entry.map_err(backend)?.0.value().1,
-            None => return Ok(None),
-        };
-        let last = match range.next_back() {
-            Some(entry) => entry.map_err(backend)?.0.value().1,
-            None => first,
-        };
-        Ok(Some((first, last)))
+        Ok(self.log.bounds(group.0))
     }
 
     fn read_log(&self, group: GroupId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        if from >= to {
-            return Ok(Vec::new());
-        }
-        let txn = self.read_txn()?;
-        let log = txn.open_table(LOG).map_err(backend)?;
-        let g = group.0;
-        let mut out = Vec::new();
-        for entry in log.range((g, from)..(g, to)).map_err(backend)? {
-            let (key, value) = entry.map_err(backend)?;
-            out.push((key.value().1, value.value().to_vec()));
-        }
-        Ok(out)
+        self.log.read(group.0, from, to)
     }
 
     fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Record>> {
@@ -658,16 +819,13 @@ impl Engine for RedbEngine {
     fn groups(&self) -> Result<Vec<GroupId>> {
         let txn = self.read_txn()?;
         let meta = txn.open_table(META).map_err(backend)?;
-        let mut groups: Vec<GroupId> = Vec::new();
-        // Iteration is ordered by group, so duplicates are adjacent.
+        let mut groups: std::collections::BTreeSet<GroupId> =
+            self.log.groups().into_iter().map(GroupId).collect();
         for entry in meta.iter().map_err(backend)? {
             let (key, _) = entry.map_err(backend)?;
-            let group = GroupId(key.value().0);
-            if groups.last() != Some(&group) {
-                groups.push(group);
-            }
+            groups.insert(GroupId(key.value().0));
         }
-        Ok(groups)
+        Ok(groups.into_iter().collect())
     }
 }
 
@@ -742,7 +900,8 @@ mod tests {
         assert_eq!(engine.log_bounds(GroupId(1)).unwrap(), Some((1, 1)));
         assert_eq!(engine.get(GroupId(1), b"ok").unwrap().unwrap().version, 1);
         assert_eq!(engine.log_bounds(GroupId(3)).unwrap(), Some((7, 7)));
-        assert_eq!(engine.log_bounds(GroupId(2)).unwrap(), None);
+        // Group 2's append may be in its log (log writes come first and are idempotent), but
+        // nothing of it was applied.
         assert_eq!(
             engine.read_meta(GroupId(2), MetaKey::Applied).unwrap(),
             None
@@ -785,19 +944,70 @@ mod tests {
             commands: vec![(1, put("bad"))],
             applied: b"1".to_vec(),
         });
-        let result = engine.write(&[good, bad]);
+        let result = engine.write(&[good.clone(), bad]);
         assert!(
             matches!(result, Err(StorageError::Corrupt(_))),
             "{result:?}"
         );
 
         assert_eq!(engine.get(GroupId(1), b"ok").unwrap(), None);
-        assert_eq!(engine.log_bounds(GroupId(1)).unwrap(), None);
         assert_eq!(
             engine.read_meta(GroupId(1), MetaKey::Applied).unwrap(),
             None
         );
-        assert_eq!(engine.groups().unwrap(), vec![]);
+        // The good batch alone then commits once: its command is applied exactly once, and
+        // its log entry written again is the same log.
+        let outcomes = engine.write(std::slice::from_ref(&good)).unwrap();
+        assert_eq!(outcomes, [vec![Outcome::Written { version: 1 }]]);
+        assert_eq!(engine.log_bounds(GroupId(1)).unwrap(), Some((1, 1)));
+        assert_eq!(engine.groups().unwrap(), vec![GroupId(1)]);
+    }
+
+    /// A file from before the log had its own files: the log, vote and commit index in redb.
+    #[test]
+    fn a_file_with_its_log_inside_moves_it_to_the_raft_log_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut log = txn.open_table(LOG).unwrap();
+                log.insert((1, 5), &b"e5"[..]).unwrap();
+                log.insert((1, 6), &b"e6"[..]).unwrap();
+                log.insert((2, 1), &b"f1"[..]).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert((1, "vote"), &b"v1"[..]).unwrap();
+                meta.insert((1, "purged"), &b"p4"[..]).unwrap();
+                meta.insert((1, "applied"), &b"a6"[..]).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            let engine = RedbEngine::open(&path).unwrap();
+            let g = GroupId(1);
+            assert_eq!(
+                engine.read_log(g, 0, u64::MAX).unwrap(),
+                [(5, b"e5".to_vec()), (6, b"e6".to_vec())]
+            );
+            assert_eq!(engine.log_bounds(GroupId(2)).unwrap(), Some((1, 1)));
+            assert_eq!(
+                engine.read_meta(g, MetaKey::Vote).unwrap(),
+                Some(b"v1".to_vec())
+            );
+            assert_eq!(
+                engine.read_meta(g, MetaKey::Purged).unwrap(),
+                Some(b"p4".to_vec())
+            );
+            assert_eq!(
+                engine.read_meta(g, MetaKey::Applied).unwrap(),
+                Some(b"a6".to_vec())
+            );
+            // Gone from redb: the next open has nothing to move.
+            let txn = engine.read_txn().unwrap();
+            assert_eq!(txn.open_table(LOG).unwrap().iter().unwrap().count(), 0);
+            assert_eq!(txn.open_table(META).unwrap().iter().unwrap().count(), 1);
+        }
     }
 
     /// A file as the first version left it: no `expiry` table, records without deadlines.

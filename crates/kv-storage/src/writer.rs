@@ -169,8 +169,9 @@ fn run_writer(engine: Arc<dyn Engine>, queue: mpsc::Receiver<Job>) {
 /// case, one fsync for all), and otherwise each on its own, so that a batch that fails fails
 /// only its own group. Returns one result per batch, in order.
 ///
-/// Invariant: a failed [`Engine::write`] wrote nothing (both engines are all-or-nothing), so
-/// the batches can be committed again one by one. Once a batch of a group fails, the group's
+/// Invariant: a failed [`Engine::write`] wrote none of its state machine part, and its log
+/// part is idempotent (see [`Engine::write`]), so the batches can be committed again one by
+/// one. Once a batch of a group fails, the group's
 /// later batches of the round fail too without being tried: committing them would put a
 /// group's later log entries or state on disk without the earlier ones.
 pub(crate) fn commit(engine: &dyn Engine, batches: &[WriteBatch]) -> Vec<Result<Vec<Outcome>>> {
