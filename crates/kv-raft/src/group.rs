@@ -11,6 +11,7 @@ use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState};
 use tokio::sync::RwLock;
 
 use crate::check_quorum::LeaderCheck;
+use crate::lease::{LeaderLease, Lease};
 use crate::network::Transport;
 use crate::proposer::Proposer;
 use crate::quiesce::Quiet;
@@ -43,6 +44,8 @@ pub struct Group {
     pub(crate) reads: Arc<ReadBatcher>,
     /// Follower reads waiting for a read index from the leader (see `read_index`).
     pub(crate) follower_reads: Arc<ReadBatcher>,
+    /// The leader lease that lets reads skip a confirmation round (see `lease`).
+    pub(crate) lease: Arc<LeaderLease>,
     /// Writes waiting to be proposed (see `proposer`).
     pub(crate) proposer: Arc<Proposer>,
     /// Whether the group is quiet, as leader or follower (see `quiesce`).
@@ -453,11 +456,48 @@ impl Group {
                 // Leadership came here while the read waited: a leader's round serves it.
                 Err(GroupError::NotLeader {
                     leader: Some((id, _)),
-                }) if id == me => self.reads.confirm(self).await,
+                }) if id == me => self.leader_read().await,
                 done => done,
             },
-            _ => self.reads.confirm(self).await,
+            _ => self.leader_read().await,
         }
+    }
+
+    /// A read on the leader: at once while the lease holds (see `lease`), otherwise after a
+    /// confirmation round shared with the other reads waiting (see `read_index`).
+    async fn leader_read(&self) -> Result<(), GroupError> {
+        match self.lease_check() {
+            Lease::Holds => Ok(()),
+            Lease::Renew => {
+                if self.lease.start_renewal() {
+                    let group = self.clone();
+                    tokio::spawn(async move {
+                        let renewed = group.reads.confirm(&group).await;
+                        group.lease.renewed();
+                        if let Err(e) = renewed {
+                            tracing::debug!(group = group.id.0, error = %e, "lease not renewed");
+                        }
+                    });
+                }
+                Ok(())
+            }
+            Lease::Lapsed => self.reads.confirm(self).await,
+        }
+    }
+
+    /// Whether this replica's lease lets it answer a read now: it leads in the lease's term, no
+    /// transfer holds the gate, and a restarted leader has applied its log again.
+    fn lease_check(&self) -> Lease {
+        let Ok(_open) = self.gate.try_read() else {
+            return Lease::Lapsed;
+        };
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leads = m.state == ServerState::Leader && m.current_leader == Some(m.id);
+        if !leads || self.check.pending_floor(&m).is_some() {
+            return Lease::Lapsed;
+        }
+        self.lease.check(m.current_term)
     }
 
     /// One round of follower reads (see `read_index`): a read index from the leader known now,
@@ -507,7 +547,7 @@ impl Group {
     /// On the leader, for a follower's read: confirm leadership (shared with this node's own
     /// reads) and answer with the applied index, at or above the read index.
     pub(crate) async fn read_index_for_follower(&self) -> Result<u64, GroupError> {
-        self.reads.confirm(self).await?;
+        self.leader_read().await?;
         Ok(self
             .raft
             .metrics()
@@ -551,6 +591,8 @@ impl Group {
             .map_err(|_| unconfirmed())?;
         loop {
             self.regain_quorum().await?;
+            let started = std::time::Instant::now();
+            let term = self.raft.metrics().borrow().current_term;
             let attempt = tokio::time::timeout_at(deadline, async {
                 tokio::select! {
                     read = self.raft.ensure_linearizable() => Ok(read),
@@ -561,7 +603,14 @@ impl Group {
             let err = match attempt {
                 Err(_) => return Err(unconfirmed()),
                 Ok(Err(lost)) => return Err(lost),
-                Ok(Ok(Ok(_))) => return self.wait_recovered(deadline).await,
+                Ok(Ok(Ok(_))) => {
+                    self.wait_recovered(deadline).await?;
+                    // Heartbeats sent after `started` reached a quorum in `term`: a lease.
+                    if self.raft.metrics().borrow().current_term == term {
+                        self.lease.confirmed(term, started);
+                    }
+                    return Ok(());
+                }
                 Ok(Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))))) => {
                     return Err(not_leader(f))
                 }

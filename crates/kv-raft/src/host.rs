@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::check_quorum::LeaderCheck;
 use crate::encoding::{decode, encode};
+use crate::lease::LeaderLease;
 use crate::network::{RpcKind, Scheme, Transport};
 use crate::quiesce::Quiet;
 use crate::read_index::{ReadBatcher, Rounds};
@@ -271,6 +272,7 @@ impl RaftHost {
             quiet,
             reads: Arc::new(ReadBatcher::new(Rounds::Leader)),
             follower_reads: Arc::new(ReadBatcher::new(Rounds::Follower)),
+            lease: Arc::new(LeaderLease::new(self.election_min)),
             proposer: Arc::default(),
             deadlines,
             waiters,

@@ -21,6 +21,7 @@ mod error;
 mod group;
 mod host;
 mod key_waiters;
+mod lease;
 mod log_store;
 mod network;
 mod peer_health;

@@ -82,6 +82,9 @@ impl Group {
                     self.timeout
                 ))
             })?;
+        // No lease reads from here on (they need the gate too): this leader's vote may elect
+        // the target before the followers' leases lapse.
+        self.lease.end();
         // A quiet group wakes first: the transfer sends and times heartbeats itself.
         self.quiet.wake(&self.raft);
         // Leadership may have changed while requests in flight drained.
