@@ -176,7 +176,7 @@ fn group_span<T: Copy>(group: u64, min: T) -> GroupSpan<T> {
 }
 
 /// Where the Raft log of the redb file at `path` lives: beside it, `kv.redb` -> `kv.raftlog/`.
-pub fn log_dir(path: &Path) -> std::path::PathBuf {
+pub(crate) fn log_dir(path: &Path) -> std::path::PathBuf {
     path.with_extension("raftlog")
 }
 
@@ -491,8 +491,8 @@ where
 }
 
 impl Engine for RedbEngine {
-    /// The log side ([`Wal`]) is written first, then the state machine's redb transaction,
-    /// then the purges. See the module docs for why that order and what is durable.
+    /// The log side (the `wal` module) is written first, then the state machine's redb
+    /// transaction, then the purges. See the module docs for why that order and what is durable.
     fn write(&self, batches: &[WriteBatch]) -> Result<Vec<Vec<Outcome>>> {
         if batches.is_empty() {
             return Ok(Vec::new());
