@@ -463,13 +463,46 @@ impl Group {
         }
     }
 
-    /// A read on the leader: at once while the lease holds (see `lease`), otherwise after a
-    /// confirmation round shared with the other reads waiting (see `read_index`).
+    /// A read on the leader: once this replica has applied its read index (see
+    /// [`Group::leader_read_index`]).
     async fn leader_read(&self) -> Result<(), GroupError> {
+        let index = self.leader_read_index().await?;
+        let mut applied = self.applied_index.clone();
+        if *applied.borrow() >= index {
+            return Ok(());
+        }
+        let waited = tokio::time::timeout(self.timeout, async {
+            applied.wait_for(|a| *a >= index).await.map(|_| ())
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(GroupError::Stopped("the state machine is gone".into())),
+            Err(_) => Err(GroupError::Unavailable(format!(
+                "the read index {index} was not applied within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// On the leader, an index that covers every write acknowledged before the call: while
+    /// the lease holds (see `lease`), the commit index the Raft core holds now (a follower may
+    /// have applied an entry this leader has not yet, so its own applied index is not enough);
+    /// otherwise what it has applied after a confirmation round shared with the other reads
+    /// waiting (see `read_index`).
+    async fn leader_read_index(&self) -> Result<u64, GroupError> {
         match self.lease_check() {
-            Lease::Holds => Ok(()),
-            Lease::Renew => {
-                if self.lease.start_renewal() {
+            Lease::Lapsed => {
+                self.reads.confirm(self).await?;
+                Ok(self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map_or(0, |l| l.index))
+            }
+            lease => {
+                if lease == Lease::Renew && self.lease.start_renewal() {
                     let group = self.clone();
                     tokio::spawn(async move {
                         let renewed = group.reads.confirm(&group).await;
@@ -479,9 +512,13 @@ impl Group {
                         }
                     });
                 }
-                Ok(())
+                let committed = self
+                    .raft
+                    .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
+                    .await
+                    .map_err(|e| GroupError::Stopped(e.to_string()))?;
+                Ok(committed)
             }
-            Lease::Lapsed => self.reads.confirm(self).await,
         }
     }
 
@@ -547,13 +584,7 @@ impl Group {
     /// On the leader, for a follower's read: confirm leadership (shared with this node's own
     /// reads) and answer with the applied index, at or above the read index.
     pub(crate) async fn read_index_for_follower(&self) -> Result<u64, GroupError> {
-        self.leader_read().await?;
-        Ok(self
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |l| l.index))
+        self.leader_read_index().await
     }
 
     /// How many read-index rounds this instance has run as a follower (see `read_index`).

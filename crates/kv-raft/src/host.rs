@@ -393,6 +393,7 @@ impl RaftHost {
                 let req: VoteRequest<NodeId> = decode(body).map_err(bad)?;
                 validate::vote(&req)?;
                 self.heard_from(&req.vote);
+                g.lease.end_before(req.vote.leader_id().term);
                 enc(encode(&g.raft.vote(req).await))
             }
             RpcKind::Snapshot => {

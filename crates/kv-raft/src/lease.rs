@@ -8,14 +8,21 @@
 //! accept heartbeats sent after `t`, so no other leader can be elected before
 //! `t + election_timeout_max`. This leader holds a lease until `t + election_timeout_min`
 //! (half as long with the default timeouts): the difference is the margin for the two clocks'
-//! rates. While the lease holds, every write acknowledged anywhere was acknowledged by this
-//! leader after it applied it, or committed before this term's first entry, which the round
-//! waited to see applied; so the local state answers the read.
+//! rates. While the lease holds no other replica can commit anything, so the commit index this
+//! leader holds covers every write acknowledged anywhere.
 //!
-//! **When it does not.** A lease belongs to one term: any change of term or role ends it. A
-//! leadership transfer (which may hand the old leader's own vote to the target) holds the
-//! group's gate, and a lease read needs the gate free. A restarted leader that has not yet
-//! applied its log again (check-quorum's recovery floor) reads through rounds.
+//! **When it does not.** A lease belongs to one term: any change of term or role ends it. The
+//! leader's own vote is the exception to openraft's lease (openraft never renews a leader's
+//! vote timestamp, so a leader a lease past its election grants a vote to an up-to-date
+//! candidate, as leadership transfer relies on): a vote request of a later term ends the lease
+//! before openraft sees it. A leadership transfer holds the group's gate, and a lease read
+//! needs the gate free. A restarted leader that has not yet applied its log again
+//! (check-quorum's recovery floor) reads through rounds.
+//!
+//! **At which index.** A lease read waits until this replica has applied the commit index its
+//! Raft core holds at the time of the read, not just its own applied index: a follower may
+//! apply an entry before the leader does, and a read there must not be followed by an older
+//! one here.
 //!
 //! **Renewal.** Rounds renew the lease; a lease read made when less than half of it is left
 //! starts one in the background, so a steady stream of reads keeps it fresh and almost never
@@ -99,6 +106,16 @@ impl LeaderLease {
     pub(crate) fn end(&self) {
         *self.until() = None;
     }
+
+    /// A candidate of `term` asks this replica for its vote: end a lease of an earlier term
+    /// first. A leader's own vote is not held back by openraft's lease (it never renews it), so
+    /// granting it could elect someone else while this lease still looked valid.
+    pub(crate) fn end_before(&self, term: u64) {
+        let mut held = self.until();
+        if held.is_some_and(|(t, _)| t < term) {
+            *held = None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -116,6 +133,12 @@ mod tests {
         lease.confirmed(3, Instant::now() - Duration::from_secs(50));
         assert_eq!(lease.check(3), Lease::Holds);
         lease.end();
+        assert_eq!(lease.check(3), Lease::Lapsed);
+        // A vote request of a later term ends it; one of its own term does not.
+        lease.confirmed(3, Instant::now());
+        lease.end_before(3);
+        assert_eq!(lease.check(3), Lease::Holds);
+        lease.end_before(4);
         assert_eq!(lease.check(3), Lease::Lapsed);
         // A round that started long ago gives a lease nearly over: renew it.
         lease.confirmed(3, Instant::now() - Duration::from_secs(40));

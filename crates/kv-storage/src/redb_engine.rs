@@ -7,9 +7,13 @@
 //! machine part in one redb transaction that is *not* fsynced, then its purges. The log is what
 //! makes an acknowledged entry durable; after a crash redb comes back at its last durable
 //! commit and kv-raft replays the log from the applied index it finds there. That needs the log
-//! to still hold every entry after that index, so a write that purges the log (or drops a
-//! group) commits redb durably before the purge is written, and redb also commits durably at
-//! least every [`DURABLE_EVERY`] while written to, which bounds replay after a crash. Log
+//! to still hold every entry after that index, so a write that purges the log commits redb
+//! durably before the purge (and the purge point) is written, and redb also commits durably at
+//! least every [`DURABLE_EVERY`] while written to, which bounds replay after a crash. A drop is
+//! written to the log first, then committed in redb durably: a crash in between leaves the
+//! group's state without its log, an older but consistent state of the group that its leader
+//! brings up to date should the node host the group again (which partitions a node hosts comes
+//! from the cluster map, not from what is stored). Log
 //! writes are idempotent and come first: a write whose redb transaction fails can be retried
 //! batch by batch without applying anything twice, and once the log fails (its I/O errors are
 //! not retried) every later write fails before redb is touched.
@@ -192,6 +196,9 @@ pub struct RedbEngine {
     /// When the state machine was last committed durably (see [`DURABLE_EVERY`]).
     durable_at: Mutex<Instant>,
 }
+
+/// Largest frame [`RedbEngine::move_log_out`] writes (a frame's length is a u32).
+const MOVE_FRAME_BYTES: usize = 64 << 20;
 
 /// The longest the state machine goes without a durable commit while it is written to: what a
 /// crash can make a node replay from its log, and how long redb keeps the pages of
@@ -386,7 +393,23 @@ impl RedbEngine {
                 value: Cow::Borrowed(value.as_slice()),
             }))
             .collect();
-        self.log.write(&records, true)?;
+        // In frames of at most MOVE_FRAME_BYTES, entries first: a group whose metadata is in
+        // the log has all its entries there too (see `known` above).
+        let mut frame = Vec::new();
+        let mut bytes = 0usize;
+        for record in records {
+            bytes += match &record {
+                LogRecord::Append { entry, .. } => entry.len(),
+                _ => 0,
+            } + 32;
+            frame.push(record);
+            if bytes >= MOVE_FRAME_BYTES {
+                self.log.write(&frame, true)?;
+                frame.clear();
+                bytes = 0;
+            }
+        }
+        self.log.write(&frame, true)?;
         self.write_txn(Durability::Immediate, |txn| {
             txn.open_table(LOG)
                 .map_err(backend)?
@@ -524,6 +547,19 @@ impl Engine for RedbEngine {
                             through: *through,
                         });
                         // What the purged entries applied must be on disk before they go.
+                        state_durable = true;
+                    }
+                    // The purge point goes with the purge: written before redb is durable, it
+                    // would tell a restarted node that entries its state lacks are gone.
+                    Op::SetMeta {
+                        key: MetaKey::Purged,
+                        value,
+                    } => {
+                        purges.push(LogRecord::Meta {
+                            group: g,
+                            key: MetaKey::Purged,
+                            value: Cow::Borrowed(value.as_slice()),
+                        });
                         state_durable = true;
                     }
                     Op::SetMeta { key, value } if Wal::keeps(*key) => log.push(LogRecord::Meta {
@@ -906,6 +942,41 @@ mod tests {
             engine.read_meta(GroupId(2), MetaKey::Applied).unwrap(),
             None
         );
+    }
+
+    /// The purge and its purge point are written only once the state machine's commit
+    /// succeeded (durably): a log that forgets entries the state may still need would lose them.
+    #[test]
+    fn a_round_whose_state_commit_fails_purges_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RedbEngine::open(&dir.path().join("node.redb")).unwrap();
+        corrupt(&engine, 2, b"bad");
+        let g1 = GroupId(1);
+        engine
+            .write(&[WriteBatch::new(g1, true).op(Op::AppendLog {
+                entries: vec![(1, b"e1".to_vec()), (2, b"e2".to_vec())],
+            })])
+            .unwrap();
+        let purge = WriteBatch::new(g1, true)
+            .op(Op::SetMeta {
+                key: MetaKey::Purged,
+                value: b"p1".to_vec(),
+            })
+            .op(Op::PurgeLog { through: 1 });
+        let failing = WriteBatch::new(GroupId(2), false).op(Op::Apply {
+            commands: vec![(1, put("bad"))],
+            applied: b"1".to_vec(),
+        });
+        assert!(engine.write(&[purge.clone(), failing]).is_err());
+        assert_eq!(engine.read_meta(g1, MetaKey::Purged).unwrap(), None);
+        assert_eq!(engine.log_bounds(g1).unwrap(), Some((1, 2)));
+        // On its own it goes through.
+        engine.write(&[purge]).unwrap();
+        assert_eq!(
+            engine.read_meta(g1, MetaKey::Purged).unwrap(),
+            Some(b"p1".to_vec())
+        );
+        assert_eq!(engine.log_bounds(g1).unwrap(), Some((2, 2)));
     }
 
     #[test]

@@ -406,6 +406,11 @@ impl Wal {
             let last = i + 1 == sequences.len();
             replay(dir, *seq, last, &mut index)?;
         }
+        // The last segment is about to be closed: what the previous run wrote to it without an
+        // fsync (and this replay acted on) must be on disk before a later segment exists.
+        if let Some(last) = sequences.last().and_then(|s| index.segments.get(s)) {
+            last.file.sync_all()?;
+        }
         let next = sequences.last().map_or(1, |s| s + 1);
         let wal = Wal {
             dir: dir.to_path_buf(),
@@ -582,9 +587,12 @@ impl Wal {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
+            // One at a time, oldest first: a crash never leaves an older segment behind a
+            // deleted newer one (its entries, replayed without the newer records that ended
+            // them, would come back).
+            sync_dir(&self.dir)?;
             self.index().segments.remove(seq);
         }
-        sync_dir(&self.dir)?;
         tracing::debug!(segments = ?doomed, "raft log segments deleted");
         Ok(())
     }
@@ -729,32 +737,44 @@ fn replay(dir: &Path, seq: u64, last: bool, index: &mut Index) -> Result<()> {
     );
     let mut at = 0usize;
     while at < bytes.len() {
-        let torn =
-            |why: &str| StorageError::Corrupt(format!("{}: {why} at byte {at}", path.display()));
-        let header = bytes.get(at..at + HEADER);
-        let (len, crc) = match header {
-            Some(h) => (
-                u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize,
-                u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
-            ),
-            None => (usize::MAX, 0),
-        };
-        let payload = at
-            .checked_add(HEADER)
-            .and_then(|start| Some(start..start.checked_add(len)?))
-            .and_then(|range| bytes.get(range))
-            .filter(|p| crc32fast::hash(p) == crc);
-        let Some(payload) = payload else {
-            if !last {
-                return Err(torn("damaged frame in a closed segment"));
+        let rest = &bytes[at..];
+        let frame = rest.get(..HEADER).and_then(|h| {
+            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+            let payload = rest.get(HEADER..HEADER.checked_add(len)?)?;
+            Some((len, crc, payload))
+        });
+        let payload = match frame {
+            Some((_, crc, payload)) if crc32fast::hash(payload) == crc => payload,
+            frame => {
+                // A write cut short by a crash: the last frame is incomplete, or complete but
+                // with the wrong checksum (some of its sectors never reached the disk), or
+                // zeros. Anything else (damage followed by more data, or in a closed segment)
+                // may have been acknowledged: refuse it rather than lose it.
+                let torn = match frame {
+                    None => true,
+                    Some((len, _, _)) => HEADER + len == rest.len() || rest.iter().all(|b| *b == 0),
+                };
+                if !last || !torn {
+                    return Err(StorageError::Corrupt(format!(
+                        "{}: damaged frame at byte {at}{}",
+                        path.display(),
+                        if last {
+                            " with data after it"
+                        } else {
+                            " in a closed segment"
+                        }
+                    )));
+                }
+                tracing::warn!(segment = %path.display(), at, dropped = rest.len(), "raft log: cutting a torn write off the end");
+                if let Some(s) = index.segments.get(&seq) {
+                    s.file.set_len(at as u64)?;
+                    s.file.sync_all()?;
+                }
+                return Ok(());
             }
-            tracing::warn!(segment = %path.display(), at, dropped = bytes.len() - at, "raft log: cutting a torn write off the end");
-            if let Some(s) = index.segments.get(&seq) {
-                s.file.set_len(at as u64)?;
-                s.file.sync_all()?;
-            }
-            return Ok(());
         };
+        let len = payload.len();
         let base = (at + HEADER) as u64;
         let mut decoder = Decoder { payload, at: 0 };
         while let Some((record, offset)) = decoder.next()? {
@@ -898,6 +918,27 @@ mod tests {
             Err(StorageError::Corrupt(msg)) => assert!(msg.contains("closed segment"), "{msg}"),
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("a damaged closed segment was accepted"),
+        }
+    }
+
+    #[test]
+    fn damage_in_the_last_segment_with_frames_after_it_is_refused_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let wal = Wal::open(dir.path()).unwrap();
+            wal.write(&[append(1, 1, "damaged")], true).unwrap();
+            wal.write(&[append(1, 2, "acknowledged after it")], true)
+                .unwrap();
+        }
+        let path = only_segment(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(7).position(|w| w == b"damaged").unwrap();
+        bytes[at] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        match Wal::open(dir.path()) {
+            Err(StorageError::Corrupt(msg)) => assert!(msg.contains("data after it"), "{msg}"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("damage before an acknowledged frame was cut off silently"),
         }
     }
 
