@@ -513,39 +513,45 @@ impl Wal {
         durable: bool,
     ) -> Result<()> {
         if !records.is_empty() {
-            if active.len >= self.segment_bytes {
-                // The closed segment must be whole on disk before a later one exists.
-                active.file.sync_data()?;
-                let next = active.sequence + 1;
-                self.start_segment(active, next)?;
-            }
-            let mut payload = Vec::new();
-            let offsets: Vec<Option<usize>> =
-                records.iter().map(|r| r.encode(&mut payload)).collect();
-            let mut bytes = Vec::with_capacity(payload.len() + HEADER);
-            frame(&payload, &mut bytes)?;
-            (&*active.file).write_all(&bytes)?;
-            let base = active.len + HEADER as u64;
-            active.len += bytes.len() as u64;
-            if durable {
-                active.file.sync_data()?;
-            }
-            let mut index = self.index();
-            for (record, offset) in records.iter().zip(offsets) {
-                let loc = match (record, offset) {
-                    (Record::Append { entry, .. }, Some(at)) => Some(Loc {
-                        segment: active.sequence,
-                        offset: base + at as u64,
-                        len: entry.len(),
-                    }),
-                    _ => None,
-                };
-                index.apply(record, loc);
-            }
+            self.append(active, records, durable)?;
         } else if durable {
             active.file.sync_data()?;
         }
         self.collect(active)
+    }
+
+    /// Append `records` as one frame at the end of the active segment (starting the next one
+    /// first if it is full), fdatasync'd if `durable`, and apply them to the index.
+    fn append(&self, active: &mut Active, records: &[Record<'_>], durable: bool) -> Result<()> {
+        if active.len >= self.segment_bytes {
+            // The closed segment must be whole on disk before a later one exists.
+            active.file.sync_data()?;
+            let next = active.sequence + 1;
+            self.start_segment(active, next)?;
+        }
+        let mut payload = Vec::new();
+        let offsets: Vec<Option<usize>> = records.iter().map(|r| r.encode(&mut payload)).collect();
+        let mut bytes = Vec::with_capacity(payload.len() + HEADER);
+        frame(&payload, &mut bytes)?;
+        (&*active.file).write_all(&bytes)?;
+        let base = active.len + HEADER as u64;
+        active.len += bytes.len() as u64;
+        if durable {
+            active.file.sync_data()?;
+        }
+        let mut index = self.index();
+        for (record, offset) in records.iter().zip(offsets) {
+            let loc = match (record, offset) {
+                (Record::Append { entry, .. }, Some(at)) => Some(Loc {
+                    segment: active.sequence,
+                    offset: base + at as u64,
+                    len: entry.len(),
+                }),
+                _ => None,
+            };
+            index.apply(record, loc);
+        }
+        Ok(())
     }
 
     /// Delete the oldest segments while they hold no live entry, rewriting the oldest one's
@@ -629,34 +635,9 @@ impl Wal {
             entries = records.len(),
             "raft log segment rewritten"
         );
-        // Not through `write_locked`: that would collect again.
-        if active.len >= self.segment_bytes {
-            active.file.sync_data()?;
-            let next = active.sequence + 1;
-            self.start_segment(active, next)?;
-        }
-        let mut payload = Vec::new();
-        let offsets: Vec<Option<usize>> = records.iter().map(|r| r.encode(&mut payload)).collect();
-        let mut bytes = Vec::with_capacity(payload.len() + HEADER);
-        frame(&payload, &mut bytes)?;
-        (&*active.file).write_all(&bytes)?;
-        let base = active.len + HEADER as u64;
-        active.len += bytes.len() as u64;
-        active.file.sync_data()?;
-        let mut index = self.index();
-        for (record, offset) in records.iter().zip(offsets) {
-            if let (Record::Append { entry, .. }, Some(at)) = (record, offset) {
-                index.apply(
-                    record,
-                    Some(Loc {
-                        segment: active.sequence,
-                        offset: base + at as u64,
-                        len: entry.len(),
-                    }),
-                );
-            }
-        }
-        Ok(())
+        // Not through `write_locked`: that would collect again. Durable: the segment the
+        // entries leave is deleted next.
+        self.append(active, &records, true)
     }
 
     /// A metadata value the log keeps.
