@@ -167,8 +167,18 @@ pub async fn run(
         },
     });
 
+    // tokio installs its SIGINT handler when the Ctrl-C future is first polled: poll it here,
+    // before any worker starts, so an interrupt at any later moment stops the run cleanly.
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    if let std::task::Poll::Ready(Err(err)) = futures::poll!(&mut ctrl_c) {
+        return Err(anyhow::Error::new(err).context("waiting for Ctrl-C").into());
+    }
     let mut stoppers = JoinSet::new();
-    stoppers.spawn(stop_on_ctrl_c(cancel.clone(), Arc::clone(&interrupted)));
+    stoppers.spawn(stop_on_ctrl_c(
+        ctrl_c,
+        cancel.clone(),
+        Arc::clone(&interrupted),
+    ));
     if let Stop::After(duration) = stop {
         stoppers.spawn(stop_after(duration, cancel.clone()));
     }
@@ -373,9 +383,13 @@ async fn stop_after(duration: Duration, cancel: CancellationToken) {
     }
 }
 
-async fn stop_on_ctrl_c(cancel: CancellationToken, interrupted: Arc<AtomicBool>) {
+async fn stop_on_ctrl_c(
+    ctrl_c: impl std::future::Future<Output = std::io::Result<()>>,
+    cancel: CancellationToken,
+    interrupted: Arc<AtomicBool>,
+) {
     tokio::select! {
-        signal = tokio::signal::ctrl_c() => {
+        signal = ctrl_c => {
             if signal.is_ok() {
                 interrupted.store(true, Ordering::Relaxed);
                 cancel.cancel();

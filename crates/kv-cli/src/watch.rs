@@ -21,12 +21,16 @@ pub async fn run(client: &kv_client::Client, args: &WatchArgs, json: bool) -> Re
         client.watch(&args.prefix, since)
     };
     let printing = print_all(watch, json);
+    // `biased`: the Ctrl-C future installs its handler when first polled, so it is polled
+    // before the printing can put a line on stdout; a reader that sees a line and interrupts
+    // must never meet the default SIGINT action (death by signal instead of exit 0).
     tokio::select! {
-        result = printing => result,
+        biased;
         interrupted = tokio::signal::ctrl_c() => {
             interrupted.context("waiting for Ctrl-C")?;
             Ok(())
         }
+        result = printing => result,
     }
 }
 

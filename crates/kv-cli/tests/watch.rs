@@ -126,5 +126,12 @@ async fn ctrl_c_ends_a_watch_with_exit_code_0() {
         exited.is_some()
     })
     .await;
-    assert_eq!(exited.unwrap().code(), Some(0));
+    let exited = exited.unwrap();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr)
+            .await
+            .unwrap();
+    }
+    assert_eq!(exited.code(), Some(0), "{exited:?}, stderr: {stderr}");
 }
