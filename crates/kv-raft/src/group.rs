@@ -56,6 +56,8 @@ pub struct Group {
     pub(crate) waiters: Arc<crate::key_waiters::KeyWaiters>,
     /// The log index this replica's stored state includes, from the state machine.
     pub(crate) applied_index: tokio::sync::watch::Receiver<u64>,
+    /// The index of the last entry of this replica's log (see `log_store`).
+    pub(crate) log_last: crate::log_store::LastIndex,
 }
 
 /// A proposal handed to openraft, waiting for its commit.
@@ -487,7 +489,9 @@ impl Group {
 
     /// On the leader, an index that covers every write acknowledged before the call: while
     /// the lease holds (see `lease`), the commit index the Raft core holds now (a follower may
-    /// have applied an entry this leader has not yet, so its own applied index is not enough);
+    /// have applied an entry this leader has not yet, so its own applied index is not enough),
+    /// or the last index of its log when it has applied all of it (nothing beyond can be
+    /// committed, and no round trip to the core is needed);
     /// otherwise what it has applied after a confirmation round shared with the other reads
     /// waiting (see `read_index`).
     async fn leader_read_index(&self) -> Result<u64, GroupError> {
@@ -511,6 +515,12 @@ impl Group {
                             tracing::debug!(group = group.id.0, error = %e, "lease not renewed");
                         }
                     });
+                }
+                // A leader commits only what its log holds: once it has applied all of it,
+                // its last index covers the commit index without asking the Raft core.
+                let last = self.log_last.get();
+                if *self.applied_index.borrow() >= last {
+                    return Ok(last);
                 }
                 let committed = self
                     .raft

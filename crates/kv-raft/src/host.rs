@@ -239,6 +239,7 @@ impl RaftHost {
         let mut log = LogStore::new(id, self.store.clone())
             .keeping_history(self.config.max_in_snapshot_log_to_keep);
         let restored = self.restored_leadership(&mut log).await?;
+        let log_last = log.last_index();
         let sm = StateMachine::open(id, self.store.clone(), &self.snapshot_root)
             .await?
             .keeping_history(self.config.max_in_snapshot_log_to_keep);
@@ -277,6 +278,7 @@ impl RaftHost {
             deadlines,
             waiters,
             applied_index,
+            log_last,
         };
         self.groups
             .write()

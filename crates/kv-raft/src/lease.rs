@@ -22,7 +22,8 @@
 //! **At which index.** A lease read waits until this replica has applied the commit index its
 //! Raft core holds at the time of the read, not just its own applied index: a follower may
 //! apply an entry before the leader does, and a read there must not be followed by an older
-//! one here.
+//! one here. A leader that has applied its whole log needs no such question to its core: what
+//! it commits is in its log, so the log's last index covers the commit index.
 //!
 //! **Renewal.** Rounds renew the lease; a lease read made when less than half of it is left
 //! starts one in the background, so a steady stream of reads keeps it fresh and almost never

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kv_storage::{GroupId, MetaKey, Op, Store, WriteBatch};
@@ -24,6 +25,21 @@ use crate::NodeId;
 /// entry that replaced them after a truncation.
 type Pending = BTreeMap<u64, (u64, Vec<u8>)>;
 
+/// The index of the last entry of a group's log, flushed or not, kept by its [`LogStore`] for
+/// the group's read path: on a leader, nothing beyond it can be committed.
+#[derive(Clone, Default)]
+pub(crate) struct LastIndex(Arc<AtomicU64>);
+
+impl LastIndex {
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, index: u64) {
+        self.0.store(index, Ordering::SeqCst);
+    }
+}
+
 /// The log of one group. Clones share state; the clone handed to openraft as reader reads
 /// the same pending entries.
 #[derive(Clone)]
@@ -33,7 +49,8 @@ pub struct LogStore {
     pending: Arc<Mutex<Pending>>,
     /// The recent tail of the log, decoded (see `entry_cache`).
     cache: Arc<Mutex<EntryCache>>,
-    seq: Arc<std::sync::atomic::AtomicU64>,
+    seq: Arc<AtomicU64>,
+    last: LastIndex,
     /// How many entries of change history a purge leaves behind the purged log.
     history_kept: u64,
 }
@@ -48,6 +65,7 @@ impl LogStore {
             pending: Arc::default(),
             cache: Arc::default(),
             seq: Arc::default(),
+            last: LastIndex::default(),
             history_kept: 0,
         }
     }
@@ -59,6 +77,11 @@ impl LogStore {
     pub fn keeping_history(mut self, entries: u64) -> Self {
         self.history_kept = entries;
         self
+    }
+
+    /// The index of this log's last entry, kept current by appends and truncations.
+    pub(crate) fn last_index(&self) -> LastIndex {
+        self.last.clone()
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, EntryCache> {
@@ -223,6 +246,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 last_log_id = Some(entry.log_id);
             }
         }
+        self.last.set(last_log_id.map_or(0, |l| l.index));
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id,
@@ -288,7 +312,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut encoded = Vec::new();
         let mut decoded = Vec::new();
         for entry in entries {
@@ -300,6 +324,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.cache().appended(decoded);
         let indexes: Vec<u64> = encoded.iter().map(|(i, _)| *i).collect();
+        // Before the write is queued: the entries cannot be flushed, so not committed, first.
+        if let Some(&last) = indexes.last() {
+            self.last.set(last);
+        }
         {
             let mut pending = self.pending();
             for (i, b) in &encoded {
@@ -327,6 +355,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageIoError> {
         self.cache().truncate(log_id.index);
+        self.last.set(log_id.index.saturating_sub(1));
         self.pending().retain(|i, _| *i < log_id.index);
         let batch = WriteBatch::new(self.group, true).op(Op::TruncateLog { from: log_id.index });
         self.write(batch, ErrorSubject::Logs).await

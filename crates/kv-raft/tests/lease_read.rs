@@ -100,3 +100,52 @@ async fn after_a_transfer_the_old_leader_reads_what_the_new_one_wrote() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_going_round_the_replicas_never_go_back_while_writes_stream_in() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let cluster = TestCluster::start(&VOTERS).await;
+    let leader = cluster.create_group(GROUP, &VOTERS).await;
+    let writer_group = cluster.group(leader, GROUP);
+    writer_group.write(put("k", "0")).await.unwrap();
+    // The highest value whose write was acknowledged.
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                writer_group.write(put("k", &i.to_string())).await.unwrap();
+                acked.store(i, Ordering::SeqCst);
+            }
+        })
+    };
+    // Each read starts after the one before ended, on the next replica in turn (leader and
+    // followers, lease reads and follower read indexes): linearizable reads then see every
+    // write acknowledged before they started, and never less than the read before.
+    let mut seen = 0u64;
+    for round in 0..300usize {
+        let floor = acked.load(Ordering::SeqCst);
+        let replica = cluster.group(VOTERS[round % VOTERS.len()], GROUP);
+        let read: u64 = value(&replica, "k")
+            .await
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            read >= floor,
+            "read {read}, but {floor} was acknowledged before"
+        );
+        assert!(read >= seen, "read {read} after a read of {seen}");
+        seen = read;
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    assert!(seen > 0, "no write landed while reading");
+    cluster.shutdown().await;
+}
