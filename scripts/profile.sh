@@ -8,6 +8,7 @@
 #   READ_RATIO=1 bash scripts/profile.sh         # linearizable reads
 #   SECONDS_=20 TOP=40 bash scripts/profile.sh
 #   PERF_KEEP=/tmp/w.data bash scripts/profile.sh   # keep the recording for perf report
+#   NODE=2 bash scripts/profile.sh               # record a follower-heavy node instead
 #
 # Needs perf (`apt-get install -y linux-perf`). The release profile keeps line tables
 # (Cargo.toml), so symbols resolve.
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 RECORD=${SECONDS_:-10}
 TOP=${TOP:-30}
 READ_RATIO=${READ_RATIO:-0}
+NODE=${NODE:-1}
 BASE_PORT=${BASE_PORT:-17701}
 command -v perf >/dev/null || apt-get install -y linux-perf >/dev/null
 # BIN_DIR: a folder with kv-node and kv to profile instead of a fresh release build, e.g. one
@@ -48,7 +50,7 @@ sleep 2
 # CPU of every node over the recording, from /proc (utime+stime, in clock ticks).
 cpu() { for pid in "${PIDS[@]}"; do awk '{print $14 + $15}' "/proc/$pid/stat"; done; }
 before=($(cpu))
-perf record -F 499 -g -o "$DIR/perf.data" -p "${PIDS[0]}" -- sleep "$RECORD" 2>/dev/null
+perf record -F 499 -g -o "$DIR/perf.data" -p "${PIDS[$((NODE - 1))]}" -- sleep "$RECORD" 2>/dev/null
 after=($(cpu))
 [[ -n "${PERF_KEEP:-}" ]] && cp "$DIR/perf.data" "$PERF_KEEP"
 ticks=$(getconf CLK_TCK)
@@ -57,7 +59,7 @@ for i in 0 1 2; do
 done
 wait "$BENCH"
 grep -E "ops/s|p50|p99 " "$DIR/bench.txt" || true
-echo "== top $TOP symbols of node 1 by self time"
+echo "== top $TOP symbols of node $NODE by self time"
 perf report -i "$DIR/perf.data" --no-children --sort dso,symbol -g none --stdio 2>/dev/null \
     | grep -E '^ +[0-9]' | sed -E 's/ +$//' | cut -c1-150 | head -"$TOP"
 if [[ "${CALLERS:-0}" == 1 ]]; then
