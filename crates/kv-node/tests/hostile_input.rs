@@ -282,6 +282,11 @@ async fn a_burst_of_scans_changes_no_term_and_is_answered_or_shed_as_json() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+    // Leadership balancing moves leaders (new terms) for a while after start: let it finish,
+    // so a term that changes below is the burst's doing.
+    c.wait_leaders_balanced(1, Duration::from_secs(60))
+        .await
+        .unwrap();
     let before = terms_and_members(&c).await;
     let url = format!("{}/v1/kv?prefix=known/&limit=100", c.url(1));
     let http = reqwest::Client::builder()
