@@ -104,8 +104,9 @@ enum Next {
 }
 
 /// Hand batches to openraft, one after the other in arrival order, while at most
-/// [`IN_FLIGHT`] are unanswered (one, while a batch of several is); end when nothing waits. One pump per group at a time, so
-/// batches reach openraft (which appends in the order it receives) in the order they formed.
+/// [`IN_FLIGHT`] are unanswered (one, while a batch of several is); end when nothing waits.
+/// One pump per group at a time, so batches reach openraft (which appends in the order it
+/// receives) in the order they formed.
 async fn pump(group: Group) {
     let proposer = group.proposer.clone();
     loop {

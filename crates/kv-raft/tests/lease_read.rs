@@ -103,7 +103,7 @@ async fn after_a_transfer_the_old_leader_reads_what_the_new_one_wrote() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_going_round_the_replicas_never_go_back_while_writes_stream_in() {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
     let cluster = TestCluster::start(&VOTERS).await;
@@ -112,7 +112,7 @@ async fn reads_going_round_the_replicas_never_go_back_while_writes_stream_in() {
     writer_group.write(put("k", "0")).await.unwrap();
     // The highest value whose write was acknowledged.
     let acked = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (acked, stop) = (acked.clone(), stop.clone());
         tokio::spawn(async move {
