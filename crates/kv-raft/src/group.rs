@@ -298,17 +298,16 @@ impl Group {
     /// Resolves once this replica leads without a quorum's acknowledgement within the lease,
     /// and cannot regain it.
     async fn quorum_lost(&self) -> GroupError {
+        let mut metrics = self.raft.metrics();
         loop {
-            let check = self.check.clone();
-            let waited = self
-                .raft
-                .wait(None)
-                .metrics(
-                    move |m| m.state == ServerState::Leader && !check.leads(m),
-                    "quorum lost",
-                )
-                .await;
-            if waited.is_err() {
+            // Every proposal in flight waits here, woken by each change of the metrics (several
+            // per entry): a look at them in place, not openraft's `Wait`, which clones them and
+            // sets a timer on every change.
+            let lost = metrics
+                .wait_for(|m| m.state == ServerState::Leader && !self.check.leads(m))
+                .await
+                .map(drop);
+            if lost.is_err() {
                 return shutting_down();
             }
             if let Err(lost) = self.regain_quorum().await {

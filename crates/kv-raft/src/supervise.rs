@@ -36,13 +36,15 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 pub(crate) async fn supervise(host: RaftHost, mut group: Group) {
     let id = group.id;
     loop {
-        let stopped = group
-            .raft
-            .wait(None)
-            .metrics(|m| m.running_state.is_err(), "the raft core stops")
-            .await;
+        // Woken by each change of the metrics: a look at them in place (openraft's `Wait`
+        // would clone them and set a timer every time).
+        let mut metrics = group.raft.metrics();
+        let stopped = metrics
+            .wait_for(|m| m.running_state.is_err())
+            .await
+            .map(|m| m.running_state.clone());
         let mut error = match stopped {
-            Ok(m) => match m.running_state {
+            Ok(running) => match running {
                 Err(fatal) => fatal.to_string(),
                 Ok(()) => "stopped".to_string(),
             },
