@@ -42,12 +42,14 @@ pub(crate) async fn supervise(host: RaftHost, mut group: Group) {
         let stopped = metrics
             .wait_for(|m| m.running_state.is_err())
             .await
-            .map(|m| m.running_state.clone());
+            .map(|m| {
+                m.running_state
+                    .as_ref()
+                    .err()
+                    .map(|fatal| fatal.to_string())
+            });
         let mut error = match stopped {
-            Ok(running) => match running {
-                Err(fatal) => fatal.to_string(),
-                Ok(()) => "stopped".to_string(),
-            },
+            Ok(fatal) => fatal.unwrap_or_else(|| "stopped".to_string()),
             // The core is gone without a word: it panicked.
             Err(_) => "the raft core ended (panicked)".to_string(),
         };
