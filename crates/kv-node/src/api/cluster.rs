@@ -341,7 +341,7 @@ pub async fn join(
     let Json(req) = body.map_err(|r| ApiError::bad_request("invalid_json", r.body_text()))?;
     let id = NodeId(req.id);
     let access = join_access(&caller, id)?;
-    if let Some(addr) = meta_leader_elsewhere(&st)? {
+    if let Some(addr) = meta_leader_elsewhere(&st).await? {
         let body = serde_json::to_vec(&req).map_err(|e| ApiError::Internal(e.to_string()))?;
         let mut headers = axum::http::HeaderMap::new();
         headers.insert(
@@ -382,16 +382,15 @@ fn join_access(caller: &Caller, id: NodeId) -> Result<Access, ApiError> {
     admin
 }
 
-/// The metadata leader's address when it is another node; `None` when this node leads.
-fn meta_leader_elsewhere(st: &AppState) -> Result<Option<String>, ApiError> {
-    let group = st
-        .host
-        .group(crate::layout::META_GROUP)
-        .ok_or_else(|| ApiError::unavailable("this node has no metadata group yet"))?;
-    if group.is_leader() {
+/// The metadata leader's address when it is another node; `None` when this node leads. Found
+/// through the members when this node's replica knows no leader (see
+/// `control::peers::metadata_leader`), so a request does the same whichever node it reaches.
+async fn meta_leader_elsewhere(st: &AppState) -> Result<Option<String>, ApiError> {
+    let group = st.host.group(crate::layout::META_GROUP);
+    if group.is_some_and(|g| g.is_leader()) {
         return Ok(None);
     }
-    match group.leader() {
+    match crate::control::peers::metadata_leader(st).await {
         Some((id, addr)) if id != st.config.id => Ok(Some(addr)),
         _ => Err(ApiError::unavailable(
             "the metadata group has no leader yet",
@@ -457,7 +456,7 @@ pub async fn leave(
                 )
             })?,
     };
-    let removed = match meta_leader_elsewhere(&st)? {
+    let removed = match meta_leader_elsewhere(&st).await? {
         // The metadata leader changes the map; this node waits for the drain, so the relayed
         // request does not outlive the forwarding timeout.
         Some(addr) => {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kv_ring::{NodeId, PartitionId};
 
-use crate::layout::{partition_of_group, META_GROUP};
+use crate::layout::partition_of_group;
 use crate::state::{AppState, Phase, Progress};
 use crate::wire::{PeerMap, ReplicaRole, MAP_PATH};
 /// Longest a catching-up move waits for a change of the leader's metrics before it checks
@@ -287,11 +287,7 @@ async fn run(
 /// Fail unless the metadata leader's map is the one of `epoch` (or older): this node must not
 /// act on a map that has been replaced.
 async fn confirm_epoch(st: &AppState, epoch: u64) -> anyhow::Result<()> {
-    let meta = st
-        .host
-        .group(META_GROUP)
-        .ok_or_else(|| anyhow::anyhow!("no metadata group here"))?;
-    let Some((leader, addr)) = meta.leader() else {
+    let Some((leader, addr)) = super::peers::metadata_leader(st).await else {
         anyhow::bail!("the metadata group has no leader to confirm the map with");
     };
     if leader == st.config.id {

@@ -70,6 +70,29 @@ pub(crate) async fn member_views(st: &AppState) -> Vec<NodeView> {
     answers.into_iter().flatten().collect()
 }
 
+/// The metadata group's leader and its address: as this node's replica of group 0 knows it, or
+/// else as the members report it (the leader of the highest term any of them reports). A node
+/// that left group 0 (a leaving node holding the map that removed it) never hears of a leader
+/// again, yet still has moves to confirm and requests to relay until its partitions are gone.
+pub(crate) async fn metadata_leader(st: &AppState) -> Option<(NodeId, String)> {
+    if let Some(leader) = st.host.group(META_GROUP).and_then(|g| g.leader()) {
+        return Some(leader);
+    }
+    let views = member_views(st).await;
+    let leader = views
+        .iter()
+        .filter_map(|v| {
+            v.groups
+                .iter()
+                .find(|g| g.partition.is_none() && g.role == ReplicaRole::Leader)
+                .map(|g| (g.term, v.node))
+        })
+        .max()
+        .map(|(_, node)| node)?;
+    let addr = st.layout().members.get(&leader)?.clone();
+    Some((leader, addr))
+}
+
 /// What this node sees: the metadata group and every partition of its map (those it does not
 /// host with role `none`), and the moves it runs. The hosted groups' states are asked for all
 /// at once (each is a round trip to its Raft core, for the commit index), so the view takes
