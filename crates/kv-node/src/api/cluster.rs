@@ -559,11 +559,7 @@ async fn presence(st: &AppState, id: NodeId) -> Presence {
     let mut out = Presence::default();
     let groups = std::iter::once(None).chain((0..layout.partitions()).map(Some));
     for partition in groups {
-        let leader_view = views
-            .iter()
-            .flat_map(|v| v.groups.iter())
-            .filter(|g| g.partition == partition && g.role == ReplicaRole::Leader)
-            .max_by_key(|g| g.term);
+        let leader_view = crate::control::peers::leading_view(&views, partition).map(|(_, g)| g);
         let counted =
             leader_view.is_some_and(|g| g.voters.contains(&id) || g.learners.contains(&id));
         out.seen |= counted;

@@ -16,7 +16,7 @@ use kv_ring::{NodeId, PartitionId};
 
 use crate::layout::partition_of_group;
 use crate::state::{AppState, Phase, Progress};
-use crate::wire::{PeerMap, ReplicaRole, MAP_PATH};
+use crate::wire::{PeerMap, MAP_PATH};
 /// Longest a catching-up move waits for a change of the leader's metrics before it checks
 /// whether a new replica stalled.
 const STALL_CHECK: Duration = Duration::from_secs(1);
@@ -329,17 +329,10 @@ async fn drop_moved_away(
                 views = Some(super::peers::member_views(st).await);
             }
             let leader_view = views
-                .iter()
-                .flatten()
-                .filter_map(|v| {
-                    v.groups
-                        .iter()
-                        .find(|g| g.partition == Some(p.0) && g.role == ReplicaRole::Leader)
-                        .map(|g| (v.epoch, g))
-                })
-                .max_by_key(|(_, g)| g.term);
-            if let Some((their_epoch, g)) = leader_view {
-                removed = their_epoch <= Some(epoch)
+                .as_deref()
+                .and_then(|views| super::peers::leading_view(views, Some(p.0)));
+            if let Some((their, g)) = leader_view {
+                removed = their.epoch <= Some(epoch)
                     && !g.voters.is_empty()
                     && !g.voters.contains(&me)
                     && !g.learners.contains(&me);

@@ -79,18 +79,27 @@ pub(crate) async fn metadata_leader(st: &AppState) -> Option<(NodeId, String)> {
         return Some(leader);
     }
     let views = member_views(st).await;
-    let leader = views
+    let leader = leading_view(&views, None)?.0.node;
+    let addr = st.layout().members.get(&leader)?.clone();
+    Some((leader, addr))
+}
+
+/// Among `views`, the one whose node leads the group of `partition` (`None`: the metadata
+/// group) in the highest term any of them reports, with that group's part of it: the group's
+/// current leader, as far as the members know.
+pub(crate) fn leading_view(
+    views: &[NodeView],
+    partition: Option<u32>,
+) -> Option<(&NodeView, &GroupView)> {
+    views
         .iter()
         .filter_map(|v| {
             v.groups
                 .iter()
-                .find(|g| g.partition.is_none() && g.role == ReplicaRole::Leader)
-                .map(|g| (g.term, v.node))
+                .find(|g| g.partition == partition && g.role == ReplicaRole::Leader)
+                .map(|g| (v, g))
         })
-        .max()
-        .map(|(_, node)| node)?;
-    let addr = st.layout().members.get(&leader)?.clone();
-    Some((leader, addr))
+        .max_by_key(|(_, g)| g.term)
 }
 
 /// What this node sees: the metadata group and every partition of its map (those it does not
